@@ -1,0 +1,51 @@
+"""The ``microzero`` command line: one sub-command per job, each with ``--help``.
+
+Each area of the library registers its own sub-commands, so this file only wires them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from shared.config import load_config
+
+# Modules exposing ``register(subparsers)``; each adds its sub-commands with a ``func``
+# default taking ``(args, config)`` and returning an exit code.
+COMMAND_MODULES = (
+    "shared.data.cli",
+    "shared.backtest_cli",
+    "shared.model.cli",
+    "shared.bench",
+)
+
+
+class CommandError(Exception):
+    """A user-facing failure: printed without a traceback, exit code 2."""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="microzero", description="Stochastic MuZero trader for forex bars.")
+    parser.add_argument("--config", help="JSON or YAML config file (default: $MZ_CONFIG)")
+    subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name in COMMAND_MODULES:
+        importlib.import_module(name).register(subparsers)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        config = load_config(args.config)
+        return int(args.func(args, config) or 0)
+    except (CommandError, ValueError, FileNotFoundError) as exc:
+        print(f"microzero {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,32 @@
+"""Learning part of Stochastic MuZero (ARCHITECTURE.md §6): replay, targets, loss, learner, checkpoints."""
+
+from shared.learning.checkpoint import (
+    Checkpoint,
+    CheckpointError,
+    checkpoint_path,
+    latest_checkpoint,
+    load_checkpoint,
+    save_checkpoint,
+)
+from shared.learning.config import LearningConfig
+from shared.learning.learner import Learner, SamplesPerInsert
+from shared.learning.losses import LossOutput, stochastic_muzero_loss
+from shared.learning.replay import Batch, ReplayBuffer
+from shared.learning.targets import n_step_targets
+
+__all__ = [
+    "Batch",
+    "Checkpoint",
+    "CheckpointError",
+    "Learner",
+    "LearningConfig",
+    "LossOutput",
+    "ReplayBuffer",
+    "SamplesPerInsert",
+    "checkpoint_path",
+    "latest_checkpoint",
+    "load_checkpoint",
+    "n_step_targets",
+    "save_checkpoint",
+    "stochastic_muzero_loss",
+]

@@ -1,0 +1,117 @@
+"""One optimisation step of Stochastic MuZero, and the samples-per-insert controller."""
+
+from __future__ import annotations
+
+import logging
+import math
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from shared.learning.checkpoint import Checkpoint, save_checkpoint
+from shared.learning.config import LearningConfig
+from shared.learning.losses import stochastic_muzero_loss
+from shared.learning.replay import Batch, ReplayBuffer
+from shared.model import StochasticMuZeroNet
+
+log = logging.getLogger(__name__)
+
+
+class SamplesPerInsert:
+    """Keeps learner and collectors in step: sampled ~= ratio x inserted (in positions).
+
+    Like Reverb's SampleToInsertRatio: sampling waits while it is more than `tolerance`
+    positions ahead of the ratio (or the buffer holds fewer than `min_size`), inserting
+    waits while sampling is more than `tolerance` behind.
+    """
+
+    def __init__(self, ratio: float, min_size: int = 1, tolerance: float = 0.0) -> None:
+        if ratio <= 0:
+            raise ValueError(f"samples-per-insert ratio must be > 0, got {ratio}")
+        self.ratio, self.min_size, self.tolerance = ratio, min_size, tolerance
+
+    @classmethod
+    def from_config(cls, config: LearningConfig) -> "SamplesPerInsert":
+        return cls(config.samples_per_insert, config.min_replay_positions, config.samples_per_insert_tolerance)
+
+    def can_sample(self, inserted: int, sampled: int, batch_size: int = 1) -> bool:
+        return inserted >= self.min_size and sampled + batch_size <= self.ratio * inserted + self.tolerance
+
+    def allowed_steps(self, inserted: int, sampled: int, batch_size: int) -> int:
+        """Learner steps of `batch_size` positions allowed now."""
+        if inserted < self.min_size:
+            return 0
+        return max(0, math.floor((self.ratio * inserted + self.tolerance - sampled) / batch_size))
+
+    def can_insert(self, inserted: int, sampled: int) -> bool:
+        return inserted < self.min_size or self.ratio * inserted - sampled <= self.tolerance
+
+
+class Learner:
+    """Adam on the Stochastic MuZero loss; optional TensorBoard logging to `log_dir`."""
+
+    def __init__(
+        self,
+        model: StochasticMuZeroNet,
+        config: LearningConfig,
+        device: torch.device | str = "cpu",
+        log_dir: str | Path | None = None,
+    ) -> None:
+        self.device = torch.device(device)
+        self.model = model.to(self.device)
+        self.config = config
+        self.optimizer = torch.optim.Adam(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+        self.steps = 0
+        self.last_priorities: np.ndarray | None = None
+        self.writer = _summary_writer(log_dir) if log_dir is not None else None
+
+    def step(self, batch: Batch, replay: ReplayBuffer | None = None) -> dict[str, float]:
+        """One update on `batch` (numpy); writes new priorities back to `replay` if given."""
+        self.model.train()
+        out = stochastic_muzero_loss(self.model, batch.to(self.device), self.config)
+        self.optimizer.zero_grad(set_to_none=True)
+        out.loss.backward()
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.config.grad_clip)
+        self.optimizer.step()
+        self.steps += 1
+        self.last_priorities = out.priorities
+        if replay is not None:
+            replay.update_priorities(batch.indices, out.priorities)
+        metrics = dict(out.metrics, grad_norm=float(grad_norm), lr=self.optimizer.param_groups[0]["lr"])
+        if self.writer is not None:
+            for name, value in metrics.items():
+                self.writer.add_scalar(f"learner/{name}", value, self.steps)
+            if out.code_histogram.sum() > 0:
+                codes = np.repeat(np.arange(len(out.code_histogram)), out.code_histogram)
+                self.writer.add_histogram("learner/chance_codes", codes, self.steps)
+        return metrics
+
+    def save(self, path: str | Path) -> str:
+        """Checkpoint model, optimizer and step count atomically; returns the file's sha256."""
+        return save_checkpoint(path, self.model, self.steps, learning_config=self.config, optimizer=self.optimizer)
+
+    def restore(self, checkpoint: Checkpoint) -> None:
+        """Resume from a loaded checkpoint (weights, optimizer state if saved, step count)."""
+        self.model.load_state_dict(checkpoint.state_dict)
+        if checkpoint.optimizer is not None:
+            self.optimizer.load_state_dict(checkpoint.optimizer)
+        self.steps = checkpoint.step
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+
+    def train(self, replay: ReplayBuffer, steps: int) -> list[dict[str, float]]:
+        """`steps` updates on batches sampled from `replay`, priorities written back."""
+        return [self.step(replay.sample(self.config.batch_size), replay) for _ in range(steps)]
+
+
+def _summary_writer(log_dir: str | Path):
+    """A TensorBoard SummaryWriter, or None when the `tensorboard` package is absent."""
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:
+        log.info("tensorboard is not installed; learner metrics are not written to %s", log_dir)
+        return None
+    return SummaryWriter(str(log_dir))

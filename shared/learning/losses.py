@@ -1,0 +1,106 @@
+"""The Stochastic MuZero loss over one unrolled batch (Antonoglou et al. 2022, eq. 7).
+
+For a position t unrolled K steps (s^0 = represent(o_t)), at each step k:
+
+    policy      CE(pi_{t+k}, p^k)          illegal actions removed from the logits; only
+                                           inside the episode
+    value       CE(two-hot z_{t+k}, v^k)   z = 0 at/after the end (absorbing)
+and for k < K, with as^k = afterstate(s^k, a_{t+k}) and (c, c^e) = encoder(o_{t+k+1}):
+    Q           CE(two-hot z_{t+k}, Q^k)   the paper trains Q to the same n-step target
+    sigma       CE(c, sigma^k)             c is the encoder's one-hot, detached
+    commitment  ||c - c^e||^2              c^e the encoder's softmax (VQ-VAE style)
+    reward      CE(two-hot r_{t+k}, r^k)   s^{k+1}, r^k = dynamics(as^k, c), c straight-through
+
+Weights: predictions of the initial state (policy/value at k=0) count 1, every
+prediction of the recurrent functions counts 1/K, and the gradient entering each
+new state is scaled by ``state_gradient_scale`` (MuZero's ``scale_gradient(s, 0.5)``).
+Sigma and commitment are masked past the episode end like the policy; reward, value
+and Q are trained towards 0 there. The per-sample total is multiplied by the replay's
+importance weight and averaged over the batch.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from shared.learning.config import LearningConfig
+from shared.learning.replay import Batch
+from shared.model import StochasticMuZeroNet
+
+COMPONENTS = ("policy", "value", "q", "sigma", "commitment", "reward")
+
+
+@dataclass(frozen=True)
+class LossOutput:
+    loss: Tensor  # scalar: importance-weighted total, to backpropagate
+    metrics: dict[str, float]  # "loss", "<component>_loss" (unweighted batch means), code usage
+    priorities: np.ndarray  # [N] float64: |v^0 - z_t|, new replay priorities
+    code_histogram: np.ndarray  # [codes] int64: encoder argmax codes over in-episode steps
+
+
+def scale_gradient(x: Tensor, scale: float) -> Tensor:
+    """Identity forward; the backward gradient is multiplied by `scale`."""
+    return x * scale + x.detach() * (1 - scale)
+
+
+def soft_cross_entropy(logits: Tensor, target: Tensor) -> Tensor:
+    """logits [N, M], target probs [N, M] -> [N]."""
+    return -(target * F.log_softmax(logits, dim=-1)).sum(-1)
+
+
+def code_perplexity(histogram: np.ndarray) -> float:
+    """exp(entropy) of the code usage: 1 = one code for everything, `codes` = uniform use."""
+    total = histogram.sum()
+    if total == 0:
+        return 0.0
+    p = histogram[histogram > 0] / total
+    return float(np.exp(-(p * np.log(p)).sum()))
+
+
+def stochastic_muzero_loss(model: StochasticMuZeroNet, batch: Batch, config: LearningConfig) -> LossOutput:
+    """`batch` holds tensors on the model's device (``Batch.to``)."""
+    N, K = batch.actions.shape
+    masks = batch.masks.float()  # [N, K+1]
+    codes, code_probs = model.encode_chance(batch.next_obs.flatten(0, 1))  # [N*K, C] each
+    codes, code_probs = codes.view(N, K, -1), code_probs.view(N, K, -1)  # [N, K, C]
+    onehot = codes.detach()  # forward value of the straight-through code: exactly one-hot
+
+    parts = {name: torch.zeros(N, device=batch.obs.device) for name in COMPONENTS}  # each [N]
+    state = model.represent(batch.obs)  # [N, H]
+    for k in range(K + 1):
+        scale = 1.0 if k == 0 else 1.0 / K
+        policy_logits, value_logits = model.predict(state)  # [N, A], [N, bins]
+        if k == 0:
+            value0 = model.to_scalar(value_logits.detach())  # [N]
+        policy_logits = policy_logits.masked_fill(~batch.legal_masks[:, k], -1e9)
+        parts["policy"] += scale * masks[:, k] * soft_cross_entropy(policy_logits, batch.target_policies[:, k])
+        parts["value"] += scale * soft_cross_entropy(value_logits, model.to_support(batch.target_values[:, k]))
+        if k == K:
+            break
+        afterstate = model.afterstate(state, batch.actions[:, k])  # [N, H]
+        sigma_logits, q_logits = model.afterstate_predict(afterstate)  # [N, C], [N, bins]
+        parts["q"] += soft_cross_entropy(q_logits, model.to_support(batch.target_values[:, k])) / K
+        parts["sigma"] += masks[:, k] * soft_cross_entropy(sigma_logits, onehot[:, k]) / K
+        parts["commitment"] += masks[:, k] * ((onehot[:, k] - code_probs[:, k]) ** 2).sum(-1) / K
+        state, reward_logits = model.dynamics(afterstate, codes[:, k])  # [N, H], [N, bins]
+        parts["reward"] += soft_cross_entropy(reward_logits, model.to_support(batch.target_rewards[:, k])) / K
+        state = scale_gradient(state, config.state_gradient_scale)
+
+    weights = {name: getattr(config, f"{name}_weight") for name in COMPONENTS}
+    per_sample = sum(weights[name] * parts[name] for name in COMPONENTS)  # [N]
+    loss = (batch.weights * per_sample).mean()
+
+    used = codes.detach().argmax(-1)[batch.masks[:, :K]]  # codes of real transitions
+    histogram = torch.bincount(used, minlength=codes.shape[-1]).cpu().numpy()
+    metrics = {"loss": float(loss.detach())}
+    metrics.update({f"{name}_loss": float(parts[name].detach().mean()) for name in COMPONENTS})
+    metrics["value_prediction"] = float(value0.mean())
+    metrics["code_perplexity"] = code_perplexity(histogram)
+    metrics["codes_used"] = float((histogram > 0).sum())
+    priorities = (value0 - batch.target_values[:, 0]).abs().double().cpu().numpy()
+    return LossOutput(loss=loss, metrics=metrics, priorities=priorities, code_histogram=histogram)

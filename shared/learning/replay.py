@@ -1,0 +1,231 @@
+"""Prioritised replay over positions, storing no observations (ARCHITECTURE §1, §6).
+
+Storage is a ring of ``capacity`` position rows. Position number ``serial`` (counting
+every position ever inserted) lives in row ``serial % capacity``; an episode occupies
+consecutive serials, so its rows are contiguous modulo the capacity, and evicting the
+oldest whole episodes first frees exactly the rows the next episode needs. A row holds
+the position state *before* that decision, the action, reward, n-step target, policy
+target and legal mask. The state after an episode's last step is flat (the environment
+force-closes), so it needs no row: it is checked at insert and rebuilt as zeros.
+
+Observations are rebuilt at sample time: for decision step j of an episode starting at
+feature row s, window bar i (0 = oldest) is feature row ``s + j - W + 1 + i`` with the
+position state of episode step ``j - W + 1 + i`` (zeros before the episode began and
+at/after its end) -- exactly what ``VecTradingEnv.observe()`` returned at that step.
+
+Sample indices are position serials, so ``update_priorities`` can ignore positions
+evicted since they were sampled.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass, fields, replace
+
+import numpy as np
+import torch
+
+from shared.actions import NUM_ACTIONS, legal_mask
+from shared.env import NUM_POSITION_FEATURES
+from shared.episode import Episode, position_states
+from shared.learning.config import LearningConfig
+from shared.learning.targets import n_step_targets
+from shared.market import MarketData
+
+REWARD_ATOL = 1e-3  # pips: replayed rewards must match the message's to this
+
+
+@dataclass(frozen=True)
+class Batch:
+    """N sampled positions t, unrolled K steps. numpy arrays, or tensors after ``to()``."""
+
+    obs: np.ndarray  # [N, W, F] float32: observation at t
+    next_obs: np.ndarray  # [N, K, W, F] float32: observations at t+1..t+K (clamped to the episode end)
+    actions: np.ndarray  # [N, K] int64: a_{t+k}; uniform random past the end
+    target_values: np.ndarray  # [N, K+1] float32: z_{t+k}; 0 at/after the end
+    target_rewards: np.ndarray  # [N, K] float32: r_{t+k}; 0 past the end
+    target_policies: np.ndarray  # [N, K+1, A] float32: improved policy; 0 at/after the end
+    legal_masks: np.ndarray  # [N, K+1, A] bool; all True at/after the end
+    masks: np.ndarray  # [N, K+1] bool: step t+k is a decision inside the episode
+    weights: np.ndarray  # [N] float32: importance weights, max 1
+    indices: np.ndarray  # [N] int64: position serials, for update_priorities
+
+    def to(self, device: torch.device | str) -> "Batch":
+        """The same batch as torch tensors on `device`."""
+        return replace(self, **{f.name: torch.as_tensor(getattr(self, f.name), device=device) for f in fields(self)})
+
+
+class ReplayBuffer:
+    def __init__(
+        self,
+        market: MarketData,
+        config: LearningConfig,
+        window: int,
+        drawdown_penalty: float,
+        seed: int | None = None,
+    ) -> None:
+        C = config.replay_capacity
+        self.market, self.config, self.window, self.drawdown_penalty = market, config, window, drawdown_penalty
+        self.rng = np.random.default_rng(seed)
+        self.states = np.zeros((C, NUM_POSITION_FEATURES), np.float32)  # before the decision
+        self.actions = np.zeros(C, np.uint8)
+        self.rewards = np.zeros(C, np.float32)
+        self.values = np.zeros(C, np.float32)  # n-step targets z
+        self.policies = np.zeros((C, NUM_ACTIONS), np.float32)
+        self.legal = np.zeros((C, NUM_ACTIONS), bool)
+        self.serial = np.zeros(C, np.int64)
+        self.step = np.zeros(C, np.int64)  # t within the episode
+        self.length = np.zeros(C, np.int64)  # T of the episode
+        self.start = np.zeros(C, np.int64)  # feature row of the episode's first decision
+        self.priorities = np.zeros(C, np.float64)  # 0 = empty row
+        self._p_alpha = np.zeros(C, np.float64)  # priorities ** alpha
+        self._episodes: deque[tuple[int, int]] = deque()  # (first serial, length), oldest first
+        self._head = 0  # serial of the next position = positions ever inserted
+        self._tail = 0  # serial of the oldest live position
+        self.max_priority = 1.0
+        self.sampled = 0  # positions handed out by sample()
+
+    # ------------------------------------------------------------------ bookkeeping
+    def __len__(self) -> int:
+        return self._head - self._tail
+
+    @property
+    def inserted(self) -> int:
+        return self._head
+
+    @property
+    def num_episodes(self) -> int:
+        return len(self._episodes)
+
+    # ------------------------------------------------------------------ insert
+    def insert(self, episode: Episode) -> np.ndarray:
+        """Store `episode`; returns the serials of its positions [T]."""
+        C, T, cfg = self.config.replay_capacity, len(episode), self.config
+        name = f"episode run_id={episode.run_id!r} start_bar={episode.start_bar}"
+        if episode.symbol.upper() != self.market.symbol.upper():
+            raise ValueError(f"{name} is for {episode.symbol}, this replay holds {self.market.symbol}")
+        if T > C:
+            raise ValueError(f"{name} has {T} positions, more than the replay capacity {C}")
+        try:
+            states, rewards = position_states(
+                self.market, episode.start_bar, episode.actions, self.window, self.drawdown_penalty
+            )
+        except ValueError as exc:
+            raise ValueError(f"{name} cannot be replayed: {exc}") from exc
+        bad = np.flatnonzero(np.abs(rewards - episode.rewards) > REWARD_ATOL)
+        if bad.size:
+            k = int(bad[0])
+            raise ValueError(
+                f"{name}: replayed reward {rewards[k]:.6f} differs from the message's {episode.rewards[k]:.6f} "
+                f"at step {k} ({bad.size} steps differ) -- the episode was built on other data "
+                f"(prices, spread, window or drawdown penalty)"
+            )
+        if np.any(states[T] != 0):
+            raise ValueError(f"{name}: the position is not flat after the last step")
+        legal = legal_mask(states[:T, 0].astype(np.int64))  # [T, A]
+        if not np.array_equal(legal, episode.legal_masks):
+            raise ValueError(f"{name}: legal masks disagree with the replayed positions")
+
+        policy = np.where(legal, episode.policy_targets, 0.0)  # no target mass on illegal actions
+        total = policy.sum(-1, keepdims=True)
+        policy = np.where(total > 0, policy / np.where(total > 0, total, 1), legal / legal.sum(-1, keepdims=True))
+        z = n_step_targets(rewards, episode.root_values, cfg.td_steps, cfg.discount)  # [T]
+        if cfg.initial_priority == "td":
+            priority = np.maximum(np.abs(episode.root_values - z), cfg.priority_epsilon)
+        else:
+            priority = np.full(T, self.max_priority)
+
+        while len(self) + T > C:  # evict the oldest whole episodes
+            first, length = self._episodes.popleft()
+            old = np.arange(first, first + length) % C
+            self.priorities[old] = 0.0
+            self._p_alpha[old] = 0.0
+            self._tail = first + length
+        serials = np.arange(self._head, self._head + T)
+        rows = serials % C
+        self.states[rows] = states[:T]
+        self.actions[rows] = episode.actions
+        self.rewards[rows] = rewards
+        self.values[rows] = z
+        self.policies[rows] = policy
+        self.legal[rows] = legal
+        self.serial[rows] = serials
+        self.step[rows] = np.arange(T)
+        self.length[rows] = T
+        self.start[rows] = episode.start_bar
+        self.priorities[rows] = priority
+        self._p_alpha[rows] = priority**cfg.priority_alpha
+        self.max_priority = max(self.max_priority, float(priority.max()))
+        self._episodes.append((self._head, T))
+        self._head += T
+        return serials
+
+    # ------------------------------------------------------------------ observations
+    def _observations(self, first: np.ndarray, length: np.ndarray, start: np.ndarray, tau: np.ndarray) -> np.ndarray:
+        """Observation windows at episode steps tau [N, S] (0 <= tau <= T) -> [N, S, W, F] float32.
+
+        first/length/start [N]: serial of step 0, T and start feature row of each episode.
+        """
+        W = self.window
+        j = tau[:, :, None] + np.arange(1 - W, 1)  # [N, S, W]: episode step of each window bar
+        market = self.market.features[start[:, None, None] + j]  # [N, S, W, 9]
+        inside = (j >= 0) & (j < length[:, None, None])  # flat before the start and after the end
+        rows = (first[:, None, None] + np.clip(j, 0, None)) % self.config.replay_capacity
+        position = np.where(inside[..., None], self.states[rows], np.float32(0))  # [N, S, W, 6]
+        return np.concatenate([market, position], axis=-1)
+
+    def observations(self, indices: np.ndarray, ahead: int = 0) -> np.ndarray:
+        """Observations [N, W, F] at step t+ahead (clamped to the episode end) of live positions."""
+        rows = self._live_rows(np.asarray(indices, dtype=np.int64))
+        t, length = self.step[rows], self.length[rows]
+        tau = np.minimum(t + ahead, length)[:, None]
+        return self._observations(self.serial[rows] - t, length, self.start[rows], tau)[:, 0]
+
+    def _live_rows(self, indices: np.ndarray) -> np.ndarray:
+        if ((indices < self._tail) | (indices >= self._head)).any():
+            raise IndexError(f"positions outside the live range [{self._tail}, {self._head})")
+        return indices % self.config.replay_capacity
+
+    # ------------------------------------------------------------------ sample
+    def sample(self, batch_size: int) -> Batch:
+        """Draw `batch_size` positions with P(i) ~ priority^alpha (with replacement)."""
+        if len(self) == 0:
+            raise ValueError("cannot sample from an empty replay buffer")
+        N, K, A = batch_size, self.config.unroll_steps, NUM_ACTIONS
+        cdf = np.cumsum(self._p_alpha)  # [C]; empty rows add 0 and are never drawn
+        rows = np.searchsorted(cdf, self.rng.random(N) * cdf[-1], side="right")  # [N]
+        t, length, start = self.step[rows], self.length[rows], self.start[rows]
+        first = self.serial[rows] - t  # [N]
+
+        tk = t[:, None] + np.arange(K + 1)  # [N, K+1]: episode step of unroll step k
+        inside = tk < length[:, None]  # [N, K+1]
+        at = (first[:, None] + np.minimum(tk, length[:, None] - 1)) % self.config.replay_capacity
+        obs = self._observations(first, length, start, np.minimum(tk, length[:, None]))  # [N, K+1, W, F]
+
+        probs = self._p_alpha[rows] / cdf[-1]
+        weights = (len(self) * probs) ** -self.config.priority_beta
+        self.sampled += N
+        return Batch(
+            obs=obs[:, 0],
+            next_obs=obs[:, 1:],
+            actions=np.where(inside[:, :K], self.actions[at[:, :K]], self.rng.integers(0, A, (N, K))).astype(np.int64),
+            target_values=np.where(inside, self.values[at], 0).astype(np.float32),
+            target_rewards=np.where(inside[:, :K], self.rewards[at[:, :K]], 0).astype(np.float32),
+            target_policies=np.where(inside[..., None], self.policies[at], 0).astype(np.float32),
+            legal_masks=np.where(inside[..., None], self.legal[at], True),
+            masks=inside,
+            weights=(weights / weights.max()).astype(np.float32),
+            indices=self.serial[rows],
+        )
+
+    def update_priorities(self, indices: np.ndarray, priorities: np.ndarray) -> None:
+        """Set new priorities of sampled positions; positions evicted meanwhile are skipped."""
+        indices = np.asarray(indices, dtype=np.int64)
+        priorities = np.asarray(priorities, dtype=np.float64)
+        live = (indices >= self._tail) & (indices < self._head)
+        rows = indices[live] % self.config.replay_capacity
+        p = np.maximum(priorities[live], self.config.priority_epsilon)
+        self.priorities[rows] = p
+        self._p_alpha[rows] = p**self.config.priority_alpha
+        if p.size:
+            self.max_priority = max(self.max_priority, float(p.max()))

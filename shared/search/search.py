@@ -1,0 +1,416 @@
+"""Batched Stochastic MuZero search: B trees searched in lock-step with tensor ops.
+
+One simulation (``_simulate``) is:
+
+1. **traverse** all B trees from their roots, one half-step per depth level (decision
+   node -> action -> chance node -> code -> decision node ...), until each tree reaches
+   an edge with no child yet. A Python loop over depth; no loop over B.
+2. **expand** one new node per tree, as node ``k + 1``: trees whose edge leaves a
+   decision node get an afterstate (chance node) from ``afterstate_inference``; trees
+   whose edge leaves a chance node get a state (decision node) from
+   ``recurrent_inference``. One network call per kind, over just that kind's trees
+   (index_select in, index_copy out).
+3. **back up** the new node's value along the recorded path in one vectorised step:
+   every chance edge adds its reward and one discount, action edges add nothing.
+
+The only host sync per simulation reads two integers (how many trees expand each kind,
+and the deepest leaf, which bounds the next traversal).
+
+Randomness (Gumbel or Dirichlet noise, pUCT's action sampling) is drawn once, before
+the search, as one row per environment: the result for environment i depends only on
+its own inputs and on the generator's state and its row position i, never on the other
+rows of the batch.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Literal, Protocol, runtime_checkable
+
+import torch
+from pydantic import BaseModel, ConfigDict, Field
+from torch import Tensor
+
+from shared.actions import NUM_ACTIONS
+from shared.search import selection as sel
+from shared.search.tree import ROOT, Tree, children_stats, floored_softmax, init_tree, mask_logits, rows, side_tables
+
+
+@runtime_checkable
+class SearchModel(Protocol):
+    """What the search needs from a model (scalars in pips, actions and codes as indices)."""
+
+    def initial_inference(self, obs: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """obs [B, W, 15] -> (state [B, H], policy_logits [B, 4], value [B])."""
+        ...
+
+    def afterstate_inference(self, state: Tensor, action: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """state [B, H], action [B] long -> (afterstate [B, H], chance_logits [B, C], q [B])."""
+        ...
+
+    def recurrent_inference(self, afterstate: Tensor, code: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """afterstate [B, H], code [B] long -> (state [B, H], reward [B], policy_logits [B, 4], value [B])."""
+        ...
+
+
+class SearchConfig(BaseModel):
+    """Every knob of the search; the defaults are ARCHITECTURE.md §5's."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    num_simulations: int = Field(15, ge=1)
+    root: Literal["gumbel", "puct"] = "gumbel"
+    # Gumbel MuZero (Danihelka et al. 2022)
+    max_considered_actions: int = Field(4, ge=1, description="m of Gumbel top-m at the root")
+    gumbel_scale: float = Field(1.0, ge=0, description="0 = no noise (greedy evaluation)")
+    c_visit: float = Field(50.0, ge=0)
+    c_scale: float = Field(0.1, ge=0)
+    # pUCT (MuZero)
+    dirichlet_alpha: float = Field(0.25, gt=0)
+    dirichlet_fraction: float = Field(0.25, ge=0, le=1, description="0 = no noise")
+    pb_c_init: float = 1.25
+    pb_c_base: float = Field(19652.0, gt=0)
+    temperature: float = Field(1.0, ge=0, description="pUCT acting: sample visits^(1/T); 0 = most visited")
+    # both
+    discount: float = Field(0.997, ge=0, le=1)
+    num_chance_codes: int = Field(16, ge=1)
+
+
+@dataclass
+class SearchOutput:
+    """Result per root. ``tree`` is the searched tree, for inspection and tests."""
+
+    action: Tensor          # [B] long, the action to play
+    policy_target: Tensor   # [B, 4] float, 0 on illegal actions (improved policy / visit distribution)
+    root_value: Tensor      # [B] float, mean of the returns backed up through the root (pips)
+    visit_counts: Tensor    # [B, 4] long
+    tree: Tree | None = None
+
+
+@dataclass
+class RootNoise:
+    """Pre-drawn randomness, one row per environment, float64 on the search device."""
+
+    gumbel: Tensor     # [B, A] scaled Gumbel(0, 1) (zeros when unused)
+    dirichlet: Tensor  # [B, A] Dirichlet sample over the legal actions (zeros when unused)
+    uniform: Tensor    # [B] U[0, 1) for pUCT's sampled action
+
+
+def draw_root_noise(
+    config: SearchConfig, legal: Tensor, generator: torch.Generator | None, device: torch.device
+) -> RootNoise:
+    """legal [B, A] bool -> RootNoise. Row i uses only the generator's draws for row i."""
+    B, A = legal.shape
+    gen_device = generator.device if generator is not None else device
+    f64 = torch.float64
+    zeros = torch.zeros((B, A), dtype=f64, device=device)
+    gumbel, dirichlet = zeros, zeros
+    uniform = torch.zeros(B, dtype=f64, device=device)
+    if config.root == "gumbel":
+        if config.gumbel_scale > 0:
+            u = torch.rand((B, A), generator=generator, device=gen_device, dtype=f64).to(device)
+            u = u.clamp(torch.finfo(f64).tiny, 1 - torch.finfo(f64).eps)
+            gumbel = -torch.log(-torch.log(u)) * config.gumbel_scale
+    else:
+        if config.dirichlet_fraction > 0:
+            alpha = torch.full((B, A), config.dirichlet_alpha, dtype=f64, device=gen_device)
+            gamma = torch._standard_gamma(alpha, generator=generator).to(device) * legal
+            total = gamma.sum(-1, keepdim=True)
+            uniform_legal = legal.to(f64) / legal.sum(-1, keepdim=True)
+            dirichlet = torch.where(total > 0, gamma / total.clamp_min(torch.finfo(f64).tiny), uniform_legal)
+        if config.temperature > 0:
+            uniform = torch.rand(B, generator=generator, device=gen_device, dtype=f64).to(device)
+    return RootNoise(gumbel=gumbel, dirichlet=dirichlet, uniform=uniform)
+
+
+def root_priors(config: SearchConfig, masked_logits: Tensor, noise: RootNoise) -> Tensor:
+    """Root prior [B, A]: softmax of the masked logits, mixed with Dirichlet noise in pUCT mode."""
+    priors = floored_softmax(masked_logits)
+    if config.root == "puct" and config.dirichlet_fraction > 0:
+        f = config.dirichlet_fraction
+        priors = (1 - f) * priors + f * noise.dirichlet.to(priors.dtype)
+    return priors
+
+
+def sample_from_visits(visits: Tensor, legal: Tensor, temperature: float, uniform: Tensor) -> Tensor:
+    """pUCT acting. visits [B, A], legal [B, A], uniform [B] -> action [B] long.
+
+    temperature 0: most visited legal action. Otherwise sample proportionally to
+    visits^(1/T) by inverse CDF with the pre-drawn uniform (never an unvisited action).
+    """
+    if temperature == 0:
+        return sel.masked_argmax(visits, legal)
+    weights = torch.where(visits > 0, visits.double() ** (1.0 / temperature), 0.0)
+    cdf = weights.cumsum(-1)
+    target = uniform.unsqueeze(-1) * cdf[:, -1:]
+    return torch.searchsorted(cdf, target, right=True).squeeze(-1).clamp(max=visits.shape[-1] - 1)
+
+
+# ----------------------------------------------------------------------------- the search
+
+
+@torch.inference_mode()
+def run_search(
+    model: SearchModel,
+    obs: Tensor,
+    legal_mask: Tensor,
+    side: Tensor,
+    config: SearchConfig | None = None,
+    generator: torch.Generator | None = None,
+) -> SearchOutput:
+    """Search B roots at once.
+
+    obs [B, W, 15] float, legal_mask [B, 4] bool (at least one legal action per row),
+    side [B] int in {-1, 0, 1} -> SearchOutput. Runs on obs's device (the model's).
+    Call ``model.eval()`` first. ``generator`` draws the root noise (None: torch's
+    default generator of that device).
+    """
+    config = config or SearchConfig()
+    device = obs.device
+    legal = legal_mask.to(device=device, dtype=torch.bool)
+    side = side.to(device=device, dtype=torch.long)
+    if legal.shape != (obs.shape[0], NUM_ACTIONS) or side.shape != (obs.shape[0],):
+        raise ValueError(f"legal_mask must be [B, {NUM_ACTIONS}] and side [B]; got {list(legal.shape)}, {list(side.shape)}")
+    if not bool(legal.any(-1).all()):
+        raise ValueError("every root needs at least one legal action")
+
+    state, logits, value = model.initial_inference(obs)
+    dtype = value.dtype
+    noise = draw_root_noise(config, legal, generator, device)
+    masked = mask_logits(logits.to(dtype), legal)
+    tree = init_tree(
+        config.num_simulations,
+        root_state=state,
+        root_logits=masked,
+        root_value=value,
+        root_legal=legal,
+        root_side=side,
+        root_priors=root_priors(config, masked, noise),
+        root_gumbel=noise.gumbel.to(dtype),
+        num_chance_codes=config.num_chance_codes,
+    )
+    ctx = _Context.build(config, tree)
+    height = 0  # deepest node, in half-steps from the root (root = 0)
+    for sim in range(config.num_simulations):
+        height = _simulate(model, tree, ctx, sim, height)
+    return _summarise(tree, config, noise)
+
+
+@dataclass
+class _Context:
+    """Constants of one search, built once: index tensors and lookup tables on the device."""
+
+    config: SearchConfig
+    row_base: Tensor             # [B] tree * N, so that row_base + node is a flat node id
+    legal_by_side: Tensor        # [3, A] bool
+    side_after: Tensor           # [3, A] long
+    considered: Tensor           # [B, S] Sequential Halving's considered visit per simulation
+    halfstep_discount: Tensor    # [S + 2] discount of the edge into the node at half-step t
+    scratch_column: Tensor       # [B, 1] long, the scratch node
+
+    @staticmethod
+    def build(config: SearchConfig, tree: Tree) -> _Context:
+        B, N = tree.batch_size, tree.num_slots
+        device, dtype = tree.node_values.device, tree.node_values.dtype
+        S = config.num_simulations
+        legal_by_side, side_after = side_tables(device)
+        table = torch.tensor(sel.considered_visits_table(config.max_considered_actions, S), device=device)
+        num_considered = tree.legal[:, ROOT].sum(-1).clamp(max=config.max_considered_actions)
+        # A node at an even half-step t >= 2 is a decision node entered through a chance
+        # edge, which carries a reward and one discount; everything else carries neither.
+        t = torch.arange(S + 2, device=device)
+        halfstep_discount = torch.ones(S + 2, dtype=dtype, device=device)
+        halfstep_discount[(t % 2 == 0) & (t > 0)] = config.discount
+        return _Context(
+            config=config,
+            row_base=torch.arange(B, device=device) * N,
+            legal_by_side=legal_by_side,
+            side_after=side_after,
+            considered=table[num_considered].to(dtype),
+            halfstep_discount=halfstep_discount,
+            scratch_column=torch.full((B, 1), tree.scratch, dtype=torch.long, device=device),
+        )
+
+
+def _simulate(model: SearchModel, tree: Tree, ctx: _Context, sim: int, height: int) -> int:
+    """One simulation in every tree; creates node sim + 1. Returns the new height."""
+    path, edges = _traverse(tree, ctx, sim, height)
+    # The leaf's parent is the last real node on the path, at half-step leaf_t.
+    leaf_t = (path != tree.scratch).sum(1) - 1                          # [B]
+    parent = path.gather(1, leaf_t.unsqueeze(1)).squeeze(1)             # [B]
+    edge = edges.gather(1, leaf_t.unsqueeze(1)).squeeze(1)              # [B]
+    from_chance = leaf_t % 2 == 1                                       # [B] parent is a chance node
+    num_recurrent, deepest = torch.stack([from_chance.sum(), leaf_t.max()]).tolist()  # the one host sync
+    node = sim + 1
+    _expand(model, tree, ctx, node, parent, edge, from_chance, int(num_recurrent))
+    _backup(tree, ctx, path, leaf_t, node)
+    return max(height, int(deepest) + 1)
+
+
+def _traverse(tree: Tree, ctx: _Context, sim: int, height: int) -> tuple[Tensor, Tensor]:
+    """Walk every tree from its root to an unexpanded edge.
+
+    Returns path [B, height + 2] (node at each half-step, scratch after the tree's leaf
+    parent; the last column is room for the new node) and edges [B, height + 1] (the
+    action or code chosen at each half-step). A tree whose walk has ended sits on the
+    scratch node, which has no children, so no per-tree branching is needed.
+    """
+    inv_range = sel.inverse_range(tree.value_min, tree.value_max)      # fixed during a traversal
+    node = torch.zeros_like(ctx.row_base)                               # [B] all at the root
+    nodes, choices = [], []
+    for t in range(height + 1):
+        flat = ctx.row_base + node
+        if t % 2 == 0:
+            children = rows(tree.action_children, flat)                  # [B, A]
+            choice = _select_action(tree, ctx, flat, children, inv_range, sim if t == 0 else None)
+        else:
+            children = rows(tree.code_children, flat)                    # [B, C]
+            visits, _ = children_stats(tree, children)
+            choice = sel.chance_scores(rows(tree.chance_probs, flat), visits).argmax(-1)
+        nodes.append(node)
+        choices.append(choice)
+        child = children.gather(1, choice.unsqueeze(1)).squeeze(1)
+        node = torch.where(child >= 0, child, tree.scratch)
+    nodes.append(ctx.scratch_column.squeeze(1))
+    return torch.stack(nodes, 1), torch.stack(choices, 1)
+
+
+def _select_action(
+    tree: Tree, ctx: _Context, flat: Tensor, children: Tensor, inv_range: Tensor, root_sim: int | None
+) -> Tensor:
+    """Action [B] at the decision nodes flat [B] (flat ids) with children [B, A]; root_sim is set at the root."""
+    cfg = ctx.config
+    visits, q = children_stats(tree, children)
+    legal = rows(tree.legal, flat)
+    priors = rows(tree.priors, flat)
+    if cfg.root == "puct":
+        scores = sel.puct_scores(
+            priors, q, visits, rows(tree.node_visits, flat), tree.value_min, inv_range, cfg.pb_c_init, cfg.pb_c_base
+        )
+        return sel.masked_argmax(scores, legal)
+    logits = rows(tree.logits, flat)
+    sigma = sel.gumbel_sigma(
+        rows(tree.raw_values, flat), priors, q, visits, tree.value_min, inv_range, cfg.c_visit, cfg.c_scale
+    )
+    if root_sim is None:
+        scores = sel.gumbel_interior_scores(logits, sigma, visits)
+    else:
+        scores = sel.gumbel_root_scores(tree.root_gumbel, logits, sigma, visits, ctx.considered[:, root_sim])
+    return sel.masked_argmax(scores, legal)
+
+
+def _expand(
+    model: SearchModel,
+    tree: Tree,
+    ctx: _Context,
+    node: int,
+    parent: Tensor,
+    edge: Tensor,
+    from_chance: Tensor,
+    num_recurrent: int,
+) -> None:
+    """Create node ``node`` in every tree: parent [B], edge [B] (action or code), from_chance [B] bool.
+
+    Trees with from_chance False get a chance node (afterstate_inference on their
+    parent's state); the others a decision node (recurrent_inference on the afterstate).
+    """
+    B = tree.batch_size
+    order = torch.argsort(from_chance.to(torch.int8), stable=True)      # afterstate leaves first
+    to_after, to_state = order[: B - num_recurrent], order[B - num_recurrent :]
+    value = torch.empty(B, dtype=tree.node_values.dtype, device=parent.device)
+    parent_flat = ctx.row_base + parent                                 # [B]
+    parent_side = rows(tree.side, parent_flat)                          # [B]
+
+    if len(to_after):
+        p, a = parent_flat.index_select(0, to_after), edge.index_select(0, to_after)
+        afterstate, chance_logits, q = model.afterstate_inference(rows(tree.embeddings, p), a)
+        tree.embeddings[:, node].index_copy_(0, to_after, afterstate.to(tree.embeddings.dtype))
+        probs = torch.softmax(chance_logits.to(value.dtype), dim=-1)
+        tree.chance_probs[:, node].index_copy_(0, to_after, probs)
+        value.index_copy_(0, to_after, q.to(value.dtype))
+        tree.action_children.view(-1).index_fill_(0, p * NUM_ACTIONS + a, node)
+
+    if len(to_state):
+        p, c = parent_flat.index_select(0, to_state), edge.index_select(0, to_state)
+        state, reward, logits, v = model.recurrent_inference(rows(tree.embeddings, p), c)
+        legal = ctx.legal_by_side[parent_side.index_select(0, to_state) + 1]  # chance never changes the side
+        masked = mask_logits(logits.to(value.dtype), legal)
+        tree.embeddings[:, node].index_copy_(0, to_state, state.to(tree.embeddings.dtype))
+        tree.rewards[:, node].index_copy_(0, to_state, reward.to(value.dtype))
+        tree.legal[:, node].index_copy_(0, to_state, legal)
+        tree.logits[:, node].index_copy_(0, to_state, masked)
+        tree.priors[:, node].index_copy_(0, to_state, floored_softmax(masked))
+        value.index_copy_(0, to_state, v.to(value.dtype))
+        tree.code_children.view(-1).index_fill_(0, p * tree.code_children.shape[-1] + c, node)
+
+    action = edge.clamp(max=NUM_ACTIONS - 1)  # codes index nothing here; where() drops them
+    tree.side[:, node] = torch.where(from_chance, parent_side, ctx.side_after[parent_side + 1, action])
+    tree.is_chance[:, node] = ~from_chance
+    tree.parents[:, node] = parent
+    tree.edge_from_parent[:, node] = edge
+    tree.raw_values[:, node] = value
+    tree.node_values[:, node] = value
+    tree.node_visits[:, node] = 1
+    torch.minimum(tree.value_min, value, out=tree.value_min)
+    torch.maximum(tree.value_max, value, out=tree.value_max)
+
+
+def _backup(tree: Tree, ctx: _Context, path: Tensor, leaf_t: Tensor, node: int) -> None:
+    """Back the new node's value up the path, all levels and trees at once.
+
+    path [B, T + 1] (scratch past the leaf parent), leaf_t [B] half-step of the leaf's
+    parent, node = the new node (at half-step leaf_t + 1). The return G_t seen at the
+    path node of half-step t obeys G_t = r_{t+1} + d_{t+1} G_{t+1} with G = v_leaf at
+    and past the leaf, where r_{t+1}, d_{t+1} are the reward and discount of the edge
+    into half-step t + 1 (non-zero reward and d = discount only on chance edges). With
+    P_t = prod_{u <= t} d_u:  G_t = (sum_{s > t} P_{s-1} r_s + P_T v_leaf) / P_t.
+    """
+    scratch = tree.scratch
+    T1 = path.shape[1]
+    path = path.scatter(1, (leaf_t + 1).unsqueeze(1), torch.full_like(ctx.scratch_column, node))
+    real = path != scratch
+    discount = torch.where(real, ctx.halfstep_discount[:T1], 1.0)              # [B, T + 1]
+    reward = tree.rewards.gather(1, path)                                        # 0 off decision nodes
+    prefix = discount.cumprod(1)                                                 # P_t
+    weighted = torch.cat([torch.zeros_like(reward[:, :1]), prefix[:, :-1] * reward[:, 1:]], 1)
+    after = weighted.sum(1, keepdim=True) - weighted.cumsum(1)                   # sum_{s > t} P_{s-1} r_s
+    leaf_value = tree.raw_values[:, node].unsqueeze(1)
+    returns = (after + prefix[:, -1:] * leaf_value) / prefix                     # G_t [B, T + 1]
+
+    on_path = torch.arange(T1, device=path.device) <= leaf_t.unsqueeze(1)       # strictly above the leaf
+    index = torch.where(on_path, path, scratch)
+    visits = tree.node_visits.gather(1, index)
+    values = tree.node_values.gather(1, index)
+    new_values = torch.where(on_path, (values * visits + returns) / (visits + 1), values)
+    tree.node_values.scatter_(1, index, new_values)
+    tree.node_visits.scatter_(1, index, visits + on_path)
+    torch.minimum(tree.value_min, torch.where(on_path, new_values, math.inf).amin(1), out=tree.value_min)
+    torch.maximum(tree.value_max, torch.where(on_path, new_values, -math.inf).amax(1), out=tree.value_max)
+
+
+def _summarise(tree: Tree, config: SearchConfig, noise: RootNoise) -> SearchOutput:
+    """Root action, policy target, value and visit counts from the searched trees."""
+    children = tree.action_children[:, ROOT]
+    visits, q = children_stats(tree, children)                                 # [B, A]
+    legal = tree.legal[:, ROOT]
+    if config.root == "gumbel":
+        logits = tree.logits[:, ROOT]
+        inv_range = sel.inverse_range(tree.value_min, tree.value_max)
+        sigma = sel.gumbel_sigma(
+            tree.raw_values[:, ROOT], tree.priors[:, ROOT], q, visits, tree.value_min, inv_range,
+            config.c_visit, config.c_scale,
+        )
+        policy = torch.softmax(logits + sigma, dim=-1) * legal
+        scores = sel.gumbel_root_scores(tree.root_gumbel, logits, sigma, visits, visits.amax(-1))
+        action = sel.masked_argmax(scores, legal)
+    else:
+        policy = visits / visits.sum(-1, keepdim=True)
+        action = sample_from_visits(visits, legal, config.temperature, noise.uniform)
+    return SearchOutput(
+        action=action,
+        policy_target=policy,
+        root_value=tree.node_values[:, ROOT].clone(),
+        visit_counts=visits.long(),
+        tree=tree,
+    )

@@ -1,0 +1,141 @@
+"""Selection rules, as pure tensor functions over any leading batch shape ``[...]``.
+
+Decision nodes (A actions):
+
+* Gumbel root: Sequential Halving with Gumbel (Danihelka et al. 2022; mctx
+  ``gumbel_muzero_root_action_selection``).
+* Gumbel interior: the deterministic rule argmax(pi' - N / (1 + sum N)), with
+  pi' = softmax(logits + sigma(completed Q)) (mctx ``gumbel_muzero_interior_action_selection``).
+* pUCT (MuZero Appendix B) at the root and inside.
+
+Chance nodes (C codes): argmax sigma(c) / (N(c) + 1), so visit fractions track sigma.
+
+Q values are normalised to [0, 1] by the tree's min-max of every value it has held
+(MuZero's MinMaxStats, one per tree). Unvisited Q values are completed with the mixed
+value (mctx ``qtransform_completed_by_mix_value``) for Gumbel, with 0 for pUCT.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor
+
+# Floor of the Gumbel score and penalty of actions outside Sequential Halving's current
+# round (finite, unlike mctx's -inf, so a masked argmax can never land on an illegal action).
+LOW_SCORE = -1e9
+NOT_CONSIDERED = -1e20
+NORM_EPSILON = 1e-8
+
+
+def masked_argmax(scores: Tensor, legal: Tensor) -> Tensor:
+    """scores [..., K], legal [..., K] bool -> index [...] of the best legal entry (first on ties)."""
+    return torch.where(legal, scores, -math.inf).argmax(dim=-1)
+
+
+def inverse_range(vmin: Tensor, vmax: Tensor) -> Tensor:
+    """1 / max(vmax - vmin, eps), [...] -> [...]: with vmin, the tree's Q normalisation."""
+    return (vmax - vmin).clamp_min(NORM_EPSILON).reciprocal()
+
+
+def normalise(values: Tensor, vmin: Tensor, inv_range: Tensor) -> Tensor:
+    """values [..., K], vmin/inv_range [...] -> (values - vmin) / (vmax - vmin), in [0, 1] for seen values."""
+    return (values - vmin.unsqueeze(-1)) * inv_range.unsqueeze(-1)
+
+
+def completed_q(raw_value: Tensor, priors: Tensor, q: Tensor, visits: Tensor) -> Tensor:
+    """Q of visited actions, the mixed value for the others.
+
+    raw_value [...], priors [..., A] (> 0 where visited), q [..., A] (0 where unvisited),
+    visits [..., A] -> [..., A].
+    mixed = (v + sum_b N(b) * sum_{visited a} pi(a) q(a) / sum_{visited a} pi(a)) / (1 + sum_b N(b)).
+    """
+    visited = visits > 0
+    weights = priors * visited
+    weighted_q = (weights * q).sum(-1) / weights.sum(-1).clamp_min(torch.finfo(priors.dtype).tiny)
+    total = visits.sum(-1)
+    mixed = (raw_value + total * weighted_q) / (total + 1)
+    return torch.where(visited, q, mixed.unsqueeze(-1))
+
+
+def gumbel_sigma(
+    raw_value: Tensor,
+    priors: Tensor,
+    q: Tensor,
+    visits: Tensor,
+    vmin: Tensor,
+    inv_range: Tensor,
+    c_visit: float,
+    c_scale: float,
+) -> Tensor:
+    """sigma(completed Q) [..., A] of a decision node, the term added to its logits.
+
+    sigma(q) = (c_visit + max_b N(b)) * c_scale * normalised q (Gumbel MuZero's monotone transform).
+    """
+    factor = (visits.amax(-1) + c_visit) * (c_scale * inv_range)
+    return normalise(completed_q(raw_value, priors, q, visits), vmin, factor)
+
+
+def gumbel_interior_scores(logits: Tensor, sigma: Tensor, visits: Tensor) -> Tensor:
+    """softmax(logits + sigma) - N / (1 + sum N); all [..., A]. Mask before the argmax."""
+    improved = torch.softmax(logits + sigma, dim=-1)
+    return improved - visits / (1 + visits.sum(-1, keepdim=True))
+
+
+def gumbel_root_scores(
+    gumbel: Tensor, logits: Tensor, sigma: Tensor, visits: Tensor, considered_visit: Tensor
+) -> Tensor:
+    """Sequential Halving score [..., A]: g + logits + sigma among actions with N == considered_visit [...]."""
+    logits = logits - logits.amax(-1, keepdim=True)
+    score = (gumbel + logits + sigma).clamp_min(LOW_SCORE)
+    return torch.where(visits == considered_visit.unsqueeze(-1), score, NOT_CONSIDERED)
+
+
+def puct_scores(
+    priors: Tensor,
+    q: Tensor,
+    visits: Tensor,
+    parent_visits: Tensor,
+    vmin: Tensor,
+    inv_range: Tensor,
+    pb_c_init: float,
+    pb_c_base: float,
+) -> Tensor:
+    """MuZero's pUCT [..., A]: normalised Q (0 if unvisited) + P * sqrt(N_parent) * c(N_parent) / (1 + N)."""
+    value = torch.where(visits > 0, normalise(q, vmin, inv_range), 0.0)
+    pb_c = pb_c_init + torch.log((parent_visits + pb_c_base + 1) / pb_c_base)
+    explore = (pb_c * parent_visits.sqrt()).unsqueeze(-1) * priors / (visits + 1)
+    return value + explore
+
+
+def chance_scores(probs: Tensor, visits: Tensor) -> Tensor:
+    """sigma(c) / (N(c) + 1); [..., C] -> [..., C] (argmax, no mask: every code is possible)."""
+    return probs / (visits + 1)
+
+
+def considered_visits_sequence(max_considered: int, num_simulations: int) -> list[int]:
+    """Sequential Halving's schedule: the visit count an action must have to be chosen at each simulation.
+
+    Sequential Halving (Karnin et al. 2013) as laid out by mctx: spend the budget in
+    log2(m) rounds, each visiting every remaining action equally, keeping the better half.
+    """
+    if max_considered <= 1:
+        return list(range(num_simulations))
+    log2max = math.ceil(math.log2(max_considered))
+    sequence: list[int] = []
+    visits = [0] * max_considered
+    considered = max_considered
+    while len(sequence) < num_simulations:
+        extra = max(1, int(num_simulations / (log2max * considered)))
+        for _ in range(extra):
+            sequence.extend(visits[:considered])
+            for i in range(considered):
+                visits[i] += 1
+        considered = max(2, considered // 2)
+    return sequence[:num_simulations]
+
+
+def considered_visits_table(max_considered: int, num_simulations: int) -> list[list[int]]:
+    """Row m = the schedule for m considered actions, m = 0..max_considered; [m + 1][S]."""
+    return [considered_visits_sequence(m, num_simulations) for m in range(max_considered + 1)]

@@ -1,0 +1,74 @@
+import numpy as np
+import pytest
+from gymnasium.utils.env_checker import check_env
+
+from shared.backtest import backtest, chunk_episodes
+from shared.baselines import Momentum, RandomLegal, buy_and_hold, flat
+from shared.config import Config
+from shared.env.gym import TradingEnv
+from shared.splits import Split
+from tests.helpers import random_walk_market
+
+
+@pytest.fixture(scope="module")
+def market():
+    return random_walk_market(3000)
+
+
+def test_chunks_cover_every_decision_bar_once():
+    split = Split("validation", 1000, 1500)
+    starts, lengths = chunk_episodes(split, 64, 7)
+    covered = np.concatenate([np.arange(s, s + n) for s, n in zip(starts, lengths)])
+    np.testing.assert_array_equal(covered, np.arange(1063, 1499))
+
+
+def test_flat_never_trades(market):
+    split = market.splits(Config())["test"]
+    result = backtest(market, split, flat)
+    assert result.metrics.trades == 0 and result.metrics.total_pips == 0
+    assert len(result.bar_pnl) == split.decisions(64)
+
+
+def test_buy_and_hold_earns_the_price_change_minus_one_spread(market):
+    split = market.splits(Config())["validation"]
+    result = backtest(market, split, buy_and_hold)
+    first, last = split.first_decision(64), split.stop - 1
+    expected = (market.close[last] - market.close[first]) / market.pip - market.spread_pips
+    assert result.metrics.trades == 1
+    assert result.metrics.total_pips == pytest.approx(expected)
+    assert result.bar_pnl.sum() == pytest.approx(expected)
+
+
+def test_chunked_backtest_pays_a_spread_per_chunk(market):
+    split = market.splits(Config())["validation"]
+    one = backtest(market, split, buy_and_hold, chunks=1)
+    four = backtest(market, split, buy_and_hold, chunks=4)
+    assert four.metrics.trades == 4
+    assert four.metrics.total_pips == pytest.approx(one.metrics.total_pips - 3 * market.spread_pips)
+
+
+def test_random_policy_is_seeded_and_momentum_follows_the_trend(market):
+    split = market.splits(Config())["train"]
+    a = backtest(market, split, RandomLegal(seed=4))
+    b = backtest(market, split, RandomLegal(seed=4))
+    assert a.metrics.as_dict() == b.metrics.as_dict() and a.metrics.trades > 100
+    # Random trading pays the spread on every trade: on a driftless walk it loses.
+    assert a.metrics.total_pips < 0
+    momentum = backtest(market, split, Momentum())
+    actions = momentum.actions
+    assert set(np.unique(actions)) <= {0, 1, 2}  # it only ever reverses, never closes to flat
+    assert momentum.metrics.amddp1_total <= momentum.metrics.total_pips
+
+
+def test_gymnasium_env_passes_the_checker(market):
+    env = TradingEnv(market, market.splits(Config())["train"], episode_length=50)
+    check_env(env, skip_render_check=True)
+    obs, info = env.reset(seed=1)
+    assert obs.shape == (64, 15) and info["action_mask"].tolist() == [1, 1, 1, 0]
+    total = 0.0
+    for k in range(50):
+        obs, reward, terminated, truncated, info = env.step(1 if k == 0 else 0)
+        total += reward
+    assert truncated and not terminated
+    obs2, _ = env.reset(seed=1)
+    np.testing.assert_array_equal(obs2[:, :9], env.reset(seed=1)[0][:, :9])

@@ -1,0 +1,305 @@
+"""Batched Stochastic MuZero search (shared/search): behaviour, legality, batch independence,
+agreement with the one-tree-at-a-time reference, and a bench smoke test."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from shared.actions import LEGAL_BY_SIDE, SIDE_AFTER, Action
+from shared.search import SearchConfig, run_search, run_search_single
+from shared.search.bench import MLPStandIn, bench_search
+from shared.search.selection import considered_visits_sequence
+from shared.search.tree import ROOT
+
+DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+CODES = 16
+HIDDEN = 8
+# One chance distribution with clearly different masses (sums to 1).
+SIGMA = torch.tensor([8.0, 5.0, 3.0, 2.0] + [1.0] * 12, dtype=torch.float64) / 30.0
+
+
+class TinyModel:
+    """A hand-built, deterministic SearchModel.
+
+    State [B, 8]: slots 0-3 one-hot of the last action (afterstates), slots 4-7 features.
+    Q of action a is q_true[a] (+ wiggle), the reward on the chance edge after a is
+    q_true[a] as well, values are 0 (+ wiggle), sigma over codes is SIGMA (+ wiggle).
+    ``wiggle`` > 0 makes every output depend irregularly on the observation and the path,
+    which is what the cross-checks need; wiggle = 0 gives the clean textbook model.
+    """
+
+    def __init__(self, q_true=(0.0, 2.0, -1.0, 0.5), wiggle: float = 0.0, dtype=torch.float64):
+        self.q_true = torch.tensor(q_true, dtype=torch.float64)
+        self.wiggle, self.dtype = wiggle, dtype
+
+    def _q(self, onehot):
+        return (onehot * self.q_true.to(onehot)).sum(-1)
+
+    def initial_inference(self, obs):
+        feats = torch.tanh(obs[:, -1, :4].to(self.dtype) + obs[:, 0, 4:8].to(self.dtype))
+        state = torch.cat([torch.zeros_like(feats), feats], -1)
+        logits = self.wiggle * torch.sin(3.0 * feats + 1.0)
+        value = self.wiggle * torch.cos(feats.sum(-1))
+        return state, logits, value
+
+    def afterstate_inference(self, state, action):
+        onehot = F.one_hot(action, 4).to(state.dtype)
+        after = torch.cat([onehot, state[:, 4:]], -1)
+        phase = after[:, 4:].sum(-1, keepdim=True) + action.unsqueeze(-1).to(state.dtype)
+        codes = torch.arange(CODES, device=state.device, dtype=state.dtype)
+        chance_logits = SIGMA.to(state).log() + self.wiggle * torch.sin(phase * (codes + 1))
+        q = self._q(onehot) + self.wiggle * torch.sin(2.0 * phase.squeeze(-1))
+        return after, chance_logits, q
+
+    def recurrent_inference(self, afterstate, code):
+        feats = torch.tanh(1.3 * afterstate[:, 4:] + 0.1 * (code.unsqueeze(-1).to(afterstate.dtype) + 1))
+        state = torch.cat([torch.zeros_like(feats), feats], -1)
+        reward = self._q(afterstate[:, :4]) + self.wiggle * torch.cos(5.0 * feats.sum(-1))
+        logits = self.wiggle * torch.cos(3.0 * feats - 0.5)
+        value = self.wiggle * torch.sin(feats.prod(-1) * 7.0)
+        return state, reward, logits, value
+
+
+def make_batch(B: int, seed: int, device: str, random_masks: bool = False):
+    """obs [B, 64, 15], legal [B, 4], side [B] (legal from side unless random_masks)."""
+    g = torch.Generator().manual_seed(seed)
+    obs = torch.randn((B, 64, 15), generator=g)
+    side = torch.randint(-1, 2, (B,), generator=g)
+    if random_masks:
+        legal = torch.rand((B, 4), generator=g) < 0.5
+        legal[torch.arange(B), torch.randint(0, 4, (B,), generator=g)] = True  # at least one
+    else:
+        legal = torch.as_tensor(LEGAL_BY_SIDE)[side + 1]
+    return obs.to(device), legal.to(device), side.to(device)
+
+
+def gen(seed: int, device: str) -> torch.Generator:
+    return torch.Generator(device=device).manual_seed(seed)
+
+
+# ----------------------------------------------------------------------------- behaviour
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("root", ["gumbel", "puct"])
+def test_picks_the_best_action_and_concentrates(device, root):
+    """Flat root (Hold, Buy, Sell legal), Buy has the best Q: chosen, and its share grows with simulations."""
+    obs, _, _ = make_batch(1, 0, device)
+    legal = torch.tensor([[True, True, True, False]], device=device)
+    side = torch.zeros(1, dtype=torch.long, device=device)
+    shares, visit_shares = [], []
+    for sims in (4, 16, 64):
+        cfg = SearchConfig(num_simulations=sims, root=root, gumbel_scale=0.0, dirichlet_fraction=0.0, temperature=0.0)
+        out = run_search(TinyModel(), obs, legal, side, cfg)
+        assert out.action.item() == Action.BUY
+        assert out.policy_target[0].argmax().item() == Action.BUY
+        shares.append(out.policy_target[0, Action.BUY].item())
+        visit_shares.append(out.visit_counts[0, Action.BUY].item() / sims)
+    if root == "gumbel":
+        assert shares[0] < shares[1] < shares[2] and shares[2] > 0.99
+    else:
+        assert shares == visit_shares and shares[0] <= shares[1] < shares[2]
+    assert visit_shares[0] < visit_shares[2]
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_gumbel_noise_still_finds_the_best_action(device):
+    obs, _, _ = make_batch(16, 1, device)
+    legal = torch.tensor([[True, True, True, False]] * 16, device=device)
+    side = torch.zeros(16, dtype=torch.long, device=device)
+    out = run_search(TinyModel(), obs, legal, side, SearchConfig(num_simulations=32), gen(0, device))
+    assert (out.policy_target.argmax(-1) == Action.BUY).all()
+    assert (out.action == Action.BUY).float().mean() >= 0.75
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("root", ["gumbel", "puct"])
+def test_chance_visits_follow_sigma(device, root):
+    """Only Hold legal at the root: every simulation enters Hold's chance node, whose code visits track sigma."""
+    sims = 400
+    obs, _, _ = make_batch(2, 2, device)
+    legal = torch.tensor([[True, False, False, False]] * 2, device=device)
+    side = torch.zeros(2, dtype=torch.long, device=device)
+    out = run_search(TinyModel(), obs, legal, side, SearchConfig(num_simulations=sims, root=root), gen(0, device))
+    tree = out.tree
+    chance = tree.action_children[:, ROOT, Action.HOLD]                           # [B]
+    assert tree.is_chance[torch.arange(2), chance].all()
+    kids = tree.code_children[torch.arange(2), chance]                            # [B, C]
+    visits = torch.where(kids >= 0, tree.node_visits.gather(1, kids.clamp(min=0)), 0.0)
+    assert (visits.sum(-1) == sims - 1).all()                                     # all but the expanding one
+    fractions = visits / visits.sum(-1, keepdim=True)
+    torch.testing.assert_close(fractions.cpu(), SIGMA.to(fractions.dtype).expand(2, -1), atol=0.01, rtol=0)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_backup_adds_rewards_and_discount_on_chance_edges_only(device):
+    """Two simulations through Hold: afterstate (q), then its first code's state (reward r, value v)."""
+    model = TinyModel(q_true=(0.7, 0.0, 0.0, 0.0))
+    obs, _, _ = make_batch(1, 3, device)
+    legal = torch.tensor([[True, False, False, False]], device=device)
+    side = torch.zeros(1, dtype=torch.long, device=device)
+    cfg = SearchConfig(num_simulations=2, discount=0.9)
+    out = run_search(model, obs, legal, side, cfg)
+    tree = out.tree
+    q, r, v0, v = 0.7, 0.7, 0.0, 0.0
+    # node 1 = Hold's afterstate, node 2 = its most likely code's state
+    assert tree.is_chance[0, 1] and not tree.is_chance[0, 2]
+    assert tree.code_children[0, 1, 0].item() == 2                                 # sigma's top code
+    torch.testing.assert_close(tree.node_values[0, 1].item(), (q + r + 0.9 * v) / 2)
+    torch.testing.assert_close(out.root_value.item(), (v0 + q + (r + 0.9 * v)) / 3)
+    assert tree.node_visits[0, :3].tolist() == [3.0, 2.0, 1.0]
+    assert out.visit_counts.tolist() == [[2, 0, 0, 0]]
+    # A deeper chain: every chance edge discounts once, action edges never.
+    out = run_search(model, obs, legal, side, cfg.model_copy(update={"num_simulations": 40}))
+    ref = run_search_single(model, obs, legal, side, cfg.model_copy(update={"num_simulations": 40}))
+    torch.testing.assert_close(out.root_value, ref.root_value)
+
+
+# ----------------------------------------------------------------------------- legality
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("root", ["gumbel", "puct"])
+def test_illegal_actions_never_chosen_nor_given_mass(device, root):
+    model = TinyModel(wiggle=0.5)
+    legal_by_side = torch.as_tensor(LEGAL_BY_SIDE, device=device)
+    side_after = torch.as_tensor(SIDE_AFTER, dtype=torch.long, device=device)
+    for seed in range(12):
+        obs, legal, side = make_batch(24, 100 + seed, device, random_masks=True)
+        cfg = SearchConfig(num_simulations=12, root=root)
+        out = run_search(model, obs, legal, side, cfg, gen(seed, device))
+        assert legal[torch.arange(24), out.action].all()
+        assert (out.policy_target[~legal] == 0).all() and (out.visit_counts[~legal] == 0).all()
+        torch.testing.assert_close(out.policy_target.sum(-1), torch.ones(24, dtype=out.policy_target.dtype, device=device))
+        tree = out.tree
+        B, N = tree.node_values.shape
+        made = torch.arange(N, device=device) <= cfg.num_simulations                  # root + expanded slots
+        decision = made & ~tree.is_chance
+        # interior decision nodes: the mask follows their side; no child behind an illegal action
+        interior = decision.clone()
+        interior[:, ROOT] = False
+        assert (tree.legal[interior] == legal_by_side[tree.side[interior] + 1]).all()
+        has_child = tree.action_children >= 0
+        assert not (has_child & ~tree.legal)[decision].any()
+        # sides: a chance node holds side_after(parent side, action); chance edges keep it
+        for b in range(B):
+            for n in range(1, cfg.num_simulations + 1):
+                p, e = tree.parents[b, n].item(), tree.edge_from_parent[b, n].item()
+                if tree.is_chance[b, n]:
+                    assert tree.side[b, n] == side_after[tree.side[b, p] + 1, e]
+                else:
+                    assert tree.side[b, n] == tree.side[b, p]
+
+
+# ----------------------------------------------------------------------------- batching
+
+
+CONFIGS = [
+    SearchConfig(num_simulations=1),
+    SearchConfig(num_simulations=7),
+    SearchConfig(num_simulations=25, max_considered_actions=2),
+    SearchConfig(num_simulations=25, gumbel_scale=0.0),
+    SearchConfig(num_simulations=9, root="puct"),
+    SearchConfig(num_simulations=30, root="puct", temperature=0.0),
+]
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("cfg", CONFIGS, ids=lambda c: f"{c.root}-{c.num_simulations}")
+def test_batched_matches_single_tree_reference(device, cfg):
+    """Same generator seed: same noise, so the same action, target, visits and value per env."""
+    model = TinyModel(wiggle=0.4)
+    obs, legal, side = make_batch(10, 7, device, random_masks=True)
+    out = run_search(model, obs, legal, side, cfg, gen(5, device))
+    ref = run_search_single(model, obs, legal, side, cfg, gen(5, device))
+    assert torch.equal(out.action, ref.action)
+    assert torch.equal(out.visit_counts, ref.visit_counts)
+    torch.testing.assert_close(out.policy_target, ref.policy_target, rtol=1e-9, atol=1e-12)
+    torch.testing.assert_close(out.root_value, ref.root_value, rtol=1e-9, atol=1e-12)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("root", ["gumbel", "puct"])
+def test_env_result_does_not_depend_on_the_rest_of_the_batch(device, root):
+    model = TinyModel(wiggle=0.4)
+    obs, legal, side = make_batch(6, 11, device)
+    other_obs, other_legal, other_side = make_batch(6, 12, device)
+    i = 3
+    # no noise: env i alone == env i inside the batch
+    quiet = SearchConfig(num_simulations=20, root=root, gumbel_scale=0.0, dirichlet_fraction=0.0, temperature=0.0)
+    batch = run_search(model, obs, legal, side, quiet)
+    alone = run_search(model, obs[i : i + 1], legal[i : i + 1], side[i : i + 1], quiet)
+    _assert_row_equal(batch, i, alone, 0)
+    # with noise: same generator seed, same position, different neighbours
+    noisy = SearchConfig(num_simulations=20, root=root)
+    mixed_obs, mixed_legal, mixed_side = other_obs.clone(), other_legal.clone(), other_side.clone()
+    mixed_obs[i], mixed_legal[i], mixed_side[i] = obs[i], legal[i], side[i]
+    a = run_search(model, obs, legal, side, noisy, gen(9, device))
+    b = run_search(model, mixed_obs, mixed_legal, mixed_side, noisy, gen(9, device))
+    _assert_row_equal(a, i, b, i)
+
+
+def _assert_row_equal(a, i, b, j):
+    assert a.action[i] == b.action[j]
+    assert torch.equal(a.visit_counts[i], b.visit_counts[j])
+    torch.testing.assert_close(a.policy_target[i], b.policy_target[j], rtol=1e-12, atol=1e-14)
+    torch.testing.assert_close(a.root_value[i], b.root_value[j], rtol=1e-12, atol=1e-14)
+
+
+# ----------------------------------------------------------------------------- plumbing
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_shapes_and_dtypes(device, dtype):
+    B, S = 5, 6
+    obs, legal, side = make_batch(B, 13, device)
+    out = run_search(TinyModel(wiggle=0.3, dtype=dtype), obs, legal, side, SearchConfig(num_simulations=S), gen(0, device))
+    assert out.action.shape == (B,) and out.action.dtype == torch.long
+    assert out.policy_target.shape == (B, 4) and out.policy_target.dtype == dtype
+    assert out.root_value.shape == (B,) and out.root_value.dtype == dtype
+    assert out.visit_counts.shape == (B, 4) and out.visit_counts.dtype == torch.long
+    assert (out.visit_counts.sum(-1) == S).all()
+    assert out.tree.embeddings.shape == (B, S + 2, HIDDEN)
+    assert out.tree.code_children.shape == (B, S + 2, CODES)
+    assert out.action.device.type == torch.device(device).type
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_runs_on_a_torch_network(device):
+    """A float32 nn.Module with the real hidden size (bench's stand-in), both roots."""
+    torch.manual_seed(0)
+    model = MLPStandIn(hidden=32).to(device).eval()
+    obs, legal, side = make_batch(4, 14, device)
+    for root in ("gumbel", "puct"):
+        out = run_search(model, obs.float(), legal, side, SearchConfig(num_simulations=8, root=root), gen(1, device))
+        assert legal[torch.arange(4), out.action].all()
+        assert torch.isfinite(out.policy_target).all() and torch.isfinite(out.root_value).all()
+
+
+def test_rejects_rows_without_legal_actions():
+    obs, legal, side = make_batch(2, 15, "cpu")
+    legal[1] = False
+    with pytest.raises(ValueError, match="legal"):
+        run_search(TinyModel(), obs, legal, side)
+
+
+def test_sequential_halving_schedule():
+    assert considered_visits_sequence(1, 5) == [0, 1, 2, 3, 4]
+    seq = considered_visits_sequence(4, 15)
+    assert len(seq) == 15 and seq[:4] == [0, 0, 0, 0]
+    # m = 4 and S = 15: one round of 4 x 1 visit... then halve to the best 2
+    assert seq == [0, 0, 0, 0, 1, 1, 1, 1, 2, 2, 3, 3, 4, 4, 5]
+    assert considered_visits_sequence(2, 6) == [0, 0, 1, 1, 2, 2]
+
+
+def test_bench_smoke():
+    model = MLPStandIn(hidden=32).eval()
+    rows = bench_search(model, batch_sizes=(2,), num_simulations=3, repeats=1, single_envs=1)
+    (row,) = rows
+    assert row.batch_size == 2 and row.network_calls >= 4
+    assert all(math.isfinite(x) and x > 0 for x in (row.search_s, row.network_s, row.single_s_per_env, row.speedup))
