@@ -8,7 +8,7 @@ import json
 import numpy as np
 
 from shared.backtest import backtest
-from shared.baselines import BASELINES, make_baseline
+from shared.baselines import BASELINES, POLICIES, make_policy
 from shared.config import Config
 from shared.data.sample import ensure_sample
 from shared.data.store import BarStore
@@ -29,7 +29,7 @@ def _run(args: argparse.Namespace, config: Config) -> int:
         name: backtest(
             market,
             split,
-            make_baseline(name, args.seed),
+            make_policy(name, market, args.seed),
             window=config.env.window,
             drawdown_penalty=config.env.drawdown_penalty,
             chunks=args.chunks,
@@ -71,8 +71,8 @@ def register(subparsers) -> None:
     parser.add_argument(
         "--policy",
         action="append",
-        choices=list(BASELINES),
-        help="policy to run (repeatable; default: every baseline)",
+        choices=list(POLICIES),
+        help="policy to run (repeatable; default: every baseline). oracle = perfect foresight, a ceiling",
     )
     parser.add_argument("--split", choices=SPLIT_NAMES, default="test")
     parser.add_argument("--symbol", default=None, help="symbol in the bar store (default from config)")

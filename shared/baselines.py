@@ -12,6 +12,7 @@ import numpy as np
 
 from shared.actions import Action
 from shared.env import VecTradingEnv
+from shared.market import MarketData
 
 
 class Policy(Protocol):
@@ -62,15 +63,42 @@ class Momentum:
         return _move_to(env.side, np.sign(momentum).astype(np.int8))
 
 
-BASELINES: dict[str, Callable[[int], Policy]] = {
-    "flat": lambda seed: flat,
-    "buy_hold": lambda seed: buy_and_hold,
-    "random": lambda seed: RandomLegal(seed),
-    "momentum": lambda seed: Momentum(),
+class PerfectForesight:
+    """The reference ceiling, not a strategy: knows every future close and holds, at
+    each bar, the side of a cost-aware optimal path (dynamic programming over
+    short/flat/long, paying the spread on every entry)."""
+
+    def __init__(self, close: np.ndarray, pip: float, spread_pips: float) -> None:
+        moves = np.diff(close) / pip  # [T-1] pips earned by a long held from t to t+1
+        sides = np.array([-1, 0, 1])
+        entry_cost = spread_pips * ((sides[None, :] != 0) & (sides[None, :] != sides[:, None]))  # [from, to]
+        value = np.zeros(3)  # best pips from t+1 on, by side held into t+1
+        self.best_side = np.zeros((len(close), 3), dtype=np.int8)  # [t, side held before t]
+        for t in range(len(moves) - 1, -1, -1):
+            gain = sides * moves[t] + value  # [to]: hold `to` from t to t+1, then act optimally
+            total = gain[None, :] - entry_cost  # [from, to]
+            choice = np.argmax(total, axis=1)
+            self.best_side[t] = sides[choice]
+            value = total[np.arange(3), choice]
+
+    def __call__(self, env: VecTradingEnv, obs: np.ndarray) -> np.ndarray:
+        return _move_to(env.side, self.best_side[env.row, env.side + 1])
+
+
+BASELINES: dict[str, Callable[[MarketData, int], Policy]] = {
+    "flat": lambda market, seed: flat,
+    "buy_hold": lambda market, seed: buy_and_hold,
+    "random": lambda market, seed: RandomLegal(seed),
+    "momentum": lambda market, seed: Momentum(),
 }
+# Reference points that are not tradeable strategies.
+REFERENCES: dict[str, Callable[[MarketData, int], Policy]] = {
+    "oracle": lambda market, seed: PerfectForesight(market.close, market.pip, market.spread_pips),
+}
+POLICIES = {**BASELINES, **REFERENCES}
 
 
-def make_baseline(name: str, seed: int = 0) -> Policy:
-    if name not in BASELINES:
-        raise ValueError(f"unknown policy {name!r}; choose from {', '.join(BASELINES)}")
-    return BASELINES[name](seed)
+def make_policy(name: str, market: MarketData, seed: int = 0) -> Policy:
+    if name not in POLICIES:
+        raise ValueError(f"unknown policy {name!r}; choose from {', '.join(POLICIES)}")
+    return POLICIES[name](market, seed)

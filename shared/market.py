@@ -7,6 +7,7 @@ definition, so every service rebuilds identical observations cheaply.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -14,12 +15,10 @@ import numpy as np
 
 from shared.config import Config
 from shared.data.bars import Bars
-from shared.data.store import BarStore
+from shared.data.store import BarStore, bars_fingerprint
+from shared.metrics import bars_per_year
 from shared.features import FEATURE_VERSION, compute_features, warmup_bars
 from shared.splits import Split, make_splits
-
-_YEAR_BAR_HOURS = 52 * 5 * 24  # hours in an FX trading year, for annualising
-
 
 @dataclass(frozen=True)
 class MarketData:
@@ -46,23 +45,24 @@ class MarketData:
 
     @property
     def bars_per_year(self) -> float:
-        """Bars in an FX trading year (52 weeks x 5 days x 24 h), for annualising."""
-        return _YEAR_BAR_HOURS * 3600.0 / self.bar_seconds
+        return bars_per_year(self.bar_seconds)
 
     def splits(self, config: Config) -> dict[str, Split]:
         return make_splits(len(self), config.splits, config.env.window)
 
 
-def market_from_bars(symbol: str, bars: Bars, config: Config) -> MarketData:
+def market_from_bars(symbol: str, bars: Bars, config: Config, features: np.ndarray | None = None) -> MarketData:
+    """Align `bars` with their feature rows (computed unless `features` are given)."""
     spec = config.market.spec(symbol)
     lookback = config.features.lookback
     offset = warmup_bars(lookback)
     if len(bars) <= offset:
         raise ValueError(f"{symbol} has {len(bars)} bars; the features need more than {offset}")
-    features = compute_features(bars, spec.pip, lookback)
+    if features is None:
+        features = compute_features(bars, spec.pip, lookback).astype(np.float32)
     return MarketData(
         symbol=symbol.upper(),
-        features=features.astype(np.float32),
+        features=features,
         close=bars.close[offset:].copy(),
         ts=bars.ts[offset:].copy(),
         pip=spec.pip,
@@ -72,30 +72,21 @@ def market_from_bars(symbol: str, bars: Bars, config: Config) -> MarketData:
 
 
 def _cache_path(config: Config, symbol: str, fingerprint: str) -> Path:
-    key = f"{symbol.upper()}-L{config.features.lookback}-v{FEATURE_VERSION}-{fingerprint[:16]}"
-    return Path(config.data.cache_dir) / "features" / f"{key}.npz"
+    spec = config.market.spec(symbol)
+    key = f"{symbol.upper()}-L{config.features.lookback}-pip{spec.pip:g}-v{FEATURE_VERSION}-{fingerprint[:16]}"
+    return Path(config.data.cache_dir) / "features" / f"{key}.npy"
 
 
 def load_market(config: Config, symbol: str | None = None, store: BarStore | None = None) -> MarketData:
     """Features and prices of `symbol` from the bar store, through the feature cache."""
     symbol = (symbol or config.data.default_symbol).upper()
-    store = store or BarStore(config.data.db_path)
-    spec = config.market.spec(symbol)
-    path = _cache_path(config, symbol, store.content_hash(symbol))
+    bars = (store or BarStore(config.data.db_path)).load(symbol)
+    path = _cache_path(config, symbol, bars_fingerprint(bars))
     if path.exists():
-        with np.load(path, allow_pickle=False) as cached:
-            return MarketData(
-                symbol=symbol,
-                features=cached["features"],
-                close=cached["close"],
-                ts=cached["ts"],
-                pip=spec.pip,
-                spread_pips=spec.spread_pips,
-                bar_offset=int(cached["bar_offset"]),
-            )
-    market = market_from_bars(symbol, store.load(symbol), config)
+        return market_from_bars(symbol, bars, config, np.load(path, allow_pickle=False))
+    market = market_from_bars(symbol, bars, config)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp.npz")
-    np.savez(tmp, features=market.features, close=market.close, ts=market.ts, bar_offset=market.bar_offset)
-    tmp.replace(path)  # atomic: a concurrent reader sees the old file or the whole new one
+    tmp = path.with_name(f"{path.stem}.{os.getpid()}.tmp.npy")
+    np.save(tmp, market.features)
+    tmp.replace(path)  # atomic: a concurrent reader sees no file or the whole file
     return market

@@ -72,3 +72,24 @@ def test_gymnasium_env_passes_the_checker(market):
     assert truncated and not terminated
     obs2, _ = env.reset(seed=1)
     np.testing.assert_array_equal(obs2[:, :9], env.reset(seed=1)[0][:, :9])
+
+
+def test_perfect_foresight_matches_brute_force_over_every_path():
+    import itertools
+
+    from shared.baselines import PerfectForesight
+    from shared.env import VecTradingEnv
+
+    rng = np.random.default_rng(7)
+    close = 100 + np.cumsum(rng.normal(0, 2, 9))
+    spread = 1.5
+    best = -np.inf
+    for path in itertools.product((-1, 0, 1), repeat=8):  # side held from bar t to t+1
+        pips = sum(s * (close[t + 1] - close[t]) for t, s in enumerate(path))
+        entries = sum(1 for t, s in enumerate(path) if s != 0 and s != (path[t - 1] if t else 0))
+        best = max(best, pips - spread * entries)
+    env = VecTradingEnv(np.zeros((9, 9), np.float32), close, num_envs=1, pip=1.0, spread_pips=spread, window=1)
+    obs = env.reset(starts=np.array([0]), lengths=np.array([8]))
+    oracle = PerfectForesight(close, 1.0, spread)
+    total = sum(env.step(oracle(env, obs)).pnl[0] for _ in range(8))
+    assert total == pytest.approx(best)

@@ -12,6 +12,7 @@ from shared.config import Config
 from shared.data.importers import FORMAT_HELP, FORMATS, sniff_file_format
 from shared.data.sample import SAMPLE_SYMBOL, import_sample
 from shared.data.store import BarStore, ImportSummary
+from shared.data.synthetic import KINDS, synthetic_bars
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -38,6 +39,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     sample = add("sample", "import the bundled EURUSD H1 2017 sample (idempotent)", cmd_sample)
     sample.add_argument("--symbol", default=SAMPLE_SYMBOL, help=f"symbol to store it under (default {SAMPLE_SYMBOL})")
+    synth = add("synthetic", "generate bars with a learnable structure and import them", cmd_synthetic)
+    synth.add_argument("--kind", choices=KINDS, default="sine", help="sine: periodic drift plus noise; random_walk: no edge")
+    synth.add_argument("--symbol", default="SYNTH", help="symbol to store them under (default SYNTH)")
+    synth.add_argument("--bars", type=int, default=20_000, help="number of bars (default 20000)")
+    synth.add_argument("--seed", type=int, default=0)
+    synth.add_argument("--period", type=float, default=48.0, help="sine period in bars (default 48)")
+    synth.add_argument("--drift-pips", type=float, default=3.0, help="peak drift per bar in pips (default 3)")
+    synth.add_argument("--noise-pips", type=float, default=2.0, help="noise per bar in pips (default 2)")
     add("info", "list the stored symbols: range, bar count, timeframe", cmd_info)
     delete = add("delete", "remove a symbol's bars from the store", cmd_delete)
     delete.add_argument("symbol")
@@ -74,6 +83,22 @@ def cmd_import(args: argparse.Namespace, config: Config) -> int:
 def cmd_sample(args: argparse.Namespace, config: Config) -> int:
     store = _store(args, config)
     _print_summary(import_sample(store, args.symbol), store)
+    return 0
+
+
+def cmd_synthetic(args: argparse.Namespace, config: Config) -> int:
+    store = _store(args, config)
+    bars = synthetic_bars(
+        args.kind,
+        args.bars,
+        seed=args.seed,
+        period=args.period,
+        drift_pips=args.drift_pips,
+        noise_pips=args.noise_pips,
+        pip=config.market.spec(args.symbol).pip,
+    )
+    source = f"synthetic:{args.kind}:n={args.bars}:seed={args.seed}:period={args.period}:drift={args.drift_pips}:noise={args.noise_pips}"
+    _print_summary(store.import_bars(args.symbol, bars, source=source), store)
     return 0
 
 

@@ -1,18 +1,28 @@
-"""Stochastic MuZero networks (ARCHITECTURE.md §4): see networks.py, top to bottom."""
+"""Stochastic MuZero networks (ARCHITECTURE.md §4): see networks.py, top to bottom.
+
+Names are resolved lazily so that reading the config (which holds ``ModelConfig``)
+does not import torch.
+"""
+
+from importlib import import_module
 
 from shared.model.config import ModelConfig
-from shared.model.networks import SearchModel, StochasticMuZeroNet
-from shared.model.support import h, h_inverse, scalar_to_support, support, support_to_scalar
-from shared.model.tcn import TCN
 
-__all__ = [
-    "ModelConfig",
-    "SearchModel",
-    "StochasticMuZeroNet",
-    "TCN",
-    "h",
-    "h_inverse",
-    "scalar_to_support",
-    "support",
-    "support_to_scalar",
-]
+_LAZY = {
+    "SearchModel": "networks",
+    "StochasticMuZeroNet": "networks",
+    "TCN": "tcn",
+    "h": "support",
+    "h_inverse": "support",
+    "scalar_to_support": "support",
+    "support": "support",
+    "support_to_scalar": "support",
+}
+
+__all__ = ["ModelConfig", *_LAZY]
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        return getattr(import_module(f"shared.model.{_LAZY[name]}"), name)
+    raise AttributeError(f"module 'shared.model' has no attribute {name!r}")
