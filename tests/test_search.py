@@ -120,7 +120,7 @@ def test_gumbel_noise_still_finds_the_best_action(device):
 @pytest.mark.parametrize("root", ["gumbel", "puct"])
 def test_chance_visits_follow_sigma(device, root):
     """Only Hold legal at the root: every simulation enters Hold's chance node, whose code visits track sigma."""
-    sims = 400
+    sims = 200
     obs, _, _ = make_batch(2, 2, device)
     legal = torch.tensor([[True, False, False, False]] * 2, device=device)
     side = torch.zeros(2, dtype=torch.long, device=device)
@@ -129,10 +129,10 @@ def test_chance_visits_follow_sigma(device, root):
     chance = tree.action_children[:, ROOT, Action.HOLD]                           # [B]
     assert tree.is_chance[torch.arange(2), chance].all()
     kids = tree.code_children[torch.arange(2), chance]                            # [B, C]
-    visits = torch.where(kids >= 0, tree.node_visits.gather(1, kids.clamp(min=0)), 0.0)
+    visits = tree.node_visits.gather(1, kids)                                      # unexpanded: scratch, 0
     assert (visits.sum(-1) == sims - 1).all()                                     # all but the expanding one
     fractions = visits / visits.sum(-1, keepdim=True)
-    torch.testing.assert_close(fractions.cpu(), SIGMA.to(fractions.dtype).expand(2, -1), atol=0.01, rtol=0)
+    torch.testing.assert_close(fractions.cpu(), SIGMA.to(fractions.dtype).expand(2, -1), atol=0.02, rtol=0)
 
 
 @pytest.mark.parametrize("device", DEVICES)
@@ -174,7 +174,8 @@ def test_illegal_actions_never_chosen_nor_given_mass(device, root):
         out = run_search(model, obs, legal, side, cfg, gen(seed, device))
         assert legal[torch.arange(24), out.action].all()
         assert (out.policy_target[~legal] == 0).all() and (out.visit_counts[~legal] == 0).all()
-        torch.testing.assert_close(out.policy_target.sum(-1), torch.ones(24, dtype=out.policy_target.dtype, device=device))
+        ones = torch.ones(24, dtype=out.policy_target.dtype, device=device)
+        torch.testing.assert_close(out.policy_target.sum(-1), ones)
         tree = out.tree
         N = tree.num_slots
         made = torch.arange(N, device=device) <= cfg.num_simulations                  # root + expanded slots
@@ -183,14 +184,13 @@ def test_illegal_actions_never_chosen_nor_given_mass(device, root):
         interior = decision.clone()
         interior[:, ROOT] = False
         assert (tree.legal[interior] == legal_by_side[tree.side[interior] + 1]).all()
-        has_child = tree.action_children >= 0
+        has_child = tree.action_children != tree.scratch
         assert not (has_child & ~tree.legal)[decision].any()
         # sides: a chance node holds side_after(parent side, action); chance edges keep it
         nodes = slice(1, cfg.num_simulations + 1)
         parent_side = tree.side.gather(1, tree.parents[:, nodes])
         edge = tree.edge_from_parent[:, nodes]
         chance = tree.is_chance[:, nodes]
-        assert (legal_by_side[parent_side + 1].gather(2, edge.clamp(max=3).unsqueeze(-1)).squeeze(-1) | ~chance).all()
         expected = torch.where(chance, side_after[parent_side + 1, edge.clamp(max=3)], parent_side)
         assert torch.equal(tree.side[:, nodes], expected)
 
@@ -258,7 +258,8 @@ def _assert_row_equal(a, i, b, j):
 def test_shapes_and_dtypes(device, dtype):
     B, S = 5, 6
     obs, legal, side = make_batch(B, 13, device)
-    out = run_search(TinyModel(wiggle=0.3, dtype=dtype), obs, legal, side, SearchConfig(num_simulations=S), gen(0, device))
+    model = TinyModel(wiggle=0.3, dtype=dtype)
+    out = run_search(model, obs, legal, side, SearchConfig(num_simulations=S), gen(0, device))
     assert out.action.shape == (B,) and out.action.dtype == torch.long
     assert out.policy_target.shape == (B, 4) and out.policy_target.dtype == dtype
     assert out.root_value.shape == (B,) and out.root_value.dtype == dtype
@@ -303,3 +304,9 @@ def test_bench_smoke():
     (row,) = rows
     assert row.batch_size == 2 and row.network_calls >= 4
     assert all(math.isfinite(x) and x > 0 for x in (row.search_s, row.network_s, row.single_s_per_env, row.speedup))
+
+
+def test_rejects_a_chance_code_count_mismatch():
+    obs, legal, side = make_batch(2, 16, "cpu")
+    with pytest.raises(ValueError, match="chance codes"):
+        run_search(TinyModel(), obs, legal, side, SearchConfig(num_chance_codes=8))

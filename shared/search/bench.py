@@ -190,7 +190,7 @@ def bench_search(
 
 def _replay_inputs(model: SearchModel, calls: list[tuple[str, int]], obs: Tensor) -> list[tuple[str, tuple]]:
     """Inputs for each recorded call, built ahead so the replay times the network alone."""
-    with torch.inference_mode():
+    with torch.no_grad():
         state, _, _ = model.initial_inference(obs)
     codes = int(getattr(getattr(model, "cfg", None), "chance_codes", 16))
     inputs = []
@@ -205,7 +205,7 @@ def _replay_inputs(model: SearchModel, calls: list[tuple[str, int]], obs: Tensor
     return inputs
 
 
-@torch.inference_mode()
+@torch.no_grad()
 def _replay(model: SearchModel, inputs: list[tuple[str, tuple]]) -> None:
     for kind, args in inputs:
         getattr(model, f"{kind}_inference")(*args)
@@ -217,6 +217,8 @@ def format_rows(rows: list[BenchRow], model_name: str = "") -> str:
     lines = [f"{'B':>5} {'search ms':>10} {'env-steps/s':>12} {'net ms':>8} {'search/net':>10} "
              f"{'calls':>6} {'single ms/env':>14} {'speedup':>8}"]
     for r in rows:
-        lines.append(f"{r.batch_size:>5} {r.search_s * 1e3:>10.2f} {r.env_steps_per_s:>12.0f} {r.network_s * 1e3:>8.2f} "
-                     f"{r.overhead_ratio:>10.2f} {r.network_calls:>6} {r.single_s_per_env * 1e3:>14.2f} {r.speedup:>8.1f}")
+        lines.append(
+            f"{r.batch_size:>5} {r.search_s * 1e3:>10.2f} {r.env_steps_per_s:>12.0f} {r.network_s * 1e3:>8.2f} "
+            f"{r.overhead_ratio:>10.2f} {r.network_calls:>6} {r.single_s_per_env * 1e3:>14.2f} {r.speedup:>8.1f}"
+        )
     return head + "\n".join(lines)

@@ -129,7 +129,7 @@ def _select_code(node: _Chance) -> int:
     return _argmax(scores, [True] * len(scores))
 
 
-@torch.inference_mode()
+@torch.no_grad()
 def run_search_single(
     model: SearchModel,
     obs: Tensor,
@@ -144,6 +144,7 @@ def run_search_single(
     legal_all = legal_mask.to(device=device, dtype=torch.bool)
     noise = draw_root_noise(config, legal_all, generator, device)
     out_action, out_policy, out_value, out_visits = [], [], [], []
+    dtype = torch.get_default_dtype()
     for i in range(obs.shape[0]):
         state, logits, value = model.initial_inference(obs[i : i + 1])
         dtype = value.dtype
@@ -163,7 +164,6 @@ def run_search_single(
         out_policy.append(policy)
         out_value.append(root.value)
         out_visits.append(visits)
-    dtype = torch.get_default_dtype() if not out_value else value.dtype
     return SearchOutput(
         action=torch.tensor(out_action, dtype=torch.long, device=device),
         policy_target=torch.tensor(out_policy, dtype=dtype, device=device).reshape(-1, NUM_ACTIONS),
@@ -182,9 +182,10 @@ def _simulate(
         if isinstance(node, _Decision):
             a = _select_action(node, stats, config, gumbel, considered if node is root else None)
             if a not in node.children:
-                afterstate, chance_logits, q = model.afterstate_inference(node.state, torch.tensor([a], device=node.state.device))
+                action = torch.tensor([a], device=node.state.device)
+                afterstate, chance_logits, q = model.afterstate_inference(node.state, action)
                 side = int(SIDE_AFTER[node.side + 1, a])
-                leaf: _Decision | _Chance = _Chance(afterstate, side, chance_logits[0].to(q.dtype).tolist(), float(q[0]))
+                leaf: _Decision | _Chance = _Chance(afterstate, side, chance_logits[0].tolist(), float(q[0]))
                 node.children[a] = leaf
                 break
             node = node.children[a]
@@ -195,7 +196,9 @@ def _simulate(
                     node.afterstate, torch.tensor([c], device=node.afterstate.device)
                 )
                 legal = LEGAL_BY_SIDE[node.side + 1].tolist()
-                leaf = _Decision(state, node.side, legal, logits[0].to(value.dtype).tolist(), float(value[0]), float(reward[0]))
+                leaf = _Decision(
+                    state, node.side, legal, logits[0].to(value.dtype).tolist(), float(value[0]), float(reward[0])
+                )
                 node.children[c] = leaf
                 break
             node = node.children[c]

@@ -24,7 +24,6 @@ rows of the batch.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Literal, Protocol, runtime_checkable
 
@@ -150,7 +149,7 @@ def sample_from_visits(visits: Tensor, legal: Tensor, temperature: float, unifor
 # ----------------------------------------------------------------------------- the search
 
 
-@torch.inference_mode()
+@torch.no_grad()
 def run_search(
     model: SearchModel,
     obs: Tensor,
@@ -171,7 +170,9 @@ def run_search(
     legal = legal_mask.to(device=device, dtype=torch.bool)
     side = side.to(device=device, dtype=torch.long)
     if legal.shape != (obs.shape[0], NUM_ACTIONS) or side.shape != (obs.shape[0],):
-        raise ValueError(f"legal_mask must be [B, {NUM_ACTIONS}] and side [B]; got {list(legal.shape)}, {list(side.shape)}")
+        raise ValueError(
+            f"legal_mask must be [B, {NUM_ACTIONS}] and side [B]; got {list(legal.shape)}, {list(side.shape)}"
+        )
     if not bool(legal.any(-1).all()):
         raise ValueError("every root needs at least one legal action")
 
@@ -206,8 +207,10 @@ class _Context:
     legal_by_side: Tensor        # [3, A] bool
     side_after: Tensor           # [3, A] long
     considered: Tensor           # [B, S] Sequential Halving's considered visit per simulation
-    halfstep_discount: Tensor    # [S + 2] discount of the edge into the node at half-step t
-    scratch_column: Tensor       # [B, 1] long, the scratch node
+    halfstep_discount: Tensor    # [S + 2] d_t, discount of the edge into the node at half-step t
+    discount_prefix: Tensor      # [S + 2] P_t = d_0 * ... * d_t
+    discount_prefix_before: Tensor  # [S + 2] P_{t-1}, 0 for t = 0
+    scratch_nodes: Tensor        # [B] long, the scratch node
 
     @staticmethod
     def build(config: SearchConfig, tree: Tree) -> _Context:
@@ -218,10 +221,11 @@ class _Context:
         table = torch.tensor(sel.considered_visits_table(config.max_considered_actions, S), device=device)
         num_considered = tree.legal[:, ROOT].sum(-1).clamp(max=config.max_considered_actions)
         # A node at an even half-step t >= 2 is a decision node entered through a chance
-        # edge, which carries a reward and one discount; everything else carries neither.
+        # edge, which carries a reward and one discount; action edges carry neither.
         t = torch.arange(S + 2, device=device)
         halfstep_discount = torch.ones(S + 2, dtype=dtype, device=device)
         halfstep_discount[(t % 2 == 0) & (t > 0)] = config.discount
+        prefix = halfstep_discount.cumprod(0)
         return _Context(
             config=config,
             row_base=torch.arange(B, device=device) * N,
@@ -229,13 +233,15 @@ class _Context:
             side_after=side_after,
             considered=table[num_considered].to(dtype),
             halfstep_discount=halfstep_discount,
-            scratch_column=torch.full((B, 1), tree.scratch, dtype=torch.long, device=device),
+            discount_prefix=prefix,
+            discount_prefix_before=torch.cat([prefix.new_zeros(1), prefix[:-1]]),
+            scratch_nodes=torch.full((B,), tree.scratch, dtype=torch.long, device=device),
         )
 
 
 def _simulate(model: SearchModel, tree: Tree, ctx: _Context, sim: int, height: int) -> int:
     """One simulation in every tree; creates node sim + 1. Returns the new height."""
-    path, edges = _traverse(tree, ctx, sim, height)
+    path, edges = _traverse(tree, ctx, sim, height)                     # [B, height + 2], [B, height + 1]
     # The leaf's parent is the last real node on the path, at half-step leaf_t.
     leaf_t = (path != tree.scratch).sum(1) - 1                          # [B]
     parent = path.gather(1, leaf_t.unsqueeze(1)).squeeze(1)             # [B]
@@ -251,10 +257,10 @@ def _simulate(model: SearchModel, tree: Tree, ctx: _Context, sim: int, height: i
 def _traverse(tree: Tree, ctx: _Context, sim: int, height: int) -> tuple[Tensor, Tensor]:
     """Walk every tree from its root to an unexpanded edge.
 
-    Returns path [B, height + 2] (node at each half-step, scratch after the tree's leaf
-    parent; the last column is room for the new node) and edges [B, height + 1] (the
-    action or code chosen at each half-step). A tree whose walk has ended sits on the
-    scratch node, which has no children, so no per-tree branching is needed.
+    Returns path [B, height + 2] (the node at each half-step; scratch after the tree's
+    leaf parent, and always in the last column) and edges [B, height + 1] (the action
+    or code chosen at each half-step). An unexpanded edge leads to the scratch node,
+    whose children are scratch too, so a finished walk stays there: no per-tree branching.
     """
     inv_range = sel.inverse_range(tree.value_min, tree.value_max)      # fixed during a traversal
     node = torch.zeros_like(ctx.row_base)                               # [B] all at the root
@@ -266,13 +272,12 @@ def _traverse(tree: Tree, ctx: _Context, sim: int, height: int) -> tuple[Tensor,
             choice = _select_action(tree, ctx, flat, children, inv_range, sim if t == 0 else None)
         else:
             children = rows(tree.code_children, flat)                    # [B, C]
-            visits, _ = children_stats(tree, children)
+            visits = tree.node_visits.gather(1, children)
             choice = sel.chance_scores(rows(tree.chance_probs, flat), visits).argmax(-1)
         nodes.append(node)
         choices.append(choice)
-        child = children.gather(1, choice.unsqueeze(1)).squeeze(1)
-        node = torch.where(child >= 0, child, tree.scratch)
-    nodes.append(ctx.scratch_column.squeeze(1))
+        node = children.gather(1, choice.unsqueeze(1)).squeeze(1)
+    nodes.append(ctx.scratch_nodes)
     return torch.stack(nodes, 1), torch.stack(choices, 1)
 
 
@@ -325,6 +330,11 @@ def _expand(
     if len(to_after):
         p, a = parent_flat.index_select(0, to_after), edge.index_select(0, to_after)
         afterstate, chance_logits, q = model.afterstate_inference(rows(tree.embeddings, p), a)
+        if chance_logits.shape[-1] != tree.chance_probs.shape[-1]:
+            raise ValueError(
+                f"the model has {chance_logits.shape[-1]} chance codes, "
+                f"SearchConfig.num_chance_codes is {tree.chance_probs.shape[-1]}"
+            )
         tree.embeddings[:, node].index_copy_(0, to_after, afterstate.to(tree.embeddings.dtype))
         probs = torch.softmax(chance_logits.to(value.dtype), dim=-1)
         tree.chance_probs[:, node].index_copy_(0, to_after, probs)
@@ -352,41 +362,37 @@ def _expand(
     tree.raw_values[:, node] = value
     tree.node_values[:, node] = value
     tree.node_visits[:, node] = 1
-    torch.minimum(tree.value_min, value, out=tree.value_min)
-    torch.maximum(tree.value_max, value, out=tree.value_max)
 
 
 def _backup(tree: Tree, ctx: _Context, path: Tensor, leaf_t: Tensor, node: int) -> None:
     """Back the new node's value up the path, all levels and trees at once.
 
-    path [B, T + 1] (scratch past the leaf parent), leaf_t [B] half-step of the leaf's
-    parent, node = the new node (at half-step leaf_t + 1). The return G_t seen at the
-    path node of half-step t obeys G_t = r_{t+1} + d_{t+1} G_{t+1} with G = v_leaf at
-    and past the leaf, where r_{t+1}, d_{t+1} are the reward and discount of the edge
-    into half-step t + 1 (non-zero reward and d = discount only on chance edges). With
-    P_t = prod_{u <= t} d_u:  G_t = (sum_{s > t} P_{s-1} r_s + P_T v_leaf) / P_t.
+    path [B, T] (scratch past the leaf's parent), leaf_t [B] the half-step of the leaf's
+    parent, node = the new leaf (at half-step leaf_t + 1). The return G_t seen at the
+    path node of half-step t obeys G_t = r_{t+1} + d_{t+1} G_{t+1}, where r, d are the
+    reward and discount of the edge into half-step t + 1 (a chance edge: its reward and
+    the discount; an action edge: 0 and 1), ending with G_{leaf_t} = g = r_leaf + d_leaf
+    v_leaf. With P_t = d_0 ... d_t (the same in every tree, d depends on the parity only):
+    G_t = (sum_{t < s <= leaf_t} P_{s-1} r_s + P_{leaf_t} g) / P_t.
     """
-    scratch = tree.scratch
-    T1 = path.shape[1]
-    path = path.scatter(1, (leaf_t + 1).unsqueeze(1), torch.full_like(ctx.scratch_column, node))
-    real = path != scratch
-    discount = torch.where(real, ctx.halfstep_discount[:T1], 1.0)              # [B, T + 1]
-    reward = tree.rewards.gather(1, path)                                        # 0 off decision nodes
-    prefix = discount.cumprod(1)                                                 # P_t
-    weighted = torch.cat([torch.zeros_like(reward[:, :1]), prefix[:, :-1] * reward[:, 1:]], 1)
-    after = weighted.sum(1, keepdim=True) - weighted.cumsum(1)                   # sum_{s > t} P_{s-1} r_s
-    leaf_value = tree.raw_values[:, node].unsqueeze(1)
-    returns = (after + prefix[:, -1:] * leaf_value) / prefix                     # G_t [B, T + 1]
+    real = path != tree.scratch                                                   # [B, T]
+    T = path.shape[1]
+    weighted = tree.rewards.gather(1, path) * ctx.discount_prefix_before[:T]      # P_{s-1} r_s, 0 off the path
+    after = weighted.sum(1, keepdim=True) - weighted.cumsum(1)                    # sum over s > t
+    leaf_value = tree.raw_values[:, node]
+    leaf_return = tree.rewards[:, node] + ctx.halfstep_discount[leaf_t + 1] * leaf_value
+    returns = (after + (ctx.discount_prefix[leaf_t] * leaf_return).unsqueeze(1)) / ctx.discount_prefix[:T]
 
-    on_path = torch.arange(T1, device=path.device) <= leaf_t.unsqueeze(1)       # strictly above the leaf
-    index = torch.where(on_path, path, scratch)
-    visits = tree.node_visits.gather(1, index)
-    values = tree.node_values.gather(1, index)
-    new_values = torch.where(on_path, (values * visits + returns) / (visits + 1), values)
-    tree.node_values.scatter_(1, index, new_values)
-    tree.node_visits.scatter_(1, index, visits + on_path)
-    torch.minimum(tree.value_min, torch.where(on_path, new_values, math.inf).amin(1), out=tree.value_min)
-    torch.maximum(tree.value_max, torch.where(on_path, new_values, -math.inf).amax(1), out=tree.value_max)
+    visits = tree.node_visits.gather(1, path)
+    values = tree.node_values.gather(1, path)
+    new_values = (values * visits + returns) / (visits + 1) * real                # scratch keeps 0
+    tree.node_values.scatter_(1, path, new_values)
+    tree.node_visits.scatter_(1, path, visits + real)
+    # Min-max over every value held: the updated path values and the leaf's own value
+    # (the last column is always scratch, so the leaf value always enters).
+    seen = torch.where(real, new_values, leaf_value.unsqueeze(1))
+    torch.minimum(tree.value_min, seen.amin(1), out=tree.value_min)
+    torch.maximum(tree.value_max, seen.amax(1), out=tree.value_max)
 
 
 def _summarise(tree: Tree, config: SearchConfig, noise: RootNoise) -> SearchOutput:

@@ -5,9 +5,10 @@ H hidden size):
 
 * Node ``0`` is the root (a decision node). Simulation ``k`` (0-based) creates node
   ``k + 1`` in every tree, so node index = simulation index + 1 and no allocator is
-  needed. Node ``S + 1`` is the *scratch* node: a node that never exists, where finished
-  traversals park and where masked writes land; its fields stay benign (no children,
-  zero value, uniform priors).
+  needed. Node ``S + 1`` is the *scratch* node, a node that never exists: every
+  unexpanded edge points at it, finished traversals park on it, and masked writes land
+  on it. It keeps zero visits, zero value and no children, so reading the stats of an
+  unexpanded child needs no mask.
 * Two node kinds share the index space. A **decision node** holds a state; its
   children, one per action, are chance nodes. A **chance node** holds an afterstate
   (state + action, before the market moves); its children, one per chance code, are
@@ -28,7 +29,6 @@ from torch import Tensor
 
 from shared.actions import LEGAL_BY_SIDE, SIDE_AFTER
 
-UNVISITED = -1  # child index of an edge not expanded yet
 ROOT = 0
 
 
@@ -49,8 +49,8 @@ class Tree:
     logits: Tensor            # [B, N, A]  policy logits of decision nodes, illegal ones at finfo.min
     priors: Tensor            # [B, N, A]  softmax(logits) floored at finfo.tiny; at a pUCT root with Dirichlet noise
     chance_probs: Tensor      # [B, N, C]  sigma = softmax(chance_logits) of chance nodes
-    action_children: Tensor   # [B, N, A]  long, chance-node index or UNVISITED
-    code_children: Tensor     # [B, N, C]  long, decision-node index or UNVISITED
+    action_children: Tensor   # [B, N, A]  long, chance-node index, scratch if not expanded
+    code_children: Tensor     # [B, N, C]  long, decision-node index, scratch if not expanded
     value_min: Tensor         # [B]        min of every value the tree has held (Q normalisation)
     value_max: Tensor         # [B]        max of the same
     root_gumbel: Tensor       # [B, A]     Gumbel noise of the root (zeros in pUCT mode)
@@ -67,10 +67,6 @@ class Tree:
     @property
     def scratch(self) -> int:
         return self.num_slots - 1
-
-    def root_children_visits(self) -> Tensor:
-        """Visit counts of the root's actions [B, A] (float)."""
-        return children_stats(self, self.action_children[:, ROOT])[0]
 
 
 def side_tables(device: torch.device) -> tuple[Tensor, Tensor]:
@@ -132,8 +128,8 @@ def init_tree(
         logits=zeros(B, N, A),
         priors=full((B, N, A), 1.0 / A, dt),
         chance_probs=full((B, N, C), 1.0 / C, dt),
-        action_children=full((B, N, A), UNVISITED, torch.long),
-        code_children=full((B, N, C), UNVISITED, torch.long),
+        action_children=full((B, N, A), N - 1, torch.long),
+        code_children=full((B, N, C), N - 1, torch.long),
         value_min=root_value.clone(),
         value_max=root_value.clone(),
         root_gumbel=root_gumbel,
@@ -160,11 +156,7 @@ def rows(x: Tensor, flat: Tensor) -> Tensor:
 def children_stats(tree: Tree, children: Tensor) -> tuple[Tensor, Tensor]:
     """Visits and values of the children of one node per tree.
 
-    children [B, K] long (a row of action_children or code_children, UNVISITED for
-    missing) -> (visits [B, K] float, 0 where missing; values [B, K], 0 where missing).
+    children [B, K] long (a row of action_children or code_children) -> (visits [B, K]
+    float, values [B, K]); an unexpanded child is the scratch node: 0 visits, value 0.
     """
-    exists = children >= 0
-    index = children.clamp(min=0)
-    visits = torch.where(exists, tree.node_visits.gather(1, index), 0.0)
-    values = torch.where(exists, tree.node_values.gather(1, index), 0.0)
-    return visits, values
+    return tree.node_visits.gather(1, children), tree.node_values.gather(1, children)

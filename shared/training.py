@@ -1,0 +1,140 @@
+"""Collection and learning in one process: ``microzero train``.
+
+The services split these two loops across processes; here they alternate: play a
+batch of episodes (warm-up policy until the replay holds enough positions, then the
+search with the current weights), insert them, then take as many learner steps as the
+samples-per-insert ratio allows. Checkpoints are written every
+``train.checkpoint_every`` learner steps and at the end; a rerun resumes from the
+latest one in the output folder.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from shared.backtest import BacktestResult, backtest
+from shared.config import Config
+from shared.learning import Learner, ReplayBuffer, SamplesPerInsert
+from shared.learning.checkpoint import checkpoint_path, latest_checkpoint, load_checkpoint
+from shared.market import MarketData
+from shared.model.networks import StochasticMuZeroNet
+from shared.selfplay import SearchPolicy, SelfPlay
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class TrainResult:
+    steps: int
+    episodes: int
+    checkpoints: list[Path] = field(default_factory=list)
+    history: list[dict[str, float]] = field(default_factory=list)  # learner metrics, one per step
+    episode_pips: list[float] = field(default_factory=list)  # mean net reward of each played batch
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ValueError("--device cuda requested but CUDA is not available; use --device cpu")
+    return torch.device(name)
+
+
+def greedy_policy(model: StochasticMuZeroNet, config: Config, device: torch.device) -> SearchPolicy:
+    """The evaluation policy: the search without root noise, acting on its best action."""
+    search = config.search.model_copy(update={"gumbel_scale": 0.0, "dirichlet_fraction": 0.0, "temperature": 0.0})
+    return SearchPolicy(model, search, device, seed=0)
+
+
+def evaluate(model: StochasticMuZeroNet, market: MarketData, config: Config, split: str, device, chunks: int = 16) -> BacktestResult:
+    """Greedy backtest of `model` over every decision bar of `split`."""
+    return backtest(
+        market,
+        market.splits(config)[split],
+        greedy_policy(model, config, device),
+        window=config.env.window,
+        drawdown_penalty=config.env.drawdown_penalty,
+        chunks=chunks,
+    )
+
+
+def train(
+    config: Config,
+    market: MarketData,
+    out_dir: Path,
+    *,
+    steps: int | None = None,
+    minutes: float | None = None,
+    device: str | torch.device = "cpu",
+    seed: int = 0,
+    progress: bool = True,
+) -> TrainResult:
+    """Self-play on the train split and learn until `steps` learner steps or `minutes`."""
+    if steps is None and minutes is None:
+        raise ValueError("give a budget: steps or minutes")
+    device = resolve_device(str(device))
+    torch.manual_seed(seed)
+    out_dir = Path(out_dir)
+    checkpoints_dir = out_dir / "checkpoints"
+    model = StochasticMuZeroNet(config.model).to(device)
+    learner = Learner(model, config.learning, device, log_dir=out_dir / "tensorboard")
+    latest = latest_checkpoint(checkpoints_dir)
+    if latest is not None:
+        learner.restore(load_checkpoint(latest, map_location=device))
+        log.info("resumed from %s (step %d)", latest, learner.steps)
+    replay = ReplayBuffer(market, config.learning, config.env.window, config.env.drawdown_penalty, seed=seed)
+    selfplay = SelfPlay(
+        market,
+        market.splits(config)["train"],
+        num_envs=config.train.num_envs,
+        window=config.env.window,
+        episode_length=config.env.episode_length,
+        drawdown_penalty=config.env.drawdown_penalty,
+        discount=config.learning.discount,
+        seed=seed,
+    )
+    policy = SearchPolicy(model, config.search, device, seed=seed)
+    ratio = SamplesPerInsert.from_config(config.learning)
+    batch_size = config.learning.batch_size
+    result = TrainResult(steps=learner.steps, episodes=0)
+    target = None if steps is None else learner.steps + steps
+    deadline = None if minutes is None else time.monotonic() + 60 * minutes
+    bar = tqdm(total=steps, disable=not progress, unit="step", desc="learning")
+
+    def finished() -> bool:
+        return (target is not None and learner.steps >= target) or (deadline is not None and time.monotonic() >= deadline)
+
+    while not finished():
+        warm = len(replay) < config.learning.min_replay_positions or learner.steps == 0
+        episodes = selfplay.play(config.train.warmup_policy if warm else policy, model_version=learner.steps)
+        for episode in episodes:
+            replay.insert(episode)
+        result.episodes += len(episodes)
+        result.episode_pips.append(float(np.mean([e.rewards.sum() for e in episodes])))
+        allowed = ratio.allowed_steps(replay.inserted, replay.sampled, batch_size)
+        for _ in range(allowed):
+            if finished():
+                break
+            metrics = learner.step(replay.sample(batch_size), replay)
+            result.history.append(metrics)
+            bar.update(1)
+            if learner.steps % config.train.checkpoint_every == 0:
+                result.checkpoints.append(_save(learner, checkpoints_dir))
+        bar.set_postfix(loss=f"{result.history[-1]['loss']:.3f}" if result.history else "-", episodes=result.episodes)
+    bar.close()
+    if not result.checkpoints or load_checkpoint(result.checkpoints[-1]).step != learner.steps:
+        result.checkpoints.append(_save(learner, checkpoints_dir))
+    learner.close()
+    result.steps = learner.steps
+    return result
+
+
+def _save(learner: Learner, directory: Path) -> Path:
+    path = checkpoint_path(directory, learner.steps)
+    learner.save(path)
+    return path
