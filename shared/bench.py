@@ -104,18 +104,65 @@ def _print_env(report: dict) -> None:
     print(f"target: >= {report['target_at_4096']:,} env-steps/s at B = 4096 (observation included)")
 
 
+def _bench_search(args: argparse.Namespace, config: Config) -> dict:
+    from shared.model.networks import StochasticMuZeroNet
+    from shared.search.bench import bench_search
+
+    device = _device(args.device)
+    model = StochasticMuZeroNet(config.model).to(device).eval()
+    sizes = tuple(int(b) for b in (args.batch_sizes or "1,64,256").split(","))
+    rows = bench_search(model, sizes, config.search.num_simulations, device, config.search)
+    return {"device": str(device), "simulations": config.search.num_simulations, "rows": [r.as_dict() for r in rows]}
+
+
+def _print_search(report: dict) -> None:
+    print(f"search: {report['simulations']} simulations, {report['device']}, real model")
+    print("  ratio = search time / the same network calls alone (target <= 1.5 at B = 256)")
+    print("  speedup = over one tree at a time with the same model (target >= 20 at B = 256)")
+    print(f"{'B':>5} {'env-steps/s':>12} {'search ms':>10} {'network ms':>11} {'ratio':>6} {'speedup':>8}")
+    for r in report["rows"]:
+        print(
+            f"{r['batch_size']:>5} {r['env_steps_per_s']:>12,.0f} {1e3 * r['search_s']:>10.1f}"
+            f" {1e3 * r['network_s']:>11.1f} {r['overhead_ratio']:>6.2f} {r['speedup']:>8.1f}"
+        )
+
+
+def _bench_train(args: argparse.Namespace, config: Config) -> dict:
+    from shared.learning.bench import bench_train
+
+    return bench_train(config, _market(config, args.symbol), str(_device(args.device))).as_dict()
+
+
+def _print_train(r: dict) -> None:
+    print(f"learner, batch {r['batch_size']}, {r['device']}")
+    print(f"  learner steps/s       {r['learner_steps_per_s']:8.2f}   peak memory {r['learner_peak_mib']:8.0f} MiB")
+    print(f"  bare forward+backward {r['bare_steps_per_s']:8.2f}   peak memory {r['bare_peak_mib']:8.0f} MiB")
+    print(f"  ratio learner / bare  {r['ratio']:8.2f}   (target >= 0.8)")
+
+
+def _device(name: str):
+    from shared.training import resolve_device
+
+    return resolve_device(name)
+
+
 def _run(args: argparse.Namespace, config: Config) -> int:
     if args.what == "env":
-        sizes = [int(b) for b in args.batch_sizes.split(",")]
-        report = bench_env(config, sizes, args.seconds, args.symbol)
-        print(json.dumps(report, indent=2)) if args.json else _print_env(report)
+        sizes = [int(b) for b in (args.batch_sizes or "1,256,4096").split(",")]
+        report, show = bench_env(config, sizes, args.seconds, args.symbol), _print_env
+    elif args.what == "search":
+        report, show = _bench_search(args, config), _print_search
+    else:
+        report, show = _bench_train(args, config), _print_train
+    print(json.dumps(report, indent=2)) if args.json else show(report)
     return 0
 
 
 def register(subparsers) -> None:
     parser = subparsers.add_parser("bench", help="measure speed (ratios against a baseline of the same run)")
-    parser.add_argument("what", choices=["env"], help="what to measure")
-    parser.add_argument("--batch-sizes", default="1,256,4096", help="comma-separated B values")
+    parser.add_argument("what", choices=["env", "search", "train"], help="what to measure")
+    parser.add_argument("--batch-sizes", default=None, help="comma-separated B (env: 1,256,4096; search: 1,64,256)")
+    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"], help="search and train only")
     parser.add_argument("--seconds", type=float, default=2.0, help="time per measurement")
     parser.add_argument("--symbol", default=None)
     parser.add_argument("--json", action="store_true", help="machine-readable output")

@@ -17,8 +17,14 @@ from shared.config import load_config
 COMMAND_MODULES = (
     "shared.data.cli",
     "shared.backtest_cli",
+    "shared.train_cli",
     "shared.model.cli",
     "shared.bench",
+    "services.collector.main",
+    "services.trainer.main",
+    "services.validator.main",
+    "services.api.main",
+    "services.up",
 )
 
 

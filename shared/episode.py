@@ -27,6 +27,7 @@ class Episode:
     root_values: np.ndarray  # [T] float32, search value at each decision
     policy_targets: np.ndarray  # [T, 4] float32, improved policy of the search
     legal_masks: np.ndarray  # [T, 4] bool
+    episode_id: str = ""  # unique per episode (collector id + sequence), for deduplication
 
     def __post_init__(self) -> None:
         T = len(self.actions)

@@ -19,6 +19,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from shared.actions import Action
 from shared.backtest import BacktestResult, backtest
 from shared.config import Config
 from shared.learning import Learner, ReplayBuffer, SamplesPerInsert
@@ -116,6 +117,14 @@ def train(
             replay.insert(episode)
         result.episodes += len(episodes)
         result.episode_pips.append(float(np.mean([e.rewards.sum() for e in episodes])))
+        _log_selfplay(learner, episodes, warm)
+        if progress:
+            tqdm.write(
+                f"step {learner.steps:>6}  {'warm-up' if warm else 'search '} episodes {result.episodes:>5}"
+                f"  reward/episode {result.episode_pips[-1]:8.1f} pips"
+                f"  trades/episode {np.mean([_entries(e.actions) for e in episodes]):5.1f}"
+                + (f"  loss {result.history[-1]['loss']:.3f}" if result.history else "")
+            )
         allowed = ratio.allowed_steps(replay.inserted, replay.sampled, batch_size)
         for _ in range(allowed):
             if finished():
@@ -132,6 +141,23 @@ def train(
     learner.close()
     result.steps = learner.steps
     return result
+
+
+def _log_selfplay(learner: Learner, episodes: list, warm: bool) -> None:
+    """TensorBoard scalars of a played batch: reward, trades and action frequencies."""
+    if learner.writer is None:
+        return
+    step, actions = learner.steps, np.concatenate([e.actions for e in episodes])
+    prefix = "warmup" if warm else "selfplay"
+    learner.writer.add_scalar(f"{prefix}/reward_per_episode_pips", np.mean([e.rewards.sum() for e in episodes]), step)
+    learner.writer.add_scalar(f"{prefix}/trades_per_episode", np.mean([_entries(e.actions) for e in episodes]), step)
+    for action in Action:
+        learner.writer.add_scalar(f"{prefix}/action_frequency/{action.name.lower()}", np.mean(actions == action), step)
+
+
+def _entries(actions: np.ndarray) -> int:
+    """Trades opened in an episode: every Buy or Sell (a reversal opens one too)."""
+    return int(np.isin(actions, (1, 2)).sum())
 
 
 def _save(learner: Learner, directory: Path) -> Path:

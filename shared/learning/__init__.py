@@ -8,7 +8,7 @@ from shared.learning.checkpoint import (
     load_checkpoint,
     save_checkpoint,
 )
-from shared.learning.config import LearningConfig
+from shared.config import LearningConfig
 from shared.learning.learner import Learner, SamplesPerInsert
 from shared.learning.losses import LossOutput, stochastic_muzero_loss
 from shared.learning.replay import Batch, ReplayBuffer

@@ -33,7 +33,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from shared.learning.config import LearningConfig
+from shared.config import LearningConfig
 from shared.model import ModelConfig
 
 log = logging.getLogger(__name__)

@@ -10,7 +10,7 @@ import numpy as np
 import torch
 
 from shared.learning.checkpoint import Checkpoint, save_checkpoint
-from shared.learning.config import LearningConfig
+from shared.config import LearningConfig
 from shared.learning.losses import stochastic_muzero_loss
 from shared.learning.replay import Batch, ReplayBuffer
 from shared.model import StochasticMuZeroNet

@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from shared.learning.config import LearningConfig
+from shared.config import LearningConfig
 from shared.learning.replay import Batch
 from shared.model import StochasticMuZeroNet
 

@@ -28,7 +28,7 @@ import torch
 from shared.actions import NUM_ACTIONS, legal_mask
 from shared.env import NUM_POSITION_FEATURES
 from shared.episode import Episode, position_states
-from shared.learning.config import LearningConfig
+from shared.config import LearningConfig
 from shared.learning.targets import n_step_targets
 from shared.market import MarketData
 

@@ -26,7 +26,6 @@ business; call ``model.eval()`` before searching (see tcn.py on BatchNorm).
 
 from __future__ import annotations
 
-from typing import Protocol, runtime_checkable
 
 import torch
 import torch.nn.functional as F
@@ -35,23 +34,7 @@ from torch import Tensor, nn
 from shared.model.config import ModelConfig
 from shared.model.support import scalar_to_support, support_to_scalar
 from shared.model.tcn import TCN
-
-
-@runtime_checkable
-class SearchModel(Protocol):
-    """What the batched search needs from a model. Scalars are in pips."""
-
-    def initial_inference(self, obs: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        """obs [B, W, 15] float -> (state [B, H], policy_logits [B, 4], value [B])."""
-        ...
-
-    def afterstate_inference(self, state: Tensor, action: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        """state [B, H], action [B] long -> (afterstate [B, H], chance_logits [B, 16], q [B])."""
-        ...
-
-    def recurrent_inference(self, afterstate: Tensor, code: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-        """afterstate [B, H], code [B] long -> (state [B, H], reward [B], policy_logits [B, 4], value [B])."""
-        ...
+from shared.search.search import SearchModel  # noqa: F401  (the protocol this network implements)
 
 
 # ----------------------------------------------------------------------------- pieces

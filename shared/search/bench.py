@@ -75,18 +75,6 @@ class MLPStandIn(nn.Module):
         return state, self.reward(state)[:, 0], out[:, : self.actions], out[:, -1]
 
 
-def default_bench_model(device: str | torch.device = "cpu") -> tuple[SearchModel, str]:
-    """The real StochasticMuZeroNet if it can be built, else the MLP stand-in; (model in eval mode, name)."""
-    try:
-        from shared.model.networks import StochasticMuZeroNet
-
-        model: nn.Module = StochasticMuZeroNet()
-        name = "StochasticMuZeroNet"
-    except Exception:  # noqa: BLE001 - any failure to build it means: use the stand-in
-        model, name = MLPStandIn(), "MLPStandIn"
-    return model.to(device).eval(), name
-
-
 class _Recorder:
     """Wraps a model and records (kind, batch size) of every inference call."""
 

