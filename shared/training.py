@@ -136,7 +136,7 @@ def train(
                 result.checkpoints.append(_save(learner, checkpoints_dir))
         bar.set_postfix(loss=f"{result.history[-1]['loss']:.3f}" if result.history else "-", episodes=result.episodes)
     bar.close()
-    if not result.checkpoints or load_checkpoint(result.checkpoints[-1]).step != learner.steps:
+    if not result.checkpoints or result.checkpoints[-1] != checkpoint_path(checkpoints_dir, learner.steps):
         result.checkpoints.append(_save(learner, checkpoints_dir))
     learner.close()
     result.steps = learner.steps

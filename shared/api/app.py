@@ -35,7 +35,6 @@ import hmac
 import json
 import logging
 import os
-import tempfile
 import threading
 import time
 from contextlib import asynccontextmanager
@@ -70,7 +69,7 @@ from shared.api.inference import (
 )
 from shared.config import Config
 from shared.data.bars import Bars
-from shared.learning.checkpoint import CheckpointError
+from shared.learning.checkpoint import CheckpointError, write_checkpoint_bytes
 from shared.observability import API_LATENCY, API_REQUESTS
 from shared.pipeline.redis_conn import connect
 
@@ -350,17 +349,6 @@ def served_out(served: ServedModel | None) -> S.ServedModel | None:
     )
 
 
-def _atomic_write(path: Path, data: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 # ----------------------------------------------------------------------------- metrics middleware
@@ -611,13 +599,8 @@ def create_app(
                     raise CheckpointError(f"checkpoint {record.path} changed while being promoted")
             except (CheckpointError, OSError) as exc:
                 raise HTTPException(409, f"checkpoint {checkpoint_id} fails verification: {exc}") from exc
-            best_dir = Path(config.pipeline.best_dir)
-            best_dir.mkdir(parents=True, exist_ok=True)
-            best_path = best_dir / "best.pt"
-            # Sidecar first, then the file: a reader never sees best.pt without its digest
-            # (the same order as shared.learning.checkpoint).
-            _atomic_write(Path(f"{best_path}.sha256"), f"{served.sha256}  {best_path.name}\n".encode())
-            _atomic_write(best_path, data)
+            best_path = Path(config.pipeline.best_dir) / "best.pt"
+            write_checkpoint_bytes(best_path, data, served.sha256)
             _registry_call(reg.set_best, record.id, str(best_path))
             state.holder.swap(served)
             state._failed = None

@@ -100,10 +100,18 @@ def save_checkpoint(
     torch.save(payload, buffer)
     data = buffer.getvalue()
     digest = hashlib.sha256(data).hexdigest()
+    write_checkpoint_bytes(path, data, digest)
+    return digest
+
+
+def write_checkpoint_bytes(path: str | Path, data: bytes, digest: str) -> None:
+    """Write checkpoint bytes and their ``sha256sum`` sidecar, each atomically, sidecar
+    first: a reader never sees a checkpoint without its digest. Also used to copy a
+    verified checkpoint (best.pt, history)."""
+    path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     _atomic_write(sidecar_path(path), f"{digest}  {path.name}\n".encode())
     _atomic_write(path, data)
-    return digest
 
 
 def _atomic_write(path: Path, data: bytes) -> None:

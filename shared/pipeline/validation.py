@@ -34,7 +34,6 @@ import logging
 import math
 import os
 import re
-import tempfile
 import threading
 import time
 from collections.abc import Iterator, Mapping
@@ -49,6 +48,7 @@ from rq.job import Job, JobStatus
 from rq.serializers import JSONSerializer
 
 from shared.config import Config, PipelineConfig, load_config
+from shared.learning.checkpoint import write_checkpoint_bytes
 from shared.metrics import TradingMetrics, compute_metrics
 from shared.observability import (
     BEST_SCORE,
@@ -381,9 +381,9 @@ def update_best(registry: Registry, config: Config, record: CheckpointRecord, sc
         best_path = best_dir / BEST_FILE
         history = best_dir / HISTORY_DIR
         history_path = history / f"{_safe_name(record.run_id)}-{record.step:09d}.pt"
-        _write_checkpoint_copy(history_path, data, digest)
+        write_checkpoint_bytes(history_path, data, digest)
         _prune_history(history, pipe.best_history, keep=history_path)
-        _write_checkpoint_copy(best_path, data, digest)
+        write_checkpoint_bytes(best_path, data, digest)
         registry.set_best(record.id, str(best_path))
         BEST_SCORE.set(score)
     log.info("checkpoint %d (run %s step %d) is the new best: score %.4f > %.4f",
@@ -433,24 +433,6 @@ def _locked(path: Path) -> Iterator[None]:
             fcntl.flock(f.fileno(), fcntl.LOCK_UN)
 
 
-def _write_checkpoint_copy(path: Path, data: bytes, digest: str) -> None:
-    """`data` at `path` and its ``sha256sum`` sidecar, each atomically (sidecar first)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    _atomic_write(Path(f"{path}.sha256"), f"{digest}  {path.name}\n".encode())
-    _atomic_write(path, data)
-
-
-def _atomic_write(path: Path, data: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def _prune_history(history: Path, keep_count: int, keep: Path) -> None:
