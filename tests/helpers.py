@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import socket
+
 import numpy as np
 
 from shared.config import Config
@@ -18,3 +20,10 @@ def random_walk_bars(n: int = 3000, seed: int = 0, step_pips: float = 5.0, start
 
 def random_walk_market(n: int = 3000, seed: int = 0, config: Config | None = None) -> MarketData:
     return market_from_bars("EURUSD", random_walk_bars(n, seed), config or Config())
+
+
+def free_port() -> int:
+    """A TCP port nothing listens on right now (the OS picks it)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]

@@ -427,3 +427,20 @@ def test_bench_transport_measures_and_cleans_up(config, market, client):
     assert report["episode_bytes"] < 2_000 and report["collector_num_envs"] == config.train.num_envs
     assert client.exists(report["stream"], f"{report['stream']}:dead") == 0
     assert "ratio transport / collector" in format_transport(report)
+
+
+def test_bench_pipeline_command_reports_transport_and_act_latency(config, tmp_path, capsys):
+    """`microzero bench pipeline` end to end: real Redis, real uvicorn, JSON report."""
+    from shared.bench import _bench_pipeline, _print_pipeline, register
+
+    parser = argparse.ArgumentParser()
+    register(parser.add_subparsers())
+    args = parser.parse_args(["bench", "pipeline", "--episodes", "16", "--requests", "12", "--concurrency", "3"])
+    report = _bench_pipeline(args, config)
+    transport, act = report["transport"], report["act"]
+    assert transport["n_episodes"] == 16 and transport["redis"] == REDIS_URL
+    assert act["requests"] == 12 and act["errors"] == 0, act["first_error"]
+    assert 0 < act["p50_ms"] <= act["p99_ms"] and act["requests_per_s"] > 0
+    _print_pipeline(report)
+    out = capsys.readouterr().out
+    assert "ratio transport / collector" in out and "POST /v1/act" in out and "0 errors" in out

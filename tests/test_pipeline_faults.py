@@ -11,7 +11,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -27,15 +26,10 @@ from shared.pipeline.collector import Collector, load_pipeline_market
 from shared.pipeline.redis_conn import connect
 from shared.pipeline.streams import TRAINER_STATUS_KEY, EpisodeStream, read_model
 from shared.pipeline.trainer import Trainer
+from tests.helpers import free_port
 from tests.test_collector_trainer import Worker, sample, tiny_config, wait_until
 
 REPO = Path(__file__).resolve().parents[1]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class RedisServer:

@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import contextlib
+import socket
+import tempfile
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any
+from pathlib import Path
+from typing import Any, Iterator
 
 import numpy as np
 
+from shared.config import Config
 from shared.features import warmup_bars
 
 
@@ -95,3 +100,52 @@ def bench_act(
         "requests_per_s": len(latencies) / wall if wall > 0 else 0.0,
         "wall_s": wall,
     }
+
+
+@contextlib.contextmanager
+def served_untrained_model(config: Config) -> Iterator[str]:
+    """A real uvicorn API on a free local port serving an untrained `config.model`
+    registered as best in a throw-away SQLite registry; yields its base URL.
+
+    Latency depends on the model's size and the search, not on its weights, so this
+    measures what a trained checkpoint of the same config would cost.
+    """
+    import torch
+    import uvicorn
+
+    from shared.api import create_app
+    from shared.learning.checkpoint import save_checkpoint
+    from shared.model.networks import StochasticMuZeroNet
+    from shared.registry import Registry
+
+    with tempfile.TemporaryDirectory(prefix="mz-bench-api-") as tmp:
+        folder = Path(tmp)
+        pipeline = config.pipeline.model_copy(
+            update={"database_url": f"sqlite:///{folder / 'registry.db'}", "best_dir": folder / "best", "redis_url": None}
+        )
+        config = config.model_copy(update={"pipeline": pipeline})
+        path = folder / "ckpt-000000001.pt"
+        torch.manual_seed(0)
+        sha = save_checkpoint(path, StochasticMuZeroNet(config.model), 1)
+        registry = Registry(pipeline.database_url)
+        registry.ensure_run("bench", pipeline.symbol, {})
+        registry.set_best(registry.add_checkpoint("bench", 1, str(path), sha), str(path))
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        server = uvicorn.Server(
+            uvicorn.Config(create_app(config, registry=registry), host="127.0.0.1", port=port, log_level="warning")
+        )
+        thread = threading.Thread(target=server.run, daemon=True)
+        thread.start()
+        try:
+            deadline = time.monotonic() + 60
+            while not server.started:
+                if not thread.is_alive() or time.monotonic() > deadline:
+                    raise RuntimeError("the benchmark API server did not start")
+                time.sleep(0.05)
+            yield f"http://127.0.0.1:{port}"
+        finally:
+            server.should_exit = True
+            thread.join(30)
+            registry.close()
