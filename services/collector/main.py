@@ -7,53 +7,24 @@ SIGTERM stops it cleanly (the current batch is abandoned, finished episodes flus
 from __future__ import annotations
 
 import argparse
-import contextlib
-import logging
-import signal
 import sys
 import threading
 
+from services.common import (
+    add_metrics_port_argument, require_redis_url, run_standalone, setup_logging, start_metrics, stop_on_signals,
+)
 from shared.config import Config
 
 
-@contextlib.contextmanager
-def _stop_on_signals(stop: threading.Event):
-    """Set `stop` on SIGINT/SIGTERM while the block runs (main thread only)."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    previous = {sig: signal.signal(sig, lambda *_: stop.set()) for sig in (signal.SIGINT, signal.SIGTERM)}
-    try:
-        yield
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
-
-
 def _run(args: argparse.Namespace, config: Config) -> int:
-    from shared.cli import CommandError
-    from shared.observability import serve_metrics
     from shared.pipeline.collector import pick_device, run_collector
-    from shared.pipeline.redis_conn import redis_url_from
 
-    url = redis_url_from(config.pipeline.redis_url)
-    if not url:
-        raise CommandError(
-            "no Redis configured: set pipeline.redis_url (MZ_PIPELINE__REDIS_URL) or REDIS_URL, "
-            "or use `microzero up`, which starts an embedded one"
-        )
-    if not logging.getLogger().handlers:
-        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    url = require_redis_url(config)
+    setup_logging()
     device = pick_device(args.device)
-    port = config.pipeline.collector_metrics_port if args.metrics_port is None else args.metrics_port
-    if port >= 0:
-        try:
-            port = serve_metrics(port)
-        except OSError as exc:
-            raise CommandError(f"cannot serve metrics on port {port} ({exc.strerror}); pass --metrics-port 0 for any free port")
-        logging.getLogger(__name__).info("metrics on http://0.0.0.0:%d/metrics", port)
+    start_metrics(args.metrics_port, config.pipeline.collector_metrics_port)
     stop = threading.Event()
-    with _stop_on_signals(stop):
+    with stop_on_signals(stop):
         stats = run_collector(config, stop, args.id, args.max_episodes, redis_url=url, device=device)
     print(
         f"collector {stats.collector_id}: {stats.played} episodes played, {stats.pushed} pushed, "
@@ -73,30 +44,12 @@ def register(subparsers) -> None:
     parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="auto = cuda if available")
     parser.add_argument("--id", default=None, help="collector id (default hostname-pid; must be unique among live collectors)")
     parser.add_argument("--max-episodes", type=int, default=None, help="stop after pushing this many episodes")
-    parser.add_argument(
-        "--metrics-port", type=int, default=None,
-        help="Prometheus port (default pipeline.collector_metrics_port; 0 = any free port; -1 = none)",
-    )
+    add_metrics_port_argument(parser, "collector_metrics_port")
     parser.set_defaults(func=_run)
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``python -m services.collector.main [--config FILE] [options]``: this service alone,
-    without the rest of the ``microzero`` CLI (container entrypoints, tests)."""
-    from shared.cli import CommandError
-    from shared.config import load_config
-
-    pre = argparse.ArgumentParser(add_help=False)
-    pre.add_argument("--config", help="JSON or YAML config file (default: $MZ_CONFIG)")
-    known, rest = pre.parse_known_args(sys.argv[1:] if argv is None else argv)
-    parser = argparse.ArgumentParser(prog="python -m services.collector.main", parents=[pre])
-    register(parser.add_subparsers(dest="command"))
-    args = parser.parse_args([*(["--config", known.config] if known.config else []), "collector", *rest])
-    try:
-        return int(args.func(args, load_config(args.config)) or 0)
-    except (CommandError, ValueError) as exc:
-        print(f"collector: error: {exc}", file=sys.stderr)
-        return 2
+    return run_standalone("collector", register, argv)
 
 
 if __name__ == "__main__":

@@ -15,9 +15,10 @@ CUDA) is unsafe. The job timeout still applies (SIGALRM in the worker).
 from __future__ import annotations
 
 import argparse
-import logging
+import os
 import sys
 
+from services.common import add_metrics_port_argument, require_redis_url, run_standalone, setup_logging, start_metrics
 from shared.config import Config
 
 
@@ -32,28 +33,13 @@ def build_worker(config: Config, redis_client):
 
 
 def _run(args: argparse.Namespace, config: Config) -> int:
-    import os
-
     import redis
 
     from shared.cli import CommandError
-    from shared.observability import serve_metrics
 
-    url = config.pipeline.redis_url or os.environ.get("REDIS_URL")
-    if not url:
-        raise CommandError(
-            "no Redis configured: set pipeline.redis_url (MZ_PIPELINE__REDIS_URL) or REDIS_URL, "
-            "or use `microzero up`, which starts an embedded one"
-        )
-    if not logging.getLogger().handlers:
-        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    port = config.pipeline.validator_metrics_port if args.metrics_port is None else args.metrics_port
-    if port >= 0:
-        try:
-            port = serve_metrics(port)
-        except OSError as exc:
-            raise CommandError(f"cannot serve metrics on port {port} ({exc.strerror}); pass --metrics-port 0 for any free port")
-        logging.getLogger(__name__).info("metrics on http://0.0.0.0:%d/metrics", port)
+    url = require_redis_url(config)
+    setup_logging()
+    start_metrics(args.metrics_port, config.pipeline.validator_metrics_port)
     client = redis.Redis.from_url(url)
     try:
         client.ping()
@@ -75,30 +61,12 @@ def register(subparsers) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--burst", action="store_true", help="exit once the validation queue is empty")
-    parser.add_argument(
-        "--metrics-port", type=int, default=None,
-        help="Prometheus port (default pipeline.validator_metrics_port; 0 = any free port; -1 = none)",
-    )
+    add_metrics_port_argument(parser, "validator_metrics_port")
     parser.set_defaults(func=_run)
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``python -m services.validator.main [--config FILE] [options]``: this service alone,
-    without the rest of the ``microzero`` CLI (container entrypoints, tests)."""
-    from shared.cli import CommandError
-    from shared.config import load_config
-
-    pre = argparse.ArgumentParser(add_help=False)
-    pre.add_argument("--config", help="JSON or YAML config file (default: $MZ_CONFIG)")
-    known, rest = pre.parse_known_args(sys.argv[1:] if argv is None else argv)
-    parser = argparse.ArgumentParser(prog="python -m services.validator.main", parents=[pre])
-    register(parser.add_subparsers(dest="command"))
-    args = parser.parse_args([*(["--config", known.config] if known.config else []), "validator", *rest])
-    try:
-        return int(args.func(args, load_config(args.config)) or 0)
-    except (CommandError, ValueError) as exc:
-        print(f"validator: error: {exc}", file=sys.stderr)
-        return 2
+    return run_standalone("validator", register, argv)
 
 
 if __name__ == "__main__":
