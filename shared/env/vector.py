@@ -34,7 +34,7 @@ import numpy as np
 from shared.actions import LEGAL_BY_SIDE, SIDE_AFTER, Action
 
 NUM_POSITION_FEATURES = 6
-_SCALE = 100.0  # pips (or bars) at which the position features saturate via tanh
+POSITION_SCALE = 100.0  # pips (or bars) at which the position features saturate via tanh
 
 
 @dataclass(frozen=True)
@@ -268,8 +268,8 @@ class VecTradingEnv:
         held = self.side != 0
         state = self._history[:, self.window - 1 + k]
         state[:, 0] = self.side
-        state[:, 1] = np.tanh(self.unrealised / _SCALE)
-        state[:, 2] = np.tanh((self.start + k - self.entry_row) / _SCALE) * held
-        state[:, 3] = np.tanh(-self.drawdown / _SCALE)
-        state[:, 4] = np.tanh(-self.max_drawdown / _SCALE)
-        state[:, 5] = np.tanh(self.accumulated_drawdown / _SCALE)
+        state[:, 1] = np.tanh(self.unrealised / POSITION_SCALE)
+        state[:, 2] = np.tanh((self.start + k - self.entry_row) / POSITION_SCALE) * held
+        state[:, 3] = np.tanh(-self.drawdown / POSITION_SCALE)
+        state[:, 4] = np.tanh(-self.max_drawdown / POSITION_SCALE)
+        state[:, 5] = np.tanh(self.accumulated_drawdown / POSITION_SCALE)

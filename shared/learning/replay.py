@@ -6,7 +6,12 @@ consecutive serials, so its rows are contiguous modulo the capacity, and evictin
 oldest whole episodes first frees exactly the rows the next episode needs. A row holds
 the position state *before* that decision, the action, reward, n-step target, policy
 target and legal mask. The state after an episode's last step is flat (the environment
-force-closes), so it needs no row: it is checked at insert and rebuilt as zeros.
+force-closes), so it needs no row: it is rebuilt as zeros.
+
+Insert replays the episode's actions with :func:`replay_positions`, the environment's
+step arithmetic applied to all T steps at once (a Python loop over ``VecTradingEnv.step``
+cost ~23 ms per 360-step episode and bounded the trainer's intake).
+``tests/test_replay_insert.py`` holds it bit for bit to the environment.
 
 Observations are rebuilt at sample time: for decision step j of an episode starting at
 feature row s, window bar i (0 = oldest) is feature row ``s + j - W + 1 + i`` with the
@@ -25,9 +30,10 @@ from dataclasses import dataclass, fields, replace
 import numpy as np
 import torch
 
-from shared.actions import NUM_ACTIONS, legal_mask
+from shared.actions import LEGAL_BY_SIDE, NUM_ACTIONS, Action, legal_mask
 from shared.env import NUM_POSITION_FEATURES
-from shared.episode import Episode, position_states
+from shared.env.vector import POSITION_SCALE
+from shared.episode import Episode
 from shared.config import LearningConfig
 from shared.learning.targets import n_step_targets
 from shared.market import MarketData
@@ -107,7 +113,7 @@ class ReplayBuffer:
         if T > C:
             raise ValueError(f"{name} has {T} positions, more than the replay capacity {C}")
         try:
-            states, rewards = position_states(
+            states, rewards = replay_positions(
                 self.market, episode.start_bar, episode.actions, self.window, self.drawdown_penalty
             )
         except ValueError as exc:
@@ -120,9 +126,7 @@ class ReplayBuffer:
                 f"at step {k} ({bad.size} steps differ) -- the episode was built on other data "
                 f"(prices, spread, window or drawdown penalty)"
             )
-        if np.any(states[T] != 0):
-            raise ValueError(f"{name}: the position is not flat after the last step")
-        legal = legal_mask(states[:T, 0].astype(np.int64))  # [T, A]
+        legal = legal_mask(states[:, 0].astype(np.int64))  # [T, A]
         if not np.array_equal(legal, episode.legal_masks):
             raise ValueError(f"{name}: legal masks disagree with the replayed positions")
 
@@ -143,7 +147,7 @@ class ReplayBuffer:
             self._tail = first + length
         serials = np.arange(self._head, self._head + T)
         rows = serials % C
-        self.states[rows] = states[:T]
+        self.states[rows] = states
         self.actions[rows] = episode.actions
         self.rewards[rows] = rewards
         self.values[rows] = z
@@ -229,3 +233,96 @@ class ReplayBuffer:
         self._p_alpha[rows] = p**self.config.priority_alpha
         if p.size:
             self.max_priority = max(self.max_priority, float(p.max()))
+
+
+# ---------------------------------------------------------------------- vectorised replay
+_SIDE_SET_BY = np.array([0, 1, -1, 0], np.int8)  # side after a legal Buy / Sell / Close (Hold: unused)
+
+
+def replay_positions(
+    market: MarketData, start_bar: int, actions: np.ndarray, window: int, drawdown_penalty: float
+) -> tuple[np.ndarray, np.ndarray]:
+    """Replay `actions` from feature row `start_bar`: the position state before each
+    decision ([T, 6] float32) and the rewards ([T] float64).
+
+    The same numbers, bit for bit, as stepping a one-env ``VecTradingEnv`` (see
+    ``shared.episode.position_states``), computed over all steps at once: the side is
+    set by the last non-Hold action; within a trade the running peak, maximum drawdown
+    and accumulated drawdown are running max / sum, taken per trade on a padded grid so
+    the float operations happen in the environment's order. Raises ValueError where
+    the environment would (bad rows, an action outside 0..3 or an illegal one).
+    """
+    close = np.asarray(market.close, dtype=np.float64)
+    a = np.asarray(actions)
+    T, spread, pip = len(a), float(market.spread_pips), float(market.pip)
+    if start_bar < window - 1 or start_bar + T > len(close) - 1:
+        raise ValueError(
+            f"episodes must start at row >= {window - 1} and end by row {len(close) - 1}; "
+            f"got start {start_bar} with length {T}"
+        )
+    if not np.issubdtype(a.dtype, np.integer) or (a < 0).any() or (a > 3).any():
+        raise ValueError(f"actions must be integers in 0..3, got {a}")
+    a = a.astype(np.int64)
+    steps = np.arange(T)
+    last_move = np.maximum.accumulate(np.where(a != Action.HOLD, steps, -1))  # [T], -1 = none yet
+    side = np.where(last_move >= 0, _SIDE_SET_BY[a[np.maximum(last_move, 0)]], 0).astype(np.int8)  # after
+    before = np.concatenate([np.zeros(1, np.int8), side[:-1]])
+    illegal = ~LEGAL_BY_SIDE[before + 1, a]
+    if illegal.any():
+        k = int(np.flatnonzero(illegal)[0])
+        raise ValueError(f"illegal action {Action(int(a[k])).name} at step {k} holding side {int(before[k])}")
+
+    row = start_bar + steps
+    price, next_price = close[row], close[row + 1]
+    opening = (side != 0) & (side != before)
+    fresh = opening | ((before != 0) & (side != before))  # a new trade or none: statistics restart
+    opened_at = np.maximum.accumulate(np.where(opening, steps, 0))  # meaningful only while holding
+    entry_price, entry_row = price[opened_at], row[opened_at]
+    holding = side != 0
+    # Same expressions, in the same order, as VecTradingEnv.step.
+    pnl = side * (next_price - price) / pip - spread * opening
+    unrealised = np.where(holding, side * (next_price - entry_price) / pip - spread, 0.0)
+
+    seg = _Segments(fresh)
+    peak = seg.accumulate(np.maximum, np.where(opening, -spread, 0.0)[seg.starts], unrealised)
+    drawdown = peak - unrealised
+    previous = np.where(fresh, 0.0, np.concatenate([[0.0], drawdown[:-1]]))
+    increase = np.maximum(drawdown - previous, 0.0)
+    accumulated = seg.accumulate(np.add, np.zeros(seg.count), increase)
+    max_drawdown = seg.accumulate(np.maximum, np.zeros(seg.count), drawdown)
+    rewards = pnl - drawdown_penalty * increase
+
+    # State before decision k+1 = after step k; before decision 0 the agent is flat.
+    states = np.zeros((T, NUM_POSITION_FEATURES), np.float32)
+    after = slice(0, T - 1)  # the state after the last step (force-closed, flat) has no row
+    states[1:, 0] = side[after]
+    states[1:, 1] = np.tanh(unrealised[after] / POSITION_SCALE)
+    states[1:, 2] = np.tanh((start_bar + steps[after] + 1 - entry_row[after]) / POSITION_SCALE) * holding[after]
+    states[1:, 3] = np.tanh(-drawdown[after] / POSITION_SCALE)
+    states[1:, 4] = np.tanh(-max_drawdown[after] / POSITION_SCALE)
+    states[1:, 5] = np.tanh(accumulated[after] / POSITION_SCALE)
+    return states, rewards
+
+
+class _Segments:
+    """Runs of steps between restarts of the trade statistics (`fresh` [T] bool; step 0
+    always starts one), laid out as rows of a grid so that one ufunc.accumulate along
+    the rows is the environment's sequential update, restarted at each run's start."""
+
+    def __init__(self, fresh: np.ndarray) -> None:
+        T = len(fresh)
+        begins = fresh.copy()
+        begins[0] = True
+        self.starts = np.flatnonzero(begins)  # [S] first step of each run
+        self.count = len(self.starts)
+        self.id = np.cumsum(begins) - 1  # [T] run of each step
+        self.pos = np.arange(T) - self.starts[self.id]  # [T] step within its run
+        # S x (longest run + 1) cells: at most ~T^2/4, i.e. ~32 k for 360-step episodes.
+        self.width = int(self.pos.max()) + 2
+
+    def accumulate(self, ufunc: np.ufunc, initial: np.ndarray, values: np.ndarray) -> np.ndarray:
+        """[T]: ufunc(...ufunc(ufunc(initial[run], v_0), v_1)..., v_pos), per run."""
+        grid = np.zeros((self.count, self.width))
+        grid[:, 0] = initial
+        grid[self.id, self.pos + 1] = values
+        return ufunc.accumulate(grid, axis=1)[self.id, self.pos + 1]
