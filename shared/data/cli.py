@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+from tqdm import tqdm
 
 from shared.config import Config
 from shared.data.importers import FORMAT_HELP, FORMATS, sniff_file_format
@@ -37,6 +38,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="timezone the file's timestamps are in (default UTC), e.g. Europe/Berlin, +02:00; "
         "HistData files are EST without DST: use Etc/GMT+5",
     )
+    imp.add_argument("--quiet", action="store_true", help="no progress bar")
     sample = add("sample", "import the bundled EURUSD H1 2017 sample (idempotent)", cmd_sample)
     sample.add_argument("--symbol", default=SAMPLE_SYMBOL, help=f"symbol to store it under (default {SAMPLE_SYMBOL})")
     synth = add("synthetic", "generate bars with a learnable structure and import them", cmd_synthetic)
@@ -74,7 +76,14 @@ def _print_summary(summary: ImportSummary, store: BarStore) -> None:
 def cmd_import(args: argparse.Namespace, config: Config) -> int:
     store = _store(args, config)
     fmt = sniff_file_format(args.path) if args.format == "auto" else args.format
-    summary = store.import_file(args.path, args.symbol, format=fmt, tz=args.tz)
+    stages = ("read", "parse", "store")
+    with tqdm(total=len(stages), unit="stage", file=sys.stderr, disable=args.quiet, leave=False) as bar:
+
+        def on_stage(name: str) -> None:
+            bar.set_description(f"{name} {Path(args.path).name}", refresh=False)
+            bar.update(stages.index(name) - bar.n)
+
+        summary = store.import_file(args.path, args.symbol, format=fmt, tz=args.tz, on_stage=on_stage)
     print(f"{args.path}: {fmt} format, timestamps read as {args.tz}")
     _print_summary(summary, store)
     return 0
