@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+from tqdm import tqdm
 
 from shared.baselines import Policy
 from shared.env import Trades, VecTradingEnv
@@ -45,8 +46,13 @@ def backtest(
     drawdown_penalty: float = 0.01,
     chunks: int = 1,
     n_trials: int = 1,
+    progress: bool | str = False,
 ) -> BacktestResult:
-    """Play `policy` greedily over every decision bar of `split` and compute metrics."""
+    """Play `policy` greedily over every decision bar of `split` and compute metrics.
+
+    `progress`: a tqdm bar on stderr, one tick per step of the lock-stepped chunks
+    (True, or a label for the bar); off by default so library callers stay silent.
+    """
     starts, lengths = chunk_episodes(split, window, chunks)
     env = VecTradingEnv(
         market.features,
@@ -62,7 +68,8 @@ def backtest(
     steps = int(lengths.max())
     pnl = np.zeros((len(starts), steps))
     actions = np.zeros((len(starts), steps), dtype=np.int8)
-    for k in range(steps):
+    label = progress if isinstance(progress, str) else f"backtest {split.name}"
+    for k in tqdm(range(steps), desc=label, unit="step", disable=not progress, leave=False):
         act = np.asarray(policy(env, obs))
         actions[:, k] = act
         pnl[:, k] = env.step(act).pnl

@@ -33,6 +33,7 @@ def _run(args: argparse.Namespace, config: Config) -> int:
             window=config.env.window,
             drawdown_penalty=config.env.drawdown_penalty,
             chunks=args.chunks,
+            progress=False if args.quiet else name,
         )
         for name in policies
     }
@@ -80,4 +81,5 @@ def register(subparsers) -> None:
     parser.add_argument("--chunks", type=int, default=1, help="contiguous pieces played in parallel")
     parser.add_argument("--seed", type=int, default=0, help="seed of the random policy")
     parser.add_argument("--json", action="store_true", help="machine-readable output")
+    parser.add_argument("--quiet", action="store_true", help="no progress bar (it goes to stderr)")
     parser.set_defaults(func=_run)

@@ -20,6 +20,8 @@ COMMAND_MODULES = (
     "shared.train_cli",
     "shared.model.cli",
     "shared.bench",
+    "shared.evaluation.cli",
+    "shared.analysis.cli",
     "services.collector.main",
     "services.trainer.main",
     "services.validator.main",

@@ -56,6 +56,11 @@ class DataConfig(BaseModel):
 
 class FeatureConfig(BaseModel):
     lookback: int = Field(60, ge=2, description="L of the rolling features")
+    # An ablation switch (``microzero experiment time-features``): False zeroes columns
+    # 5-8 (dow_cos, dow_sin, hour_cos, hour_sin). A constant column carries no
+    # information, so this removes the calendar from the model's inputs while every
+    # shape stays [window, 15] and nothing else about the pipeline changes.
+    time_features: bool = Field(True, description="False: columns 5-8 (FX-week and time-of-day cycles) are all 0")
 
 
 class SplitConfig(BaseModel):

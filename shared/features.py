@@ -38,6 +38,7 @@ FEATURE_NAMES = (
     "hour_sin",
 )
 NUM_MARKET_FEATURES = len(FEATURE_NAMES)
+TIME_FEATURE_COLUMNS = slice(5, 9)  # dow_cos, dow_sin, hour_cos, hour_sin
 # Bump when a definition changes, so cached feature matrices are rebuilt.
 FEATURE_VERSION = 1
 
@@ -87,6 +88,15 @@ def time_features(ts: np.ndarray) -> np.ndarray:
     dow = 2 * np.pi * week_hours / _FX_WEEK_HOURS
     hour = 2 * np.pi * day_hours / 24.0
     return np.stack([np.cos(dow), np.sin(dow), np.cos(hour), np.sin(hour)], axis=1)
+
+
+def without_time_features(features: np.ndarray) -> np.ndarray:
+    """A copy of `features` [T, 9] with the 4 time columns set to 0 (the
+    ``features.time_features = False`` ablation: constant inputs carry no information,
+    and the shape the model expects is kept)."""
+    out = features.copy()
+    out[:, TIME_FEATURE_COLUMNS] = 0.0
+    return out
 
 
 def compute_features(bars: Bars, pip: float, lookback: int = 60, drop_warmup: bool = True) -> np.ndarray:

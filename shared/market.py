@@ -8,7 +8,7 @@ definition, so every service rebuilds identical observations cheaply.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -17,7 +17,7 @@ from shared.config import Config
 from shared.data.bars import Bars
 from shared.data.store import BarStore, bars_fingerprint
 from shared.metrics import bars_per_year
-from shared.features import FEATURE_VERSION, compute_features, warmup_bars
+from shared.features import FEATURE_VERSION, compute_features, warmup_bars, without_time_features
 from shared.splits import Split, make_splits
 
 @dataclass(frozen=True)
@@ -51,6 +51,24 @@ class MarketData:
         return make_splits(len(self), config.splits, config.env.window)
 
 
+def restrict_to_split(market: MarketData, split: Split) -> tuple[MarketData, Split]:
+    """Only the rows of `split` (its warm-up window included), re-based to row 0.
+
+    Structural isolation for held-out evaluation: nothing given the result (policy,
+    environment, oracle) can index a bar outside the split, because no such bar is left.
+    The arrays are read-only copies; ``bar_offset`` keeps row i mapped to its stored bar.
+    Do not call ``.splits()`` on the result: it is one split, not a whole series.
+    """
+    if not 0 <= split.start < split.stop <= len(market):
+        raise ValueError(f"split {split.name} rows [{split.start}, {split.stop}) lie outside the market's {len(market)} rows")
+    rows = slice(split.start, split.stop)
+    arrays = {name: getattr(market, name)[rows].copy() for name in ("features", "close", "ts")}
+    for array in arrays.values():
+        array.flags.writeable = False
+    restricted = replace(market, **arrays, bar_offset=market.bar_offset + split.start)
+    return restricted, Split(split.name, 0, len(split))
+
+
 def market_from_bars(symbol: str, bars: Bars, config: Config, features: np.ndarray | None = None) -> MarketData:
     """Align `bars` with their feature rows (computed unless `features` are given)."""
     spec = config.market.spec(symbol)
@@ -60,6 +78,10 @@ def market_from_bars(symbol: str, bars: Bars, config: Config, features: np.ndarr
         raise ValueError(f"{symbol} has {len(bars)} bars; the features need more than {offset}")
     if features is None:
         features = compute_features(bars, spec.pip, lookback).astype(np.float32)
+    if not config.features.time_features:
+        # The ablation is applied here, the one place every feature matrix passes
+        # (computed, cached or given), so no caller can see the calendar by accident.
+        features = without_time_features(features)
     return MarketData(
         symbol=symbol.upper(),
         features=features,
@@ -73,7 +95,10 @@ def market_from_bars(symbol: str, bars: Bars, config: Config, features: np.ndarr
 
 def _cache_path(config: Config, symbol: str, fingerprint: str) -> Path:
     spec = config.market.spec(symbol)
-    key = f"{symbol.upper()}-L{config.features.lookback}-pip{spec.pip:g}-v{FEATURE_VERSION}-{fingerprint[:16]}"
+    # Every switch that changes the matrix is part of the key, so a variant is never
+    # served another variant's features.
+    variant = "" if config.features.time_features else "-notime"
+    key = f"{symbol.upper()}-L{config.features.lookback}-pip{spec.pip:g}-v{FEATURE_VERSION}{variant}-{fingerprint[:16]}"
     return Path(config.data.cache_dir) / "features" / f"{key}.npy"
 
 

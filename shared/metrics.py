@@ -377,7 +377,7 @@ def compute_metrics(
 # --------------------------------------------------------------------------- table
 
 # (field, row label, format kind) in display order.
-_TABLE_ROWS: tuple[tuple[str, str, str], ...] = (
+TABLE_ROWS: tuple[tuple[str, str, str], ...] = (
     ("trades", "trades", "int"),
     ("wins", "wins", "int"),
     ("losses", "losses", "int"),
@@ -406,7 +406,7 @@ _TABLE_ROWS: tuple[tuple[str, str, str], ...] = (
 _DECIMALS = {"pips": 1, "ratio2": 2, "ratio3": 3}
 
 
-def _format_value(value, kind: str) -> str:
+def format_value(value, kind: str) -> str:
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return "—"
     if isinstance(value, float) and math.isinf(value):
@@ -429,10 +429,10 @@ def format_metrics_table(rows: dict[str, TradingMetrics]) -> str:
         "Trading metrics — amounts in pips net of spread; Sharpe/Sortino annualised "
         f"by sqrt(bars_per_year), bars_per_year = {factor_text}; PSR/DSR per bar"
     )
-    labels = [label for _, label, _ in _TABLE_ROWS]
+    labels = [label for _, label, _ in TABLE_ROWS]
     cells = [
-        [_format_value(getattr(rows[n], field), kind) for n in names]
-        for field, _, kind in _TABLE_ROWS
+        [format_value(getattr(rows[n], field), kind) for n in names]
+        for field, _, kind in TABLE_ROWS
     ]
     label_w = max(len(s) for s in ["metric", *labels])
     col_w = [

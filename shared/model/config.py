@@ -32,7 +32,9 @@ class ModelConfig(BaseModel):
 
     # Discrete spaces.
     actions: int = Field(4, ge=1)
-    chance_codes: int = Field(16, ge=2, description="size of the one-hot chance codebook")
+    # 1 code = a deterministic MuZero (the dynamics always see the same code); the
+    # `stochastic` experiment compares it with the default 16.
+    chance_codes: int = Field(16, ge=1, description="size of the one-hot chance codebook (1 = deterministic)")
 
     # Categorical scalars (value, reward, Q): `support_bins` bins spaced evenly in
     # h-space over [h(-support_max), h(support_max)] (see support.py).
