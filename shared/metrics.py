@@ -16,18 +16,19 @@ Definitions (N = number of trades, x = trade_pips; r = bar_pnl, n = number of ba
 field                       definition
 ==========================  ===========================================================
 trades                      N
-wins / losses               #{x > 0} / #{x < 0}   (a trade of exactly 0 pips is neither)
+wins / losses               #{x > ε} / #{x < -ε}, ε = 1e-9 pips (a break-even trade is neither:
+                            float rounding of prices must not make it a loss)
 win_rate                    wins / N  (fraction, not %); None if N = 0
 expectancy                  mean(x) (pips per trade); None if N = 0
 avg_win / avg_loss          mean of the winning / losing trades (avg_loss < 0);
                             None if there are none
 best_trade / worst_trade    max(x) / min(x); None if N = 0
 total_pips                  sum(x) (0.0 if N = 0)
-gross_profit                sum of x over x > 0  (≥ 0; 0.0 if none)
-gross_loss                  sum of x over x < 0  (≤ 0, i.e. reported as a negative number)
+gross_profit                sum of the wins  (≥ 0; 0.0 if none)
+gross_loss                  sum of the losses  (≤ 0, i.e. reported as a negative number)
 profit_factor               gross_profit / |gross_loss|; ``float('inf')`` when there are
                             wins and no losses; 0.0 with losses and no wins; None when
-                            N = 0 or when every trade is exactly 0 pips
+                            N = 0 or when every trade breaks even
 sqn                         Van Tharp's System Quality Number:
                             sqrt(min(N, 100)) · mean(x) / std(x, ddof=1);
                             None if N < 2 or std = 0 (all trades equal).
@@ -99,6 +100,9 @@ FX_TRADING_HOURS_PER_YEAR = 52 * 5 * 24  # 6,240 h
 EULER_GAMMA = 0.5772156649015329
 SQN_TRADE_CAP = 100
 _NORMAL = NormalDist()
+
+
+BREAK_EVEN_PIPS = 1e-9  # |net pips| below this is a break-even trade (price arithmetic rounding)
 
 
 def bars_per_year(bar_seconds: float) -> float:
@@ -338,7 +342,7 @@ def compute_metrics(
         amddp1_total = float(a.sum())
         amddp1_per_trade = amddp1_total / a.size if a.size else None
 
-    winners, losers = x[x > 0], x[x < 0]
+    winners, losers = x[x > BREAK_EVEN_PIPS], x[x < -BREAK_EVEN_PIPS]
     gross_profit, gross_loss = float(winners.sum()), float(losers.sum())
     annualisation = math.sqrt(bpy)
     sr = _per_bar_sharpe(r)
