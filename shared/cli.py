@@ -22,6 +22,7 @@ COMMAND_MODULES = (
     "shared.bench",
     "shared.evaluation.cli",
     "shared.analysis.cli",
+    "shared.experiments.cli",
     "services.collector.main",
     "services.trainer.main",
     "services.validator.main",

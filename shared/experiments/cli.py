@@ -1,0 +1,131 @@
+"""``microzero experiment NAME``: a named comparison, mean and 95 % CI across seeds.
+
+The variants are declared in ``shared/experiments/variants.py``; the runner
+(``runner.py``) trains and evaluates them, ``stats.py`` holds the intervals and
+``report.py`` writes ``OUT/results.md`` and ``OUT/results.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+import sys
+import time
+from pathlib import Path
+
+from shared.config import Config
+from shared.experiments.variants import EXPERIMENTS
+
+
+def _seeds(text: str) -> list[int]:
+    try:
+        seeds = [int(s) for s in text.split(",") if s.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--seeds takes comma-separated integers, e.g. 0,1,2; got {text!r}") from None
+    if not seeds or len(set(seeds)) != len(seeds):
+        raise argparse.ArgumentTypeError(f"--seeds needs distinct integers, got {text!r}")
+    return seeds
+
+
+def _command(args: argparse.Namespace, symbol: str, out: Path) -> str:
+    """The command line that repeats this run, rebuilt from the parsed options (sys.argv
+    is not ours when main() is called from Python)."""
+    words = ["microzero"] + (["--config", args.config] if args.config else []) + ["experiment", args.name]
+    words += ["--steps", str(args.steps)] if args.steps is not None else ["--minutes", f"{args.minutes:g}"]
+    words += ["--seeds", ",".join(map(str, args.seeds)), "--symbol", symbol, "--out", str(out)]
+    words += ["--small"] * args.small + ["--device", args.device, "--threads", str(args.threads)]
+    for folder in args.reuse_runs_from:
+        words += ["--reuse-runs-from", folder]
+    return shlex.join(words)
+
+
+def _run(args: argparse.Namespace, config: Config) -> int:
+    import torch
+
+    from shared.data.sample import ensure_sample
+    from shared.data.store import BarStore
+    from shared.experiments.ppo import MissingDependency
+    from shared.experiments.report import write_results
+    from shared.experiments.runner import Budget, run_experiment
+    from shared.experiments.variants import get_experiment
+    from shared.market import load_market
+    from shared.training import resolve_device
+
+    # One thread by default: measured on the shared 2-core box, a small model trained
+    # 8x slower with 2 threads than with 1 once other processes held the cores (the
+    # threads spin waiting for each other). Run experiments side by side instead.
+    torch.set_num_threads(args.threads)
+    resolve_device(args.device)
+    experiment = get_experiment(args.name)
+    budget = Budget(steps=args.steps, minutes=args.minutes)
+    symbol = (args.symbol or config.data.default_symbol).upper()
+    store = BarStore(config.data.db_path)
+    if symbol == "EURUSD":
+        ensure_sample(store, symbol)
+    if symbol not in store.symbols():
+        raise ValueError(f"no bars for {symbol} in {store.path}; import them first (e.g. `microzero data synthetic`)")
+    out = Path(args.out or f"runs/experiments/{experiment.name}")
+    command = _command(args, symbol, out)
+    start = time.monotonic()
+    try:
+        result = run_experiment(
+            experiment, config, lambda cfg: load_market(cfg, symbol, store), out, seeds=args.seeds, budget=budget,
+            small=args.small, device=args.device, progress=not args.quiet, reuse_from=[Path(p) for p in args.reuse_runs_from],
+        )
+    except MissingDependency as exc:
+        print(f"microzero experiment {experiment.name}: {exc}", file=sys.stderr)
+        return 2
+    rows = result["rows"]
+    report = {
+        "experiment": experiment.name,
+        "question": experiment.question,
+        "command": command,
+        "symbol": symbol,
+        "split": "validation",
+        "seeds": args.seeds,
+        "budget": {"steps": budget.steps, "minutes": budget.minutes},
+        "small": args.small,
+        "device": args.device,
+        "decisions": rows[0]["summary"]["decisions"],
+        "wall_s": time.monotonic() - start,
+        "reused_runs": result["reused_runs"],
+        "rows": rows,
+    }
+    print(write_results(out, report))
+    print(f"wrote {out / 'results.md'} and {out / 'results.json'} ({report['wall_s']:.0f} s)")
+    return 0
+
+
+def register(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "experiment",
+        help="run a named comparison over seeds and write a results table with 95%% CIs",
+        description=(
+            "Train every variant of an experiment with the same train split, seeds and budget, backtest each "
+            "greedily on the validation split, and write OUT/results.md and OUT/results.json (mean and 95% "
+            "t-interval across seeds, pooled-trade bootstrap, random and momentum reference rows). Re-running "
+            "reuses finished runs. Experiments: "
+            + "; ".join(f"{name}: {e.question}" for name, e in EXPERIMENTS.items())
+        ),
+    )
+    parser.add_argument("name", choices=list(EXPERIMENTS), help="which comparison")
+    budget = parser.add_mutually_exclusive_group(required=True)
+    budget.add_argument("--steps", type=int, help="learner steps per run (PPO: steps x batch / samples-per-insert env steps)")
+    budget.add_argument("--minutes", type=float, help="wall-clock training budget per run")
+    parser.add_argument("--seeds", type=_seeds, default=[0, 1, 2], help="comma-separated seeds (default 0,1,2)")
+    parser.add_argument("--symbol", default=None, help="bars to use (default: the bundled EURUSD; SYNTH after `microzero data synthetic`)")
+    parser.add_argument("--out", default=None, help="output folder (default runs/experiments/NAME)")
+    parser.add_argument(
+        "--small", action="store_true",
+        help="small preset for quick runs: ~145 k-parameter model, 4 simulations, 16 envs, lr 1e-3, "
+        "2 samples per insert (variant overrides still apply; listed in results.md)",
+    )
+    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1; see the comment in cli.py)")
+    parser.add_argument(
+        "--reuse-runs-from", action="append", default=[], metavar="DIR",
+        help="another experiment's output folder: a finished run there with identical settings (config, seed, "
+        "budget, data) is copied instead of retrained, e.g. stochastic-16 = window-64 = with-time (repeatable)",
+    )
+    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    parser.set_defaults(func=_run)

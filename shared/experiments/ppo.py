@@ -1,0 +1,101 @@
+"""A model-free reference: PPO (stable-baselines3) on the same gymnasium environment.
+
+stable-baselines3 is the optional ``[baselines]`` extra; :func:`require_sb3` turns its
+absence into a clear message. PPO trains on ``shared.env.gym.TradingEnv`` over the train
+split (random 360-bar episodes, illegal actions played as Hold, as the env documents)
+and is evaluated by the same greedy backtest as MuZero through :class:`PPOPolicy`.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import numpy as np
+
+from shared.actions import Action
+from shared.config import Config
+from shared.env import VecTradingEnv
+from shared.env.gym import TradingEnv
+from shared.market import MarketData
+
+INSTALL_HINT = "PPO needs stable-baselines3: pip install -e '.[baselines]'"
+
+
+class MissingDependency(RuntimeError):
+    """An optional extra is not installed (the CLI exits 2 with the message)."""
+
+
+def require_sb3():
+    try:
+        import stable_baselines3
+    except ImportError as exc:
+        raise MissingDependency(INSTALL_HINT) from exc
+    return stable_baselines3
+
+
+class PPOPolicy:
+    """An sb3 model as a ``shared.baselines.Policy``: deterministic actions on the
+    environment's observations; an action illegal for an environment becomes Hold
+    (what TradingEnv played during training, so the agent is judged as it learned)."""
+
+    def __init__(self, model) -> None:
+        self.model = model
+
+    def __call__(self, env: VecTradingEnv, obs: np.ndarray) -> np.ndarray:
+        actions, _ = self.model.predict(obs, deterministic=True)  # obs [B, W, 15] -> [B]
+        actions = np.asarray(actions, dtype=np.int64).reshape(env.num_envs)
+        legal = env.legal_mask()[np.arange(env.num_envs), actions]
+        return np.where(legal, actions, int(Action.HOLD))
+
+
+def _deadline(seconds: float):
+    """An sb3 callback that ends training after `seconds` (the --minutes budget)."""
+    from stable_baselines3.common.callbacks import BaseCallback
+
+    class Deadline(BaseCallback):
+        def __init__(self) -> None:
+            super().__init__()
+            self.end = time.monotonic() + seconds
+
+        def _on_step(self) -> bool:
+            return time.monotonic() < self.end
+
+    return Deadline()
+
+
+def train_ppo(
+    config: Config,
+    market: MarketData,
+    out_dir: Path,
+    *,
+    timesteps: int,
+    minutes: float | None = None,
+    seed: int = 0,
+    device: str = "cpu",
+):
+    """Train PPO (sb3 defaults, MLP on the flattened window) for `timesteps` environment
+    steps, or until `minutes` pass when given; saves ``out_dir/ppo.zip``."""
+    require_sb3()
+    from stable_baselines3 import PPO
+
+    env = TradingEnv(
+        market,
+        market.splits(config)["train"],
+        window=config.env.window,
+        episode_length=config.env.episode_length,
+        drawdown_penalty=config.env.drawdown_penalty,
+    )
+    model = PPO("MlpPolicy", env, seed=seed, device=device, verbose=0)
+    callback = _deadline(60 * minutes) if minutes is not None else None
+    model.learn(total_timesteps=timesteps, callback=callback)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    model.save(out_dir / "ppo.zip")
+    return model
+
+
+def load_ppo(path: Path, device: str = "cpu"):
+    require_sb3()
+    from stable_baselines3 import PPO
+
+    return PPO.load(path, device=device)
