@@ -114,7 +114,10 @@ def run_up(
     lock = threading.Lock()
     children: dict[str, subprocess.Popen] = {}
     stop = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    # Installed explicitly: a process started in the background by a shell inherits
+    # SIGINT as *ignored*, and Python then never raises KeyboardInterrupt.
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
     try:
         for name, args in plan.items():
             child = subprocess.Popen(
