@@ -164,8 +164,8 @@ def _bench_pipeline(args: argparse.Namespace, config: Config) -> dict:
     if args.api_url:
         act = bench_act(args.api_url, args.concurrency, args.requests, payload) | {"served": args.api_url}
     else:
-        with served_untrained_model(config) as base:
-            act = bench_act(base, args.concurrency, args.requests, payload) | {"served": "local uvicorn, untrained model of this config"}
+        with served_untrained_model(config, args.config) as base:
+            act = bench_act(base, args.concurrency, args.requests, payload) | {"served": "a local `microzero api` process, untrained model of this config"}
     return {"transport": transport, "act": act}
 
 

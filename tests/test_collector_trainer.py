@@ -430,13 +430,16 @@ def test_bench_transport_measures_and_cleans_up(config, market, client):
 
 
 def test_bench_pipeline_command_reports_transport_and_act_latency(config, tmp_path, capsys):
-    """`microzero bench pipeline` end to end: real Redis, real uvicorn, JSON report."""
-    from shared.bench import _bench_pipeline, _print_pipeline, register
+    """`microzero bench pipeline` end to end: real Redis, a real `microzero api` process."""
+    from shared.bench import _bench_pipeline, _print_pipeline
+    from shared.cli import build_parser
+    from shared.config import load_config
 
-    parser = argparse.ArgumentParser()
-    register(parser.add_subparsers())
-    args = parser.parse_args(["bench", "pipeline", "--episodes", "16", "--requests", "12", "--concurrency", "3"])
-    report = _bench_pipeline(args, config)
+    config_file = tmp_path / "config.json"
+    config_file.write_text(config.model_dump_json())
+    argv = ["--config", str(config_file), "bench", "pipeline", "--episodes", "16", "--requests", "12", "--concurrency", "3"]
+    args = build_parser().parse_args(argv)
+    report = _bench_pipeline(args, load_config(args.config))
     transport, act = report["transport"], report["act"]
     assert transport["n_episodes"] == 16 and transport["redis"] == REDIS_URL
     assert act["requests"] == 12 and act["errors"] == 0, act["first_error"]

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import contextlib
+import os
 import socket
+import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -103,49 +106,61 @@ def bench_act(
 
 
 @contextlib.contextmanager
-def served_untrained_model(config: Config) -> Iterator[str]:
-    """A real uvicorn API on a free local port serving an untrained `config.model`
-    registered as best in a throw-away SQLite registry; yields its base URL.
+def served_untrained_model(config: Config, config_file: str | None = None) -> Iterator[str]:
+    """A real ``microzero api`` process on a free local port serving an untrained
+    `config.model`, registered as best in a throw-away SQLite registry; yields its URL.
 
     Latency depends on the model's size and the search, not on its weights, so this
-    measures what a trained checkpoint of the same config would cost.
+    measures what a trained checkpoint of the same config would cost. The server runs
+    in its own process, as deployed, so the load generator does not share its GIL.
     """
+    import httpx
     import torch
-    import uvicorn
 
-    from shared.api import create_app
     from shared.learning.checkpoint import save_checkpoint
     from shared.model.networks import StochasticMuZeroNet
     from shared.registry import Registry
 
     with tempfile.TemporaryDirectory(prefix="mz-bench-api-") as tmp:
         folder = Path(tmp)
-        pipeline = config.pipeline.model_copy(
-            update={"database_url": f"sqlite:///{folder / 'registry.db'}", "best_dir": folder / "best", "redis_url": None}
-        )
-        config = config.model_copy(update={"pipeline": pipeline})
+        database_url = f"sqlite:///{folder / 'registry.db'}"
         path = folder / "ckpt-000000001.pt"
         torch.manual_seed(0)
         sha = save_checkpoint(path, StochasticMuZeroNet(config.model), 1)
-        registry = Registry(pipeline.database_url)
-        registry.ensure_run("bench", pipeline.symbol, {})
+        registry = Registry(database_url)
+        registry.ensure_run("bench", config.pipeline.symbol, {})
         registry.set_best(registry.add_checkpoint("bench", 1, str(path), sha), str(path))
+        registry.close()
         with socket.socket() as s:
             s.bind(("127.0.0.1", 0))
             port = s.getsockname()[1]
-        server = uvicorn.Server(
-            uvicorn.Config(create_app(config, registry=registry), host="127.0.0.1", port=port, log_level="warning")
+        env = {k: v for k, v in os.environ.items() if k != "REDIS_URL"}
+        env |= {"MZ_PIPELINE__DATABASE_URL": database_url, "MZ_PIPELINE__BEST_DIR": str(folder / "best")}
+        env.pop("MZ_PIPELINE__REDIS_URL", None)
+        command = [sys.executable, "-m", "shared.cli", *(["--config", config_file] if config_file else [])]
+        server = subprocess.Popen(
+            [*command, "api", "--host", "127.0.0.1", "--port", str(port), "--log-level", "warning"],
+            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
         )
-        thread = threading.Thread(target=server.run, daemon=True)
-        thread.start()
+        url = f"http://127.0.0.1:{port}"
         try:
-            deadline = time.monotonic() + 60
-            while not server.started:
-                if not thread.is_alive() or time.monotonic() > deadline:
-                    raise RuntimeError("the benchmark API server did not start")
-                time.sleep(0.05)
-            yield f"http://127.0.0.1:{port}"
+            deadline = time.monotonic() + 120
+            while True:  # ready = the model is loaded (Redis is absent on purpose: 503 for that alone)
+                if server.poll() is not None:
+                    raise RuntimeError(f"the benchmark API exited: {server.stderr.read()[-2000:]}")
+                try:
+                    checks = httpx.get(f"{url}/readyz", timeout=2).json()["checks"]
+                    if checks["model"]["ok"]:
+                        break
+                except (httpx.HTTPError, KeyError, ValueError):
+                    pass
+                if time.monotonic() > deadline:
+                    raise RuntimeError("the benchmark API did not load its model within 120 s")
+                time.sleep(0.2)
+            yield url
         finally:
-            server.should_exit = True
-            thread.join(30)
-            registry.close()
+            server.terminate()
+            try:
+                server.wait(30)
+            except subprocess.TimeoutExpired:
+                server.kill()
