@@ -133,11 +133,11 @@ def train(
             result.history.append(metrics)
             bar.update(1)
             if learner.steps % config.train.checkpoint_every == 0:
-                result.checkpoints.append(_save(learner, checkpoints_dir))
+                result.checkpoints.append(_save(learner, checkpoints_dir, config))
         bar.set_postfix(loss=f"{result.history[-1]['loss']:.3f}" if result.history else "-", episodes=result.episodes)
     bar.close()
     if not result.checkpoints or result.checkpoints[-1] != checkpoint_path(checkpoints_dir, learner.steps):
-        result.checkpoints.append(_save(learner, checkpoints_dir))
+        result.checkpoints.append(_save(learner, checkpoints_dir, config))
     learner.close()
     result.steps = learner.steps
     return result
@@ -160,7 +160,7 @@ def _entries(actions: np.ndarray) -> int:
     return int(np.isin(actions, (1, 2)).sum())
 
 
-def _save(learner: Learner, directory: Path) -> Path:
+def _save(learner: Learner, directory: Path, config: Config) -> Path:
     path = checkpoint_path(directory, learner.steps)
-    learner.save(path)
+    learner.save(path, features_config=config.features)
     return path

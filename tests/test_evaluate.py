@@ -286,3 +286,25 @@ def test_missing_or_damaged_checkpoint_is_a_clear_error(workspace, capsys):
     err = capsys.readouterr().err
     assert str(workspace / "best" / "best.pt") in err and "no best checkpoint" in err
     assert not (workspace / "r").exists()  # nothing written on failure
+
+
+def test_evaluation_rebuilds_the_features_the_checkpoint_was_trained_on(tmp_path, capsys):
+    """A checkpoint trained without the time features is evaluated without them."""
+    from shared.config import FeatureConfig
+    from shared.evaluation.checkpoints import with_checkpoint_features
+    from shared.learning.checkpoint import load_checkpoint
+    from shared.market import market_from_bars
+
+    model = StochasticMuZeroNet(ModelConfig(window=16, tcn_channels=4, hidden=16, head_hidden=8, encoder_hidden=8))
+    trained_on = FeatureConfig(time_features=False)
+    save_checkpoint(tmp_path / "ckpt.pt", model, 3, features_config=trained_on)
+    ckpt = load_checkpoint(tmp_path / "ckpt.pt")
+    assert ckpt.features_config() == trained_on
+
+    config = with_checkpoint_features(Config(), ckpt)
+    assert config.features == trained_on and "time_features" in capsys.readouterr().err
+    market = market_from_bars("SYNTH", synthetic_bars("sine", 400, seed=0), config)
+    assert not market.features[:, 5:9].any() and market.features[:, :5].any()
+
+    save_checkpoint(tmp_path / "old.pt", model, 3)  # older checkpoints record no feature settings
+    assert with_checkpoint_features(config, load_checkpoint(tmp_path / "old.pt")) is config

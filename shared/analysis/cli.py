@@ -47,13 +47,14 @@ def tcn_command(args: argparse.Namespace, config) -> int:
     from shared.data.sample import ensure_sample
     from shared.data.store import BarStore
     from shared.env import NUM_POSITION_FEATURES
-    from shared.evaluation.checkpoints import load_model, resolve_checkpoint
+    from shared.evaluation.checkpoints import load_model, resolve_checkpoint, with_checkpoint_features
     from shared.market import load_market
 
     if args.samples < 1 or args.windows < 1:
         raise CommandError("--samples and --windows must be at least 1")
     path = resolve_checkpoint(args.checkpoint, config)
     model, ckpt = load_model(path)  # CheckpointError (a ValueError): exit 2 with the reason
+    config = with_checkpoint_features(config, ckpt)
     cfg = ckpt.model_config()
     symbol = (args.symbol or config.data.default_symbol).upper()
     store = BarStore(args.db or config.data.db_path)

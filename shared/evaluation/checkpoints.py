@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -92,3 +93,15 @@ def _find_record(url: str, sha256: str) -> tuple[CheckpointRecord | None, Regist
                 return record, registry
         offset += _PAGE
     return None, registry
+
+
+def with_checkpoint_features(config: Config, ckpt: Checkpoint) -> Config:
+    """`config` with the feature settings `ckpt` was trained on, when it records them:
+    a model fed other inputs (another lookback, the time features switched back on)
+    would be judged on data it never saw. Prints a note when they differ."""
+    features = ckpt.features_config()
+    if features is None or features == config.features:
+        return config
+    print(f"note: using the checkpoint's feature settings {features.model_dump()} "
+          f"(config has {config.features.model_dump()})", file=sys.stderr)
+    return config.model_copy(update={"features": features})

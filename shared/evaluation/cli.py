@@ -16,7 +16,7 @@ def _run(args: argparse.Namespace, config: Config) -> int:
     # Heavy imports here, so `microzero --help` stays fast.
     from shared.data.sample import SAMPLE_SYMBOL, ensure_sample
     from shared.data.store import BarStore
-    from shared.evaluation.checkpoints import count_trials, load_model, resolve_checkpoint
+    from shared.evaluation.checkpoints import count_trials, load_model, resolve_checkpoint, with_checkpoint_features
     from shared.evaluation.report import ReportInputs, column_label, write_report
     from shared.evaluation.run import AGENT, evaluate_split
     from shared.evaluation.stats import bootstrap_mean_ci, verdict
@@ -29,6 +29,7 @@ def _run(args: argparse.Namespace, config: Config) -> int:
         raise ValueError("--chunks and --resamples must be >= 1")
     path = resolve_checkpoint(args.checkpoint, config)
     model, ckpt = load_model(path)
+    config = with_checkpoint_features(config, ckpt)
     # The network's own window decides the observations (and so the split bounds, as in training).
     model_config = ckpt.model_config()
     window = model_config.window

@@ -33,7 +33,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from shared.config import LearningConfig
+from shared.config import FeatureConfig, LearningConfig
 from shared.model import ModelConfig
 
 log = logging.getLogger(__name__)
@@ -52,7 +52,7 @@ class Checkpoint:
     step: int
     state_dict: dict[str, torch.Tensor]
     optimizer: dict[str, Any] | None
-    config: dict[str, Any]  # {"model": ModelConfig dict, "learning": LearningConfig dict or None}
+    config: dict[str, Any]  # {"model": ModelConfig dict, "learning": ..., "features": FeatureConfig dict} (dicts or None)
     format_version: int
     sha256: str
 
@@ -62,6 +62,11 @@ class Checkpoint:
     def learning_config(self) -> LearningConfig | None:
         learning = self.config.get("learning")
         return None if learning is None else LearningConfig.model_validate(learning)
+
+    def features_config(self) -> FeatureConfig | None:
+        """The feature settings the network was trained on (None in older checkpoints)."""
+        features = self.config.get("features")
+        return None if features is None else FeatureConfig.model_validate(features)
 
 
 def checkpoint_path(directory: str | Path, step: int) -> Path:
@@ -79,6 +84,7 @@ def save_checkpoint(
     *,
     model_config: ModelConfig | None = None,
     learning_config: LearningConfig | None = None,
+    features_config: FeatureConfig | None = None,
     optimizer: torch.optim.Optimizer | None = None,
 ) -> str:
     """Write `model` (and optionally the optimizer) atomically; returns the file's sha256."""
@@ -94,6 +100,8 @@ def save_checkpoint(
         "config": {
             "model": model_config.model_dump(mode="json"),
             "learning": None if learning_config is None else learning_config.model_dump(mode="json"),
+            # Evaluation must rebuild the same inputs (lookback, the time-feature switch).
+            "features": None if features_config is None else features_config.model_dump(mode="json"),
         },
     }
     buffer = io.BytesIO()

@@ -10,7 +10,7 @@ import numpy as np
 import torch
 
 from shared.learning.checkpoint import Checkpoint, save_checkpoint
-from shared.config import LearningConfig
+from shared.config import FeatureConfig, LearningConfig
 from shared.learning.losses import stochastic_muzero_loss
 from shared.learning.replay import Batch, ReplayBuffer
 from shared.model import StochasticMuZeroNet
@@ -87,9 +87,13 @@ class Learner:
                 self.writer.add_histogram("learner/chance_codes", codes, self.steps)
         return metrics
 
-    def save(self, path: str | Path) -> str:
-        """Checkpoint model, optimizer and step count atomically; returns the file's sha256."""
-        return save_checkpoint(path, self.model, self.steps, learning_config=self.config, optimizer=self.optimizer)
+    def save(self, path: str | Path, features_config: FeatureConfig | None = None) -> str:
+        """Checkpoint model, optimizer and step count atomically; returns the file's sha256.
+        `features_config` records the inputs the model was trained on."""
+        return save_checkpoint(
+            path, self.model, self.steps, learning_config=self.config, features_config=features_config,
+            optimizer=self.optimizer,
+        )
 
     def restore(self, checkpoint: Checkpoint) -> None:
         """Resume from a loaded checkpoint (weights, optimizer state if saved, step count)."""

@@ -371,7 +371,7 @@ class Trainer:
     def _checkpoint(self) -> None:
         step = self.learner.steps
         path = checkpoint_path(self.checkpoints_dir, step)
-        sha256 = self.learner.save(path)
+        sha256 = self.learner.save(path, features_config=self.config.features)
         self.last_saved_step = step
         self.stats.checkpoints.append((step, str(path), sha256))
         self.announcements.append(_Announcement(step, path, sha256))
