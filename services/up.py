@@ -96,7 +96,7 @@ def run_up(
     from shared.registry import Registry
 
     store = BarStore(config.data.db_path)
-    if config.pipeline.symbol.upper() == "EURUSD" and ensure_sample(store):
+    if ensure_sample(store, config.pipeline.symbol):
         print("[up        ] imported the bundled EURUSD H1 2017 bars")
     redis_url = redis_url_from(config.pipeline.redis_url)
     embedded = None

@@ -20,7 +20,7 @@ from shared.splits import SPLIT_NAMES
 def _run(args: argparse.Namespace, config: Config) -> int:
     symbol = (args.symbol or config.data.default_symbol).upper()
     store = BarStore(args.db or config.data.db_path)
-    if symbol == "EURUSD" and ensure_sample(store, symbol):
+    if ensure_sample(store, symbol):
         print("imported the bundled EURUSD H1 2017 sample bars (gym-anytrading)")
     market = load_market(config, symbol, store)
     split = market.splits(config)[args.split]

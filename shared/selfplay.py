@@ -15,6 +15,7 @@ import torch
 
 from shared.actions import NUM_ACTIONS
 from shared.baselines import Momentum, RandomLegal
+from shared.config import Config
 from shared.env import VecTradingEnv
 from shared.episode import Episode
 from shared.market import MarketData
@@ -60,6 +61,31 @@ class SearchPolicy:
 
 class SelfPlay:
     """Plays batches of `num_envs` lock-stepped episodes on one split of a market."""
+
+    @classmethod
+    def from_config(
+        cls,
+        config: Config,
+        market: MarketData,
+        *,
+        seed: int = 0,
+        run_id: str | None = None,
+        num_envs: int | None = None,
+        episode_length: int | None = None,
+    ) -> "SelfPlay":
+        """Self-play on `market`'s train split with the env, train and learning settings
+        of `config` (`num_envs` / `episode_length` override theirs)."""
+        return cls(
+            market,
+            market.splits(config)["train"],
+            num_envs=num_envs or config.train.num_envs,
+            window=config.env.window,
+            episode_length=episode_length or config.env.episode_length,
+            drawdown_penalty=config.env.drawdown_penalty,
+            discount=config.learning.discount,
+            seed=seed,
+            run_id=run_id,
+        )
 
     def __init__(
         self,

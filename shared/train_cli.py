@@ -20,8 +20,7 @@ def _run(args: argparse.Namespace, config: Config) -> int:
 
     symbol = (args.symbol or config.data.default_symbol).upper()
     store = BarStore(config.data.db_path)
-    if symbol == "EURUSD":
-        ensure_sample(store, symbol)
+    ensure_sample(store, symbol)
     market = load_market(config, symbol, store)
     out = Path(args.out or config.train.output_dir)
     result = train(

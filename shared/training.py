@@ -89,16 +89,7 @@ def train(
         learner.restore(load_checkpoint(latest, map_location=device))
         log.info("resumed from %s (step %d)", latest, learner.steps)
     replay = ReplayBuffer(market, config.learning, config.env.window, config.env.drawdown_penalty, seed=seed)
-    selfplay = SelfPlay(
-        market,
-        market.splits(config)["train"],
-        num_envs=config.train.num_envs,
-        window=config.env.window,
-        episode_length=config.env.episode_length,
-        drawdown_penalty=config.env.drawdown_penalty,
-        discount=config.learning.discount,
-        seed=seed,
-    )
+    selfplay = SelfPlay.from_config(config, market, seed=seed)
     policy = SearchPolicy(model, config.search, device, seed=seed)
     ratio = SamplesPerInsert.from_config(config.learning)
     batch_size = config.learning.batch_size

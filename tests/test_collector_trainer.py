@@ -38,6 +38,8 @@ from shared.pipeline.streams import (
 from shared.pipeline.trainer import Trainer, default_checkpoint_hook
 from shared.selfplay import SelfPlay
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
 REDIS_URL = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0")
 TINY_MODEL = ModelConfig(
     window=16, tcn_channels=8, tcn_dilations=(1, 2, 4), hidden=32, residual_blocks=1, head_hidden=16,
@@ -110,20 +112,6 @@ def sample(name: str, labels: dict | None = None) -> float:
     return REGISTRY.get_sample_value(name, labels or {}) or 0.0
 
 
-@pytest.fixture(scope="module")
-def data_dir(tmp_path_factory) -> Path:
-    return tmp_path_factory.mktemp("bars")
-
-
-@pytest.fixture(autouse=True)
-def one_torch_thread():
-    """Two shared cores: several torch users in one process must not oversubscribe."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture
 def prefix():
     return f"test:pipeline:{uuid.uuid4().hex[:10]}"
@@ -150,11 +138,7 @@ def market(config):
 
 
 def warmup_episodes(config: Config, market, n_batches: int = 1, run_id: str = "test-run", seed: int = 0):
-    selfplay = SelfPlay(
-        market, market.splits(config)["train"], num_envs=config.train.num_envs, window=config.env.window,
-        episode_length=config.env.episode_length, drawdown_penalty=config.env.drawdown_penalty,
-        discount=config.learning.discount, seed=seed, run_id=run_id,
-    )
+    selfplay = SelfPlay.from_config(config, market, seed=seed, run_id=run_id)
     import dataclasses
 
     episodes = [e for _ in range(n_batches) for e in selfplay.play("random")]

@@ -34,6 +34,8 @@ from shared.splits import Split, make_splits
 from shared.training import greedy_policy
 from tests.helpers import random_walk_market
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
 W = 16  # a short window and a tiny network keep the search fast
 TINY = ModelConfig(
     window=W, tcn_channels=8, tcn_dilations=(1, 2), hidden=32, residual_blocks=1, head_hidden=16,
@@ -45,16 +47,6 @@ SECTIONS = (
     "Action frequencies", "Metric table", "Number of trials (n_trials)",
 )
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread():
-    """Tiny networks gain nothing from intra-op threads, and on a shared machine
-    spinning threads slow the search tenfold."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def tiny_model(seed: int = 0) -> StochasticMuZeroNet:

@@ -19,7 +19,6 @@ from pathlib import Path
 
 import pytest
 import redis
-import torch
 
 from shared.learning.checkpoint import latest_checkpoint, load_checkpoint
 from shared.pipeline.collector import Collector, load_pipeline_market
@@ -28,6 +27,8 @@ from shared.pipeline.streams import TRAINER_STATUS_KEY, EpisodeStream, read_mode
 from shared.pipeline.trainer import Trainer
 from tests.helpers import free_port
 from tests.test_collector_trainer import Worker, sample, tiny_config, wait_until
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -67,19 +68,6 @@ class RedisServer:
             self.process.terminate()
             self.process.wait(10)
         self.process = None
-
-
-@pytest.fixture(scope="module")
-def data_dir(tmp_path_factory) -> Path:
-    return tmp_path_factory.mktemp("bars")
-
-
-@pytest.fixture(autouse=True)
-def one_torch_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture

