@@ -100,23 +100,49 @@ class SearchConfig(BaseModel):
     pb_c_init: float = 1.25
     pb_c_base: float = Field(19652.0, gt=0)
     temperature: float = Field(1.0, ge=0, description="pUCT acting: sample visits^(1/T); 0 = most visited")
-    # both
-    discount: float = Field(0.997, ge=0, le=1)
+    # both; must equal learning.discount (Config checks): the search backs up returns
+    # with the same gamma the value targets are discounted with.
+    discount: float = Field(0.99, ge=0, le=1)
     num_chance_codes: int = Field(16, ge=1)
 
 
-# Learner choices not fixed by the architecture, and why:
+# Learner choices not fixed by the architecture, and why (docs/RESULTS.md has the runs):
+# * ``discount=0.99, td_steps=10``: the structure of H1 bars lives at 24-48 bars (a day
+#   or two); gamma = 0.99 is an effective horizon of 1 / (1 - gamma) = 100 bars, a few
+#   such swings, and keeps |returns| well inside the value support (0.997 let them reach
+#   400-600 pips); n = 10 bootstraps inside one swing, so an old policy's actions weigh
+#   on a target for at most 10 bars.
+# * ``value_bootstrap="network"``: z_t bootstraps from the value of s_{t+m} computed at
+#   sample time by the target network (EfficientZero): warm-up episodes have no search
+#   value at all, and stored root values go stale as the policy improves. "stored" uses
+#   the search values recorded at play time (MuZero). The episode end is a time limit:
+#   targets near it bootstrap from the value of the state at the cut.
+# * ``target_update_interval=100``: the target network trails the learner by at most 100
+#   steps (EfficientZero: 200 at batch 256), so targets move slowly enough to chase.
+# * ``reanalyse_fraction=0.25``: a quarter of each batch's positions get a fresh policy
+#   target from a new search with the target network (MuZero Reanalyse, EfficientZero);
+#   warm-up episodes enter with the random policy as their "improved policy" and are
+#   only useful as policy targets once reanalysed.
 # * ``priority_alpha=0.6, priority_beta=0.4`` (Schaul et al. 2016) rather than MuZero's
 #   1.0/1.0: forex returns are mostly noise, so |v - z| is large on noisy positions
 #   through no fault of the model; a sub-linear alpha keeps replay from fixating on them
-#   and a small beta keeps the importance weights from shrinking most samples to ~0.
-# * ``initial_priority="td"``: a new position enters with |root value - n-step target|,
-#   as in MuZero (App. G); "max" (Ape-X/PER: the largest priority seen so far) is offered
-#   for runs where root values are meaningless (warm-up episodes have no search).
+#   and a small beta keeps importance weights from shrinking most samples to ~0.
+# * ``initial_priority="max"`` (Ape-X/PER): a new position enters at the largest
+#   priority seen, so it is sampled at least once soon; "td" (|root value - n-step
+#   target|, MuZero App. G) is meaningless for warm-up episodes, which have no search.
+#   ``priority_epsilon=0.5`` pips: a floor well below the noise of one bar, so a
+#   well-predicted position is still drawn ~1/10 as often as a typical one, not ~never.
 # * ``samples_per_insert=8``: each inserted position is sampled ~8 times on average
 #   before it is evicted, i.e. 8 x 360 / 64 = 45 learner steps per 360-bar episode.
+#   The replay ratio is the main knob of sample efficiency: PPO makes ~10 passes
+#   over its data (the small preset uses 16).
 # * Loss weights: value and Q at 0.25 (MuZero Reanalyse's value weight, which curbs
-#   overfitting of the n-step targets), commitment 0.25 (VQ-VAE's beta), others 1.
+#   overfitting of the n-step targets), Q counted like the value at every unroll step
+#   (it drives the search at first visits), commitment 0.25 (VQ-VAE's beta), others 1.
+#   ``code_diversity_weight=1``: 1 - entropy of the batch's code usage / log C (losses.py).
+#   Without it the codebook collapses to one code (perplexity 1.0 after 300 steps on
+#   sine, reward loss 1.125); with it perplexity ~15 of 16 and reward loss 1.083: the
+#   codes carry the next bar's move (tests/test_learning.py checks > 3 against < 1.5).
 # * ``state_gradient_scale=0.5``: MuZero's ``scale_gradient(state, 0.5)`` after each
 #   recurrent step, so the gradient reaching the representation from deep unroll steps
 #   stays bounded; every prediction made by the recurrent functions is weighted 1/unroll.
@@ -129,9 +155,9 @@ class LearningConfig(BaseModel):
     replay_capacity: int = Field(100_000, ge=1, description="positions held; oldest whole episodes evicted first")
     priority_alpha: float = Field(0.6, ge=0, description="P(i) ~ p_i^alpha (0 = uniform)")
     priority_beta: float = Field(0.4, ge=0, description="importance weight (N P(i))^-beta, normalised by the batch max")
-    priority_epsilon: float = Field(1e-3, gt=0, description="floor of a priority, pips")
-    initial_priority: Literal["td", "max"] = "td"
-    samples_per_insert: float = Field(8.0, gt=0, description="positions sampled per position inserted")
+    priority_epsilon: float = Field(0.5, gt=0, description="floor of a priority, pips")
+    initial_priority: Literal["td", "max"] = "max"
+    samples_per_insert: float = Field(8.0, gt=0, description="replay ratio: positions sampled per position inserted")
     samples_per_insert_tolerance: float = Field(
         10_000, ge=0, description="positions the sample count may drift from the ratio before one side waits"
     )
@@ -139,8 +165,11 @@ class LearningConfig(BaseModel):
 
     # Targets and unroll.
     td_steps: int = Field(10, ge=1)
-    discount: float = Field(0.997, gt=0, le=1)
+    discount: float = Field(0.99, gt=0, le=1)
     unroll_steps: int = Field(5, ge=1)
+    value_bootstrap: Literal["network", "stored"] = "network"
+    target_update_interval: int = Field(100, ge=1, description="learner steps between target-network refreshes")
+    reanalyse_fraction: float = Field(0.25, ge=0, le=1, description="share of each batch given fresh policy targets")
 
     # Optimisation.
     batch_size: int = Field(64, ge=1)
@@ -156,6 +185,7 @@ class LearningConfig(BaseModel):
     q_weight: float = Field(0.25, ge=0)
     sigma_weight: float = Field(1.0, ge=0)
     commitment_weight: float = Field(0.25, ge=0)
+    code_diversity_weight: float = Field(1.0, ge=0)
 
 
 class TrainConfig(BaseModel):
@@ -224,6 +254,15 @@ class Config(BaseSettings):
     def _one_window(self) -> "Config":
         if self.model.window != self.env.window:
             raise ValueError(f"model.window ({self.model.window}) must equal env.window ({self.env.window})")
+        if self.search.discount != self.learning.discount:
+            raise ValueError(
+                f"search.discount ({self.search.discount}) must equal learning.discount ({self.learning.discount})"
+            )
+        if self.search.num_chance_codes != self.model.chance_codes:
+            raise ValueError(
+                f"search.num_chance_codes ({self.search.num_chance_codes}) must equal "
+                f"model.chance_codes ({self.model.chance_codes})"
+            )
         return self
 
     @classmethod

@@ -14,6 +14,7 @@ import logging
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Sequence
 
 import numpy as np
 import torch
@@ -38,6 +39,7 @@ class TrainResult:
     checkpoints: list[Path] = field(default_factory=list)
     history: list[dict[str, float]] = field(default_factory=list)  # learner metrics, one per step
     episode_pips: list[float] = field(default_factory=list)  # mean net reward of each played batch
+    curve: list[tuple[int, int, Path]] = field(default_factory=list)  # (env steps, learner steps, checkpoint)
 
 
 def resolve_device(name: str) -> torch.device:
@@ -71,19 +73,26 @@ def train(
     *,
     steps: int | None = None,
     minutes: float | None = None,
+    env_steps: int | None = None,
+    milestones: Sequence[int] = (),
     device: str | torch.device = "cpu",
     seed: int = 0,
     progress: bool = True,
 ) -> TrainResult:
-    """Self-play on the train split and learn until `steps` learner steps or `minutes`."""
-    if steps is None and minutes is None:
-        raise ValueError("give a budget: steps or minutes")
+    """Self-play on the train split and learn until `steps` learner steps, `minutes`, or
+    `env_steps` environment steps played (whichever comes first).
+
+    `milestones` (environment steps) save ``out_dir/curve/env-<played>.pt`` once the
+    data played by then has been learned from (the samples-per-insert ratio reached):
+    the points of a learning curve, ``TrainResult.curve``."""
+    if steps is None and minutes is None and env_steps is None:
+        raise ValueError("give a budget: steps, minutes or env_steps")
     device = resolve_device(str(device))
     torch.manual_seed(seed)
     out_dir = Path(out_dir)
     checkpoints_dir = out_dir / "checkpoints"
     model = StochasticMuZeroNet(config.model).to(device)
-    learner = Learner(model, config.learning, device, log_dir=out_dir / "tensorboard")
+    learner = Learner(model, config.learning, device, log_dir=out_dir / "tensorboard", search=config.search, seed=seed)
     latest = latest_checkpoint(checkpoints_dir)
     if latest is not None:
         learner.restore(load_checkpoint(latest, map_location=device))
@@ -97,11 +106,15 @@ def train(
     target = None if steps is None else learner.steps + steps
     deadline = None if minutes is None else time.monotonic() + 60 * minutes
     bar = tqdm(total=steps, disable=not progress, unit="step", desc="learning")
+    pending = sorted(milestones)
+
+    def played() -> int:
+        return result.episodes * config.env.episode_length
 
     def finished() -> bool:
         return (target is not None and learner.steps >= target) or (deadline is not None and time.monotonic() >= deadline)
 
-    while not finished():
+    while not finished() and (env_steps is None or played() < env_steps):
         warm = len(replay) < config.learning.min_replay_positions or learner.steps == 0
         episodes = selfplay.play(config.train.warmup_policy if warm else policy, model_version=learner.steps)
         for episode in episodes:
@@ -125,6 +138,12 @@ def train(
             bar.update(1)
             if learner.steps % config.train.checkpoint_every == 0:
                 result.checkpoints.append(_save(learner, checkpoints_dir, config))
+        while pending and played() >= pending[0]:
+            pending.pop(0)
+            path = out_dir / "curve" / f"env-{played()}.pt"
+            if not path.exists():
+                learner.save(path, features_config=config.features)
+            result.curve.append((played(), learner.steps, path))
         bar.set_postfix(loss=f"{result.history[-1]['loss']:.3f}" if result.history else "-", episodes=result.episodes)
     bar.close()
     if not result.checkpoints or result.checkpoints[-1] != checkpoint_path(checkpoints_dir, learner.steps):

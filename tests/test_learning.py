@@ -3,17 +3,20 @@
 from __future__ import annotations
 
 import ast
+import math
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 
 from shared.data.bars import Bars
 from shared.env import VecTradingEnv
 from shared.episode import Episode
 from shared.features import compute_features, warmup_bars
 from shared.learning import (
+    Batch,
     CheckpointError,
     Learner,
     LearningConfig,
@@ -22,6 +25,7 @@ from shared.learning import (
     checkpoint_path,
     latest_checkpoint,
     load_checkpoint,
+    n_step_returns,
     n_step_targets,
     save_checkpoint,
     stochastic_muzero_loss,
@@ -102,17 +106,20 @@ def small_config(**overrides) -> LearningConfig:
 def test_n_step_targets_match_a_hand_computation_with_the_end_inside_the_horizon():
     r = np.array([1.0, 2.0, 3.0, 4.0, 5.0])
     v = np.array([10.0, 20.0, 30.0, 40.0, 50.0])
-    z = n_step_targets(r, v, td_steps=3, discount=0.9)
+    z = n_step_targets(r, v, td_steps=3, discount=0.9, final_value=60.0)
     expected = [
         1 + 0.9 * 2 + 0.81 * 3 + 0.729 * 40,  # bootstrap from v_3
         2 + 0.9 * 3 + 0.81 * 4 + 0.729 * 50,  # bootstrap from v_4
-        3 + 0.9 * 4 + 0.81 * 5,  # t + n = 5 = T: the end is terminal, no bootstrap
-        4 + 0.9 * 5,
-        5,
+        3 + 0.9 * 4 + 0.81 * 5 + 0.729 * 60,  # t + n = 5 = T: a time limit, bootstrap from v(s_T)
+        4 + 0.9 * 5 + 0.81 * 60,  # only 1 step left: m = 2
+        5 + 0.9 * 60,
     ]
     np.testing.assert_allclose(z, expected, rtol=1e-12)
-    np.testing.assert_allclose(n_step_targets(r, v, 1, 0.5), [11, 17, 23, 29, 5])
+    np.testing.assert_allclose(n_step_targets(r, v, 1, 0.5), [11, 17, 23, 29, 5])  # v(s_T) = 0 by default
     np.testing.assert_allclose(n_step_targets(r, v, 50, 1.0), np.cumsum(r[::-1])[::-1])  # horizon past the end
+    sums, offsets = n_step_returns(r, 3, 0.9)
+    np.testing.assert_allclose(sums, [1 + 1.8 + 2.43, 2 + 2.7 + 3.24, 3 + 3.6 + 4.05, 4 + 4.5, 5])
+    assert offsets.tolist() == [3, 3, 3, 2, 1]
 
 
 # ----------------------------------------------------------------------------- replay
@@ -131,8 +138,12 @@ def test_replay_observations_equal_what_the_environment_showed(market, played):
         assert np.array_equal(replay.observations(serials[i][-1:], ahead=1)[0], seen[i, T])  # after the end
     # Every field of sampled batches, against the environment and the hand-made targets.
     where = {int(s): (i, t) for i in (4, 5) for t, s in enumerate(serials[i])}
-    z = {i: n_step_targets(episodes[i].rewards.astype(np.float64), episodes[i].root_values, 5, 0.997) for i in (4, 5)}
-    batch = replay.sample(256)
+    gamma = replay.config.discount
+    z = {  # stored bootstrap: the root values, the last one's at the cut
+        i: n_step_targets(episodes[i].rewards, episodes[i].root_values, 5, gamma, episodes[i].root_values[-1])
+        for i in (4, 5)
+    }
+    batch = replay.sample(256, bootstrap_obs=True)
     for n, index in enumerate(batch.indices):
         i, t = where[int(index)]
         e = episodes[i]
@@ -148,11 +159,17 @@ def test_replay_observations_equal_what_the_environment_showed(market, played):
                 else:
                     assert batch.target_rewards[n, k] == 0
             if inside:
+                m = min(5, T - (t + k))
                 assert batch.target_values[n, k] == pytest.approx(z[i][t + k], abs=2e-3)
+                assert batch.bootstrap_discounts[n, k] == pytest.approx(gamma**m)
+                expected_sum = sum(gamma**j * e.rewards[t + k + j] for j in range(m))
+                assert batch.reward_sums[n, k] == pytest.approx(expected_sum, abs=2e-3)
+                assert np.array_equal(batch.bootstrap_obs[n, k], seen[i, t + k + m])  # s_T at the cut
                 assert np.array_equal(batch.legal_masks[n, k], e.legal_masks[t + k])
                 np.testing.assert_allclose(batch.target_policies[n, k], e.policy_targets[t + k], atol=1e-5)
             else:
                 assert batch.target_values[n, k] == 0 and batch.legal_masks[n, k].all()
+                assert batch.reward_sums[n, k] == 0 and batch.bootstrap_discounts[n, k] == 0
     assert batch.masks[:, 0].all() and not batch.masks.all()  # some unrolls cross the end
 
 
@@ -359,3 +376,231 @@ def test_torch_load_is_never_called_without_weights_only():
                 if not ok:
                     offenders.append(f"{file.relative_to(REPO)}:{node.lineno}")
     assert not offenders, f"torch.load without weights_only=True: {offenders}"
+
+
+# ----------------------------------------------------------------------------- the loss, by hand
+
+
+class ConstantModel(torch.nn.Module):
+    """Every head outputs a learnable bias (all 0 at start): softmax is uniform, so each
+    cross-entropy is log(#classes) whatever the target, and the total is countable by hand."""
+
+    BINS, CODES, A = 5, 3, 4
+
+    def __init__(self):
+        super().__init__()
+        from shared.model.support import scalar_to_support, support_to_scalar
+
+        self._to_support, self._to_scalar = scalar_to_support, support_to_scalar
+        zeros = torch.nn.Parameter
+        self.policy = zeros(torch.zeros(self.A))
+        self.value = zeros(torch.zeros(self.BINS))
+        self.q = zeros(torch.zeros(self.BINS))
+        self.reward = zeros(torch.zeros(self.BINS))
+        self.sigma = zeros(torch.zeros(self.CODES))
+        self.code = zeros(torch.zeros(self.CODES))
+
+    def to_support(self, x):
+        return self._to_support(x, self.BINS, 10.0)
+
+    def to_scalar(self, logits):
+        return self._to_scalar(logits, 10.0)
+
+    def represent(self, obs):
+        return torch.zeros(obs.shape[0], 2)
+
+    def predict(self, state):
+        N = state.shape[0]
+        return self.policy.expand(N, -1), self.value.expand(N, -1)
+
+    def afterstate(self, state, action):
+        return state
+
+    def afterstate_predict(self, afterstate):
+        N = afterstate.shape[0]
+        return self.sigma.expand(N, -1), self.q.expand(N, -1)
+
+    def dynamics(self, afterstate, code):
+        return afterstate, self.reward.expand(afterstate.shape[0], -1)
+
+    def encode_chance(self, obs):
+        probs = torch.softmax(self.code, -1).expand(obs.shape[0], -1)
+        onehot = F.one_hot(probs.argmax(-1), self.CODES).to(probs.dtype)
+        return onehot + probs - probs.detach(), probs
+
+
+def test_total_loss_priorities_and_gradients_by_hand():
+    N, K, W, F_, A = 2, 2, 3, 15, 4
+    masks = np.array([[1, 1, 1], [1, 1, 0]], bool)  # sample 1's last unroll step is past the episode end
+    legal = np.ones((N, K + 1, A), bool)
+    legal[1, 0, 3] = False  # flat: 3 legal actions
+    z = np.array([[4.0, 2.0, 1.0], [-3.0, 0.5, 0.0]], np.float32)
+    batch = Batch(
+        obs=np.zeros((N, W, F_), np.float32), next_obs=np.zeros((N, K, W, F_), np.float32),
+        actions=np.zeros((N, K), np.int64), target_values=z, reward_sums=z, bootstrap_discounts=np.zeros_like(z),
+        target_rewards=np.array([[1.0, -1.0], [2.0, 0.0]], np.float32),
+        target_policies=np.eye(A, dtype=np.float32)[[[1, 2, 0], [0, 1, 0]]] * masks[..., None],
+        legal_masks=legal, masks=masks, weights=np.array([1.0, 0.5], np.float32), indices=np.arange(N),
+    ).to("cpu")
+    config = LearningConfig(unroll_steps=K, policy_weight=1.0, value_weight=0.25, q_weight=0.5, reward_weight=2.0,
+                            sigma_weight=1.0, commitment_weight=0.25, code_diversity_weight=0.1)
+    model = ConstantModel()
+    out = stochastic_muzero_loss(model, batch, config)
+
+    lb, lc = math.log(5), math.log(3)
+    commit = 1 - 1 / 3  # ||one-hot - uniform||^2 over 3 codes
+    scale = [1.0, 1 / K, 1 / K]  # initial-state predictions count 1, recurrent ones 1/K; Q at k=0 counts 1 too
+
+    def per_sample(n):
+        m = masks[n]
+        policy = sum(scale[k] * m[k] * math.log(legal[n, k].sum()) for k in range(K + 1))
+        value = sum(scale[k] * m[k] * lb for k in range(K + 1))
+        q = sum(scale[k] * m[k] * lb for k in range(K))
+        sigma = sum(m[k] * lc / K for k in range(K))
+        commitment = sum(m[k] * commit / K for k in range(K))
+        reward = sum(m[k] * lb / K for k in range(K))
+        return 1.0 * policy + 0.25 * value + 0.5 * q + 2.0 * reward + 1.0 * sigma + 0.25 * commitment
+
+    # importance-weighted mean, plus the diversity term: every transition took code 0, so 1 - 0 / log 3 = 1
+    expected = (1.0 * per_sample(0) + 0.5 * per_sample(1)) / N + 0.1 * 1.0
+    assert float(out.loss.detach()) == pytest.approx(expected, rel=1e-6)
+    np.testing.assert_allclose(out.priorities, [4.0, 3.0], atol=1e-6)  # |v0 - z0| with v0 = 0
+
+    out.loss.backward()
+    # d loss / d reward logits = weight * sum over steps of mask / K * (softmax - two-hot target), averaged
+    target = model.to_support(batch.target_rewards)  # [N, K, 5]
+    coeff = torch.tensor(masks[:, :K] / K * np.array([[1.0], [0.5]]), dtype=torch.float32)  # [N, K]
+    expected_grad = 2.0 * (coeff[..., None] * (0.2 - target)).sum((0, 1)) / N
+    torch.testing.assert_close(model.reward.grad, expected_grad.to(model.reward.grad.dtype))
+
+
+def test_code_diversity_loss_by_hand():
+    from shared.learning.losses import code_diversity_loss
+
+    mask = torch.ones(2, 1, dtype=torch.bool)
+    one_code = torch.tensor([[[1.0, 0.0]], [[1.0, 0.0]]])
+    both = torch.tensor([[[1.0, 0.0]], [[0.0, 1.0]]])
+    assert float(code_diversity_loss(one_code, mask)) == pytest.approx(1.0)
+    assert float(code_diversity_loss(both, mask)) == pytest.approx(0.0, abs=1e-6)
+    half = torch.tensor([[[0.75, 0.25]], [[0.75, 0.25]]])
+    entropy = -(0.75 * math.log(0.75) + 0.25 * math.log(0.25))
+    assert float(code_diversity_loss(half, mask)) == pytest.approx(1 - entropy / math.log(2), rel=1e-5)
+
+
+# ----------------------------------------------------------------------------- fresh targets (reanalyse.py)
+
+
+def test_value_targets_bootstrap_from_the_target_network(market, played):
+    from shared.learning.reanalyse import bootstrap_values
+
+    replay = ReplayBuffer(market, small_config(), W, PENALTY, seed=0)
+    for e in played[0]:
+        replay.insert(e)
+    torch.manual_seed(0)
+    target = StochasticMuZeroNet(SMALL).eval()
+    batch = replay.sample(128, bootstrap_obs=True).to("cpu")
+    z = bootstrap_values(target, batch)
+    with torch.no_grad():
+        for n in range(16):
+            for k in range(batch.masks.shape[1]):
+                _, _, v = target.initial_inference(batch.bootstrap_obs[n, k][None])
+                expected = batch.reward_sums[n, k] + batch.bootstrap_discounts[n, k] * v[0]
+                assert float(z[n, k]) == pytest.approx(float(expected), abs=1e-5)
+    past_end = ~batch.masks
+    assert past_end.any() and (z[past_end] == 0).all()  # masked in the loss; no bootstrap past the end
+
+
+def test_reanalyse_searches_the_first_rows_inside_the_episode(replay):
+    from shared.learning.reanalyse import reanalyse_policies
+    from shared.search import SearchConfig, run_search
+
+    torch.manual_seed(0)
+    target = StochasticMuZeroNet(SMALL).eval()
+    batch = replay.sample(8).to("cpu")
+    search = SearchConfig(num_simulations=4, gumbel_scale=0.0, num_chance_codes=SMALL.chance_codes)
+    policies, searched = reanalyse_policies(target, batch, fraction=0.25, search=search)
+    assert torch.equal(policies[2:], batch.target_policies[2:])  # ceil(0.25 * 8) = 2 rows refreshed
+    obs = torch.cat([batch.obs[:2, None], batch.next_obs[:2]], 1)
+    inside = batch.masks[:2]
+    assert searched == int(inside.sum())
+    roots = obs[inside]
+    direct = run_search(target, roots, batch.legal_masks[:2][inside], roots[:, -1, 9].round().long(), search)
+    torch.testing.assert_close(policies[:2][inside], direct.policy_target.float())
+    assert torch.equal(policies[:2][~inside], batch.target_policies[:2][~inside])
+    assert not torch.allclose(policies[:2][inside], batch.target_policies[:2][inside])  # the stored ones were random
+
+
+def test_target_network_follows_the_learner_every_interval(replay):
+    torch.manual_seed(0)
+    learner = Learner(StochasticMuZeroNet(SMALL), small_config(target_update_interval=3, reanalyse_fraction=0.0))
+
+    def same() -> bool:
+        return all(torch.equal(a, b) for a, b in zip(learner.model.state_dict().values(),
+                                                     learner.target.state_dict().values()))
+
+    initial = {k: v.clone() for k, v in learner.model.state_dict().items()}
+    learner.step(replay.sample(8), replay)  # step 0 syncs, then learns
+    assert not same()
+    learner.train(replay, 2)
+    assert all(torch.equal(initial[k], v) for k, v in learner.target.state_dict().items())  # still step 0's
+    before = {k: v.clone() for k, v in learner.model.state_dict().items()}
+    learner.step(replay.sample(8), replay)  # step 3: synced before the update
+    assert all(torch.equal(before[k], v) for k, v in learner.target.state_dict().items())
+    assert not same() and not any(p.requires_grad for p in learner.target.parameters())
+
+
+def test_save_restore_then_n_steps_equals_n_uninterrupted_steps(tmp_path, market, played):
+    """Model, optimizer and step count round-trip; the target network is re-synced at
+    restore, so a checkpoint taken at a target refresh resumes bit for bit. What a
+    checkpoint does not hold (documented in checkpoint.py): the replay's contents and RNG,
+    and the Reanalyse search's generator (reseeded), so this test shares one replay state."""
+    config = small_config(target_update_interval=2, reanalyse_fraction=0.0)
+
+    def fresh_replay():
+        r = ReplayBuffer(market, config, W, PENALTY, seed=5)
+        for e in played[0]:
+            r.insert(e)
+        return r
+
+    torch.manual_seed(0)
+    a = Learner(StochasticMuZeroNet(SMALL), config)
+    replay_a = fresh_replay()
+    a.train(replay_a, 4)
+    a.save(tmp_path / "ckpt.pt")
+    state = (replay_a.rng.bit_generator.state, replay_a.priorities.copy(), replay_a._p_alpha.copy(), replay_a.max_priority)
+    a.train(replay_a, 3)
+
+    torch.manual_seed(123)  # a different init: everything must come from the checkpoint
+    b = Learner(StochasticMuZeroNet(SMALL), config)
+    b.restore(load_checkpoint(tmp_path / "ckpt.pt"))
+    replay_b = fresh_replay()
+    replay_b.rng.bit_generator.state, replay_b.priorities[:], replay_b._p_alpha[:], replay_b.max_priority = state
+    b.train(replay_b, 3)
+    assert b.steps == a.steps == 7
+    for (name, x), y in zip(a.model.state_dict().items(), b.model.state_dict().values()):
+        assert torch.equal(x, y), name
+
+
+def test_chance_codes_spread_over_the_codebook_on_a_noisy_series():
+    """On a series with stochastic outcomes the encoder uses many codes (perplexity well
+    above 1) with the diversity loss, and collapses to ~1 code without it."""
+    from shared.data.synthetic import synthetic_bars
+    from shared.market import market_from_bars
+    from shared.config import Config
+    from shared.selfplay import SelfPlay
+
+    config = Config(env=dict(episode_length=200, window=W), model=dict(window=W), train=dict(num_envs=8),
+                    learning=dict(reanalyse_fraction=0.0, batch_size=32))
+    market = market_from_bars("SYNTH", synthetic_bars("sine", 6000, seed=0), config)
+    episodes = SelfPlay.from_config(config, market, seed=0).play("random")
+    perplexity = {}
+    for weight in (0.0, 1.0):
+        learning = config.learning.model_copy(update={"code_diversity_weight": weight, "lr": 1e-3})
+        replay = ReplayBuffer(market, learning, config.env.window, config.env.drawdown_penalty, seed=0)
+        for e in episodes:
+            replay.insert(e)
+        torch.manual_seed(0)
+        history = Learner(StochasticMuZeroNet(SMALL), learning).train(replay, 120)
+        perplexity[weight] = np.mean([m["code_perplexity"] for m in history[-20:]])
+    assert perplexity[1.0] > 3.0, perplexity
+    assert perplexity[0.0] < 1.5, perplexity

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import argparse
 
 import pytest
@@ -210,3 +211,27 @@ def test_cli_cuda_unavailable_is_a_clear_error(capsys):
     else:
         with pytest.raises(ValueError, match="CUDA is not available"):
             args.func(args, Config())
+
+
+def test_h_matches_muzero_formula_values():
+    """h(x) = sign(x)(sqrt(|x|+1) - 1) + 0.001 x (MuZero App. F), at points worked by hand."""
+    from shared.model.support import h, h_inverse
+
+    x = torch.tensor([0.0, 3.0, -8.0, 99.0, 300.0], dtype=torch.float64)
+    expected = torch.tensor([0.0, 1.003, -2.008, 9.099, math.sqrt(301) - 1 + 0.3], dtype=torch.float64)
+    torch.testing.assert_close(h(x), expected)
+    torch.testing.assert_close(h_inverse(expected), x)
+
+
+def test_default_support_is_about_unit_spaced_and_holds_discounted_returns():
+    """Tens of bins at ~unit spacing in h-space; |returns| of the default discount fit."""
+    from shared.config import Config
+    from shared.model.support import support
+
+    cfg = Config()
+    centres = support(cfg.model.support_bins, cfg.model.support_max, cfg.model.h_epsilon)
+    spacing = float(centres[1] - centres[0])
+    assert 20 <= cfg.model.support_bins <= 80 and 0.5 <= spacing <= 1.5
+    # A position earning 3 pips every bar forever (far more than any series here) is
+    # worth 3 / (1 - gamma) pips: it must be representable, not clipped.
+    assert 3.0 / (1 - cfg.learning.discount) <= cfg.model.support_max

@@ -16,11 +16,11 @@ from shared.actions import legal_mask, side_after
 from shared.config import LearningConfig
 from shared.episode import Episode, position_states
 from shared.learning.replay import REWARD_ATOL, ReplayBuffer, replay_positions
-from shared.learning.targets import n_step_targets
+from shared.learning.targets import n_step_returns, n_step_targets
 from tests.helpers import random_walk_market
 
 W, PENALTY = 16, 0.01
-BUFFER_ARRAYS = ("states", "actions", "rewards", "values", "policies", "legal", "serial", "step", "length",
+BUFFER_ARRAYS = ("states", "actions", "rewards", "root_values", "reward_sums", "offsets", "policies", "legal", "serial", "step", "length",
                  "start", "priorities", "_p_alpha")
 
 
@@ -50,7 +50,8 @@ def reference_insert(self: ReplayBuffer, episode: Episode) -> np.ndarray:
     policy = np.where(legal, episode.policy_targets, 0.0)  # no target mass on illegal actions
     total = policy.sum(-1, keepdims=True)
     policy = np.where(total > 0, policy / np.where(total > 0, total, 1), legal / legal.sum(-1, keepdims=True))
-    z = n_step_targets(rewards, episode.root_values, cfg.td_steps, cfg.discount)  # [T]
+    sums, offsets = n_step_returns(rewards, cfg.td_steps, cfg.discount)  # [T] each
+    z = n_step_targets(rewards, episode.root_values, cfg.td_steps, cfg.discount, float(episode.root_values[-1]))
     if cfg.initial_priority == "td":
         priority = np.maximum(np.abs(episode.root_values - z), cfg.priority_epsilon)
     else:
@@ -67,7 +68,9 @@ def reference_insert(self: ReplayBuffer, episode: Episode) -> np.ndarray:
     self.states[rows] = states[:T]
     self.actions[rows] = episode.actions
     self.rewards[rows] = rewards
-    self.values[rows] = z
+    self.root_values[rows] = episode.root_values
+    self.reward_sums[rows] = sums
+    self.offsets[rows] = offsets
     self.policies[rows] = policy
     self.legal[rows] = legal
     self.serial[rows] = serials

@@ -310,3 +310,72 @@ def test_rejects_a_chance_code_count_mismatch():
     obs, legal, side = make_batch(2, 16, "cpu")
     with pytest.raises(ValueError, match="chance codes"):
         run_search(TinyModel(), obs, legal, side, SearchConfig(num_chance_codes=8))
+
+
+# ----------------------------------------------------------------------------- mctx formulas, by hand
+# mctx (google-deepmind/mctx, _src/qtransforms.py and action_selection.py), written out
+# with numbers: the selection rules must give these values, not just the right shapes.
+
+
+def test_gumbel_sigma_rescales_completed_q_by_the_nodes_own_actions():
+    from shared.search.selection import completed_q, gumbel_sigma
+
+    raw_value = torch.tensor([1.0], dtype=torch.float64)
+    priors = torch.tensor([[0.1, 0.2, 0.3, 0.4]], dtype=torch.float64)
+    q = torch.tensor([[0.0, 3.0, -1.0, 0.0]], dtype=torch.float64)  # actions 1, 2 visited
+    visits = torch.tensor([[0.0, 2.0, 1.0, 0.0]], dtype=torch.float64)
+    # mixed value (mctx _compute_mixed_value): (v + sum N * sum_visited p q / sum_visited p) / (1 + sum N)
+    weighted_q = (0.2 * 3.0 + 0.3 * -1.0) / (0.2 + 0.3)  # 0.6
+    mixed = (1.0 + 3 * weighted_q) / (1 + 3)  # 0.7
+    completed = [mixed, 3.0, -1.0, mixed]
+    torch.testing.assert_close(completed_q(raw_value, priors, q, visits), torch.tensor([completed], dtype=torch.float64))
+    # rescale by min/max of the completed values (-1, 3), then (c_visit + max N) * c_scale
+    expected = [(50 + 2) * 0.1 * (x + 1) / 4 for x in completed]  # [2.21, 5.2, 0, 2.21]
+    got = gumbel_sigma(raw_value, priors, q, visits, c_visit=50.0, c_scale=0.1)
+    torch.testing.assert_close(got, torch.tensor([expected], dtype=torch.float64))
+
+
+def test_gumbel_improved_policy_by_hand():
+    """The policy target of a searched root is softmax(logits + sigma(completed Q)) over legal actions."""
+    model = TinyModel(q_true=(0.0, 2.0, -1.0, 0.5))
+    obs, legal, side = make_batch(1, seed=0, device="cpu")
+    side[:] = 0
+    legal[:] = True
+    legal[0, 3] = False  # flat: Close is illegal
+    config = SearchConfig(num_simulations=6, gumbel_scale=0.0, num_chance_codes=CODES)
+    out = run_search(model, obs, legal, side, config)
+    visits = out.visit_counts[0].double()
+    tree = out.tree
+    q = tree.node_values[0, tree.action_children[0, ROOT]]
+    q = torch.where(visits > 0, q, 0.0)
+    # TinyModel: zero logits and value; Q(a) = q_true(a) exactly for every visited action.
+    for a in range(3):
+        if visits[a] > 0:
+            assert float(q[a]) == pytest.approx(model.q_true[a].item())
+    priors = torch.softmax(torch.tensor([0.0, 0.0, 0.0, -math.inf], dtype=torch.float64), -1)
+    seen = visits > 0
+    weighted = float((priors * q * seen).sum() / (priors * seen).sum())
+    mixed = (0.0 + visits.sum() * weighted) / (visits.sum() + 1)
+    completed = torch.where(seen, q, mixed)
+    lo, hi = completed.min(), completed.max()
+    sigma = (50 + visits.max()) * 0.1 * (completed - lo) / (hi - lo)
+    expected = torch.softmax(sigma.masked_fill(~legal[0], -math.inf), -1)
+    torch.testing.assert_close(out.policy_target[0].double(), expected)
+    assert int(out.action[0]) == 1
+
+
+def test_puct_scores_normalise_by_parent_and_siblings():
+    from shared.search.selection import puct_scores
+
+    priors = torch.tensor([[0.5, 0.25, 0.25]], dtype=torch.float64)
+    q = torch.tensor([[2.0, -2.0, 0.0]], dtype=torch.float64)
+    visits = torch.tensor([[3.0, 1.0, 0.0]], dtype=torch.float64)
+    parent_visits = torch.tensor([5.0], dtype=torch.float64)
+    parent_value = torch.tensor([4.0], dtype=torch.float64)  # outside the children's range
+    got = puct_scores(priors, q, visits, parent_visits, parent_value, pb_c_init=1.25, pb_c_base=19652.0)
+    # mctx qtransform_by_parent_and_siblings: min/max over the parent value and visited Q
+    lo, hi = -2.0, 4.0
+    value = [(2.0 - lo) / (hi - lo), (-2.0 - lo) / (hi - lo), 0.0]  # unvisited = min -> 0
+    pb_c = 1.25 + math.log((5 + 19652 + 1) / 19652)
+    explore = [pb_c * math.sqrt(5) * p / (1 + n) for p, n in zip([0.5, 0.25, 0.25], [3, 1, 0])]
+    torch.testing.assert_close(got, torch.tensor([[v + e for v, e in zip(value, explore)]], dtype=torch.float64))

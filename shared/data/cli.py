@@ -42,13 +42,16 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     sample = add("sample", "import the bundled EURUSD H1 2017 sample (idempotent)", cmd_sample)
     sample.add_argument("--symbol", default=SAMPLE_SYMBOL, help=f"symbol to store it under (default {SAMPLE_SYMBOL})")
     synth = add("synthetic", "generate bars with a learnable structure and import them", cmd_synthetic)
-    synth.add_argument("--kind", choices=KINDS, default="sine", help="sine: periodic drift plus noise; random_walk: no edge")
+    synth.add_argument("--kind", choices=KINDS, default="sine", help="sine: periodic drift plus noise; mean_reverting: an Ornstein-Uhlenbeck price; regime: trends that "
+        "flip at random; random_walk: no edge (a control)")
     synth.add_argument("--symbol", default="SYNTH", help="symbol to store them under (default SYNTH)")
     synth.add_argument("--bars", type=int, default=20_000, help="number of bars (default 20000)")
     synth.add_argument("--seed", type=int, default=0)
     synth.add_argument("--period", type=float, default=48.0, help="sine period in bars (default 48)")
-    synth.add_argument("--drift-pips", type=float, default=3.0, help="peak drift per bar in pips (default 3)")
-    synth.add_argument("--noise-pips", type=float, default=2.0, help="noise per bar in pips (default 2)")
+    synth.add_argument("--drift-pips", type=float, help="sine: peak drift, regime: trend, per bar in pips (per-kind default)")
+    synth.add_argument("--noise-pips", type=float, help="noise per bar in pips (per-kind default)")
+    synth.add_argument("--theta", type=float, default=0.05, help="mean_reverting: pull back per bar (default 0.05)")
+    synth.add_argument("--regime-bars", type=float, default=150.0, help="regime: mean bars per trend (default 150)")
     add("info", "list the stored symbols: range, bar count, timeframe", cmd_info)
     delete = add("delete", "remove a symbol's bars from the store", cmd_delete)
     delete.add_argument("symbol")
@@ -105,9 +108,14 @@ def cmd_synthetic(args: argparse.Namespace, config: Config) -> int:
         period=args.period,
         drift_pips=args.drift_pips,
         noise_pips=args.noise_pips,
+        theta=args.theta,
+        regime_bars=args.regime_bars,
         pip=config.market.spec(args.symbol).pip,
     )
-    source = f"synthetic:{args.kind}:n={args.bars}:seed={args.seed}:period={args.period}:drift={args.drift_pips}:noise={args.noise_pips}"
+    source = (
+        f"synthetic:{args.kind}:n={args.bars}:seed={args.seed}:period={args.period}:drift={args.drift_pips}"
+        f":noise={args.noise_pips}:theta={args.theta}:regime_bars={args.regime_bars}"
+    )
     _print_summary(store.import_bars(args.symbol, bars, source=source), store)
     return 0
 

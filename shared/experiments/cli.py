@@ -27,11 +27,26 @@ def _seeds(text: str) -> list[int]:
     return seeds
 
 
+def _milestones(text: str) -> list[int]:
+    try:
+        values = sorted({int(s.replace("_", "")) for s in text.split(",") if s.strip()})
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--curve takes comma-separated env-step counts, got {text!r}") from None
+    if not values or values[0] < 1:
+        raise argparse.ArgumentTypeError(f"--curve needs positive env-step counts, got {text!r}")
+    return values
+
+
 def _command(args: argparse.Namespace, symbol: str, out: Path) -> str:
     """The command line that repeats this run, rebuilt from the parsed options (sys.argv
     is not ours when main() is called from Python)."""
     words = ["microzero"] + (["--config", args.config] if args.config else []) + ["experiment", args.name]
-    words += ["--steps", str(args.steps)] if args.steps is not None else ["--minutes", f"{args.minutes:g}"]
+    if args.curve:
+        words += ["--curve", ",".join(map(str, args.curve)), "--split", args.split]
+    elif args.steps is not None:
+        words += ["--steps", str(args.steps)]
+    else:
+        words += ["--minutes", f"{args.minutes:g}"]
     words += ["--seeds", ",".join(map(str, args.seeds)), "--symbol", symbol, "--out", str(out)]
     words += ["--small"] * args.small + ["--device", args.device, "--threads", str(args.threads)]
     for folder in args.reuse_runs_from:
@@ -57,7 +72,10 @@ def _run(args: argparse.Namespace, config: Config) -> int:
     torch.set_num_threads(args.threads)
     resolve_device(args.device)
     experiment = get_experiment(args.name)
-    budget = Budget(steps=args.steps, minutes=args.minutes)
+    if args.curve and args.name != "ppo":
+        raise ValueError("--curve draws MuZero against PPO: use it with `experiment ppo`")
+    if not args.curve and (args.steps is None) == (args.minutes is None):
+        raise ValueError("give a budget: --steps, --minutes or --curve")
     symbol = (args.symbol or config.data.default_symbol).upper()
     store = BarStore(config.data.db_path)
     ensure_sample(store, symbol)
@@ -65,6 +83,9 @@ def _run(args: argparse.Namespace, config: Config) -> int:
         raise ValueError(f"no bars for {symbol} in {store.path}; import them first (e.g. `microzero data synthetic`)")
     out = Path(args.out or f"runs/experiments/{experiment.name}")
     command = _command(args, symbol, out)
+    if args.curve:
+        return _run_curve(args, config, symbol, store, out, command)
+    budget = Budget(steps=args.steps, minutes=args.minutes)
     start = time.monotonic()
     try:
         result = run_experiment(
@@ -95,6 +116,33 @@ def _run(args: argparse.Namespace, config: Config) -> int:
     return 0
 
 
+def _run_curve(args: argparse.Namespace, config: Config, symbol: str, store, out: Path, command: str) -> int:
+    import json
+
+    from shared.experiments.curve import curve_table, plot_curves, run_curves
+    from shared.experiments.ppo import MissingDependency
+    from shared.experiments.variants import SMALL, apply_overrides
+    from shared.market import load_market
+
+    config = apply_overrides(config, SMALL) if args.small else config
+    start = time.monotonic()
+    try:
+        report = run_curves(config, load_market(config, symbol, store), out, seeds=args.seeds, milestones=args.curve,
+                            split=args.split, device=args.device, progress=not args.quiet)
+    except MissingDependency as exc:
+        print(f"microzero experiment ppo: {exc}", file=sys.stderr)
+        return 2
+    report |= {"command": command, "small": args.small, "wall_s": time.monotonic() - start}
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "curve.json").write_text(json.dumps(report, indent=2, allow_nan=False))
+    png = plot_curves(report, out / "curve.png")
+    table = curve_table(report)
+    (out / "curve.md").write_text(f"`{command}`\n\n{table}\n")
+    print(table)
+    print(f"wrote {png}, {out / 'curve.md'} and {out / 'curve.json'} ({report['wall_s']:.0f} s)")
+    return 0
+
+
 def register(subparsers) -> None:
     parser = subparsers.add_parser(
         "experiment",
@@ -108,9 +156,17 @@ def register(subparsers) -> None:
         ),
     )
     parser.add_argument("name", choices=list(EXPERIMENTS), help="which comparison")
-    budget = parser.add_mutually_exclusive_group(required=True)
+    budget = parser.add_mutually_exclusive_group(required=False)
     budget.add_argument("--steps", type=int, help="learner steps per run (PPO: steps x batch / samples-per-insert env steps)")
     budget.add_argument("--minutes", type=float, help="wall-clock training budget per run")
+    budget.add_argument(
+        "--curve", type=_milestones, metavar="N1,N2,...",
+        help="ppo only: a learning curve, MuZero and PPO trained to the largest env-step count, each checkpoint "
+        "at every count backtested on --split; writes curve.png, curve.md, curve.json",
+    )
+    parser.add_argument("--split", default="validation", choices=["validation", "test"],
+                        help="--curve: the split the checkpoints are scored on (choose settings on validation; "
+                        "read test once, for the report)")
     parser.add_argument("--seeds", type=_seeds, default=[0, 1, 2], help="comma-separated seeds (default 0,1,2)")
     parser.add_argument("--symbol", default=None, help="bars to use (default: the bundled EURUSD; SYNTH after `microzero data synthetic`)")
     parser.add_argument("--out", default=None, help="output folder (default runs/experiments/NAME)")

@@ -64,6 +64,29 @@ def _deadline(seconds: float):
     return Deadline()
 
 
+def _milestone_saver(milestones: list[int], folder: Path, saved: list[tuple[int, Path]]):
+    """An sb3 callback saving ``folder/ppo-env-<n>.zip`` at the first rollout start at or
+    after each milestone: the policy has then been updated on every step played."""
+    from stable_baselines3.common.callbacks import BaseCallback
+
+    class Milestones(BaseCallback):
+        def __init__(self) -> None:
+            super().__init__()
+            self.pending = sorted(milestones)
+
+        def _on_rollout_start(self) -> None:
+            while self.pending and self.num_timesteps >= self.pending[0]:
+                self.pending.pop(0)
+                path = folder / f"ppo-env-{self.num_timesteps}.zip"
+                self.model.save(path)
+                saved.append((int(self.num_timesteps), path))
+
+        def _on_step(self) -> bool:
+            return True
+
+    return Milestones()
+
+
 def train_ppo(
     config: Config,
     market: MarketData,
@@ -73,9 +96,12 @@ def train_ppo(
     minutes: float | None = None,
     seed: int = 0,
     device: str = "cpu",
+    milestones: list[int] | None = None,
 ):
     """Train PPO (sb3 defaults, MLP on the flattened window) for `timesteps` environment
-    steps, or until `minutes` pass when given; saves ``out_dir/ppo.zip``."""
+    steps, or until `minutes` pass when given; saves ``out_dir/ppo.zip``. With
+    `milestones`, returns [(env steps, checkpoint)] of the learning curve instead
+    (the last one taken after training, at the final step count)."""
     require_sb3()
     from stable_baselines3 import PPO
 
@@ -87,11 +113,19 @@ def train_ppo(
         drawdown_penalty=config.env.drawdown_penalty,
     )
     model = PPO("MlpPolicy", env, seed=seed, device=device, verbose=0)
-    callback = _deadline(60 * minutes) if minutes is not None else None
-    model.learn(total_timesteps=timesteps, callback=callback)
     out_dir.mkdir(parents=True, exist_ok=True)
+    callbacks = [] if minutes is None else [_deadline(60 * minutes)]
+    saved: list[tuple[int, Path]] = []
+    if milestones:
+        (out_dir / "curve").mkdir(exist_ok=True)
+        callbacks.append(_milestone_saver(milestones, out_dir / "curve", saved))
+    model.learn(total_timesteps=timesteps, callback=callbacks or None)
     model.save(out_dir / "ppo.zip")
-    return model
+    if milestones is None:
+        return model
+    if len(saved) < len(set(milestones)):  # the last milestone falls after the last rollout
+        saved.append((int(model.num_timesteps), out_dir / "ppo.zip"))
+    return saved
 
 
 def load_ppo(path: Path, device: str = "cpu"):

@@ -12,7 +12,7 @@ from shared.config import LearningConfig
 from shared.learning.learner import Learner, SamplesPerInsert
 from shared.learning.losses import LossOutput, stochastic_muzero_loss
 from shared.learning.replay import Batch, ReplayBuffer
-from shared.learning.targets import n_step_targets
+from shared.learning.targets import n_step_returns, n_step_targets
 
 __all__ = [
     "Batch",
@@ -26,6 +26,7 @@ __all__ = [
     "checkpoint_path",
     "latest_checkpoint",
     "load_checkpoint",
+    "n_step_returns",
     "n_step_targets",
     "save_checkpoint",
     "stochastic_muzero_loss",

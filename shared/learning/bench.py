@@ -73,7 +73,7 @@ def bench_train(config: Config, market: MarketData, device: str = "cpu", steps: 
     for episode in selfplay.play("random"):
         replay.insert(episode)
     model = StochasticMuZeroNet(config.model).to(device)
-    learner = Learner(model, config.learning, device)
+    learner = Learner(model, config.learning, device, search=config.search)
     batch_size = config.learning.batch_size
     fixed = replay.sample(batch_size).to(device)
 

@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+import copy
 import logging
 import math
+import time
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from shared.learning.checkpoint import Checkpoint, save_checkpoint
-from shared.config import FeatureConfig, LearningConfig
+from shared.config import FeatureConfig, LearningConfig, SearchConfig
 from shared.learning.losses import stochastic_muzero_loss
+from shared.learning.reanalyse import refresh_targets
 from shared.learning.replay import Batch, ReplayBuffer
 from shared.model import StochasticMuZeroNet
 
@@ -49,7 +52,11 @@ class SamplesPerInsert:
 
 
 class Learner:
-    """Adam on the Stochastic MuZero loss; optional TensorBoard logging to `log_dir`."""
+    """Adam on the Stochastic MuZero loss, with a target network for fresh targets
+    (``reanalyse.py``); optional TensorBoard logging to `log_dir`.
+
+    `search` is the search Reanalyse runs (the self-play settings; its discount and
+    codebook are taken from `config` and the model)."""
 
     def __init__(
         self,
@@ -57,6 +64,8 @@ class Learner:
         config: LearningConfig,
         device: torch.device | str = "cpu",
         log_dir: str | Path | None = None,
+        search: SearchConfig | None = None,
+        seed: int = 0,
     ) -> None:
         self.device = torch.device(device)
         self.model = model.to(self.device)
@@ -65,11 +74,31 @@ class Learner:
         self.steps = 0
         self.last_priorities: np.ndarray | None = None
         self.writer = _summary_writer(log_dir) if log_dir is not None else None
+        self.search = (search or SearchConfig()).model_copy(
+            update={"discount": config.discount, "num_chance_codes": model.cfg.chance_codes}
+        )
+        self.generator = torch.Generator(device=self.device).manual_seed(seed)
+        self.target = copy.deepcopy(model).eval().requires_grad_(False)
+        self.reanalysed_roots = 0  # positions searched anew by Reanalyse, in all
+
+    def sync_target(self) -> None:
+        """Copy the learner's weights into the target network."""
+        self.target.load_state_dict(self.model.state_dict())
 
     def step(self, batch: Batch, replay: ReplayBuffer | None = None) -> dict[str, float]:
         """One update on `batch` (numpy); writes new priorities back to `replay` if given."""
+        cfg = self.config
+        if self.steps % cfg.target_update_interval == 0:
+            self.sync_target()
+        started = time.perf_counter()
+        batch, searched = refresh_targets(
+            self.target, batch.to(self.device), bootstrap=cfg.value_bootstrap == "network",
+            fraction=cfg.reanalyse_fraction, search=self.search, generator=self.generator,
+        )
+        refresh_s = time.perf_counter() - started
+        self.reanalysed_roots += searched
         self.model.train()
-        out = stochastic_muzero_loss(self.model, batch.to(self.device), self.config)
+        out = stochastic_muzero_loss(self.model, batch, cfg)
         self.optimizer.zero_grad(set_to_none=True)
         out.loss.backward()
         grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.config.grad_clip)
@@ -78,7 +107,10 @@ class Learner:
         self.last_priorities = out.priorities
         if replay is not None:
             replay.update_priorities(batch.indices, out.priorities)
-        metrics = dict(out.metrics, grad_norm=float(grad_norm), lr=self.optimizer.param_groups[0]["lr"])
+        metrics = dict(
+            out.metrics, grad_norm=float(grad_norm), lr=self.optimizer.param_groups[0]["lr"],
+            reanalysed_roots=float(searched), target_refresh_s=refresh_s,
+        )
         if self.writer is not None:
             for name, value in metrics.items():
                 self.writer.add_scalar(f"learner/{name}", value, self.steps)
@@ -101,6 +133,7 @@ class Learner:
         if checkpoint.optimizer is not None:
             self.optimizer.load_state_dict(checkpoint.optimizer)
         self.steps = checkpoint.step
+        self.sync_target()
 
     def close(self) -> None:
         if self.writer is not None:

@@ -2,25 +2,30 @@
 
 For a position t unrolled K steps (s^0 = represent(o_t)), at each step k:
 
-    policy      CE(pi_{t+k}, p^k)          illegal actions removed from the logits; only
-                                           inside the episode
-    value       CE(two-hot z_{t+k}, v^k)   z = 0 at/after the end (absorbing)
+    policy      CE(pi_{t+k}, p^k)          illegal actions removed from the logits
+    value       CE(two-hot z_{t+k}, v^k)
 and for k < K, with as^k = afterstate(s^k, a_{t+k}) and (c, c^e) = encoder(o_{t+k+1}):
     Q           CE(two-hot z_{t+k}, Q^k)   the paper trains Q to the same n-step target
     sigma       CE(c, sigma^k)             c is the encoder's one-hot, detached
     commitment  ||c - c^e||^2              c^e the encoder's softmax (VQ-VAE style)
     reward      CE(two-hot r_{t+k}, r^k)   s^{k+1}, r^k = dynamics(as^k, c), c straight-through
+and once per batch:
+    diversity   1 - H(mean c) / log C      codebook diversity of the straight-through codes: 0
+                                           when the batch uses every code equally, 1 when one
 
-Weights: predictions of the initial state (policy/value at k=0) count 1, every
-prediction of the recurrent functions counts 1/K, and the gradient entering each
-new state is scaled by ``state_gradient_scale`` (MuZero's ``scale_gradient(s, 0.5)``).
-Sigma and commitment are masked past the episode end like the policy; reward, value
-and Q are trained towards 0 there. The per-sample total is multiplied by the replay's
-importance weight and averaged over the batch.
+Every term is masked to steps inside the episode: the episode end is a time limit, so
+there is no "absorbing state" to train towards 0 past it. Weights: predictions of the
+initial state (policy/value at k=0) and the Q of the first afterstate count 1 (Q drives
+the search at first visits, so it is weighted like the value), every other prediction
+of the recurrent functions counts 1/K, and the gradient entering each new state is
+scaled by ``state_gradient_scale`` (MuZero's ``scale_gradient(s, 0.5)``). The
+per-sample total is multiplied by the replay's importance weight and averaged over the
+batch. New priorities are |v^0 - z_t|.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -32,7 +37,7 @@ from shared.config import LearningConfig
 from shared.learning.replay import Batch
 from shared.model import StochasticMuZeroNet
 
-COMPONENTS = ("policy", "value", "q", "sigma", "commitment", "reward")
+COMPONENTS = ("policy", "value", "q", "sigma", "commitment", "reward")  # per sample; diversity is per batch
 
 
 @dataclass(frozen=True)
@@ -62,6 +67,23 @@ def code_perplexity(histogram: np.ndarray) -> float:
     return float(np.exp(-(p * np.log(p)).sum()))
 
 
+def code_diversity_loss(codes: Tensor, mask: Tensor) -> Tensor:
+    """1 - H(code usage) / log C over the real transitions' straight-through codes.
+
+    The forward value is the entropy of the batch's argmax-code histogram (what the
+    dynamics really receive); the gradient reaches the encoder's softmax through the
+    straight-through estimator. Spreading the *softmax* average instead (wav2vec 2.0)
+    is met by every transition being unsure while the argmax stays on one code.
+    codes [N, K, C] (one-hot forward), mask [N, K] bool -> scalar; 0 with one code.
+    """
+    C = codes.shape[-1]
+    if C == 1 or not bool(mask.any()):
+        return codes.new_zeros(())
+    usage = codes[mask].mean(0)  # [C], sums to 1
+    entropy = -(usage * torch.log(usage.clamp_min(1e-6))).sum()
+    return 1 - entropy / math.log(C)
+
+
 def stochastic_muzero_loss(model: StochasticMuZeroNet, batch: Batch, config: LearningConfig) -> LossOutput:
     """`batch` holds tensors on the model's device (``Batch.to``)."""
     N, K = batch.actions.shape
@@ -79,26 +101,30 @@ def stochastic_muzero_loss(model: StochasticMuZeroNet, batch: Batch, config: Lea
             value0 = model.to_scalar(value_logits.detach())  # [N]
         policy_logits = policy_logits.masked_fill(~batch.legal_masks[:, k], -1e9)
         parts["policy"] += scale * masks[:, k] * soft_cross_entropy(policy_logits, batch.target_policies[:, k])
-        parts["value"] += scale * soft_cross_entropy(value_logits, model.to_support(batch.target_values[:, k]))
+        value_target = model.to_support(batch.target_values[:, k])  # [N, bins]
+        parts["value"] += scale * masks[:, k] * soft_cross_entropy(value_logits, value_target)
         if k == K:
             break
         afterstate = model.afterstate(state, batch.actions[:, k])  # [N, H]
         sigma_logits, q_logits = model.afterstate_predict(afterstate)  # [N, C], [N, bins]
-        parts["q"] += soft_cross_entropy(q_logits, model.to_support(batch.target_values[:, k])) / K
+        parts["q"] += scale * masks[:, k] * soft_cross_entropy(q_logits, value_target)
         parts["sigma"] += masks[:, k] * soft_cross_entropy(sigma_logits, onehot[:, k]) / K
         parts["commitment"] += masks[:, k] * ((onehot[:, k] - code_probs[:, k]) ** 2).sum(-1) / K
         state, reward_logits = model.dynamics(afterstate, codes[:, k])  # [N, H], [N, bins]
-        parts["reward"] += soft_cross_entropy(reward_logits, model.to_support(batch.target_rewards[:, k])) / K
+        reward_target = model.to_support(batch.target_rewards[:, k])
+        parts["reward"] += masks[:, k] * soft_cross_entropy(reward_logits, reward_target) / K
         state = scale_gradient(state, config.state_gradient_scale)
 
     weights = {name: getattr(config, f"{name}_weight") for name in COMPONENTS}
     per_sample = sum(weights[name] * parts[name] for name in COMPONENTS)  # [N]
-    loss = (batch.weights * per_sample).mean()
+    diversity = code_diversity_loss(codes, batch.masks[:, :K])
+    loss = (batch.weights * per_sample).mean() + config.code_diversity_weight * diversity
 
     used = codes.detach().argmax(-1)[batch.masks[:, :K]]  # codes of real transitions
     histogram = torch.bincount(used, minlength=codes.shape[-1]).cpu().numpy()
     metrics = {"loss": float(loss.detach())}
     metrics.update({f"{name}_loss": float(parts[name].detach().mean()) for name in COMPONENTS})
+    metrics["diversity_loss"] = float(diversity.detach())
     metrics["value_prediction"] = float(value0.mean())
     metrics["code_perplexity"] = code_perplexity(histogram)
     metrics["codes_used"] = float((histogram > 0).sum())

@@ -4,8 +4,11 @@ Storage is a ring of ``capacity`` position rows. Position number ``serial`` (cou
 every position ever inserted) lives in row ``serial % capacity``; an episode occupies
 consecutive serials, so its rows are contiguous modulo the capacity, and evicting the
 oldest whole episodes first frees exactly the rows the next episode needs. A row holds
-the position state *before* that decision, the action, reward, n-step target, policy
-target and legal mask. The state after an episode's last step is flat (the environment
+the position state *before* that decision, the action, reward, search root value,
+n-step reward sum and bootstrap offset (``targets.n_step_returns``), policy target and
+legal mask. Value targets are completed at sample time: the learner bootstraps them
+from a recent network on ``Batch.bootstrap_obs`` (the default), or they use the stored
+root values (``Batch.target_values``). The state after an episode's last step is flat (the environment
 force-closes), so it needs no row: it is rebuilt as zeros.
 
 Insert replays the episode's actions with :func:`replay_positions`, the environment's
@@ -35,7 +38,7 @@ from shared.env import NUM_POSITION_FEATURES
 from shared.env.vector import POSITION_SCALE
 from shared.episode import Episode
 from shared.config import LearningConfig
-from shared.learning.targets import n_step_targets
+from shared.learning.targets import n_step_returns, n_step_targets
 from shared.market import MarketData
 
 REWARD_ATOL = 1e-3  # pips: replayed rewards must match the message's to this
@@ -48,17 +51,23 @@ class Batch:
     obs: np.ndarray  # [N, W, F] float32: observation at t
     next_obs: np.ndarray  # [N, K, W, F] float32: observations at t+1..t+K (clamped to the episode end)
     actions: np.ndarray  # [N, K] int64: a_{t+k}; uniform random past the end
-    target_values: np.ndarray  # [N, K+1] float32: z_{t+k}; 0 at/after the end
+    target_values: np.ndarray  # [N, K+1] float32: z_{t+k} bootstrapped from stored root values; 0 at/after the end
+    reward_sums: np.ndarray  # [N, K+1] float32: discounted rewards of z_{t+k} before its bootstrap; 0 at/after the end
+    bootstrap_discounts: np.ndarray  # [N, K+1] float32: gamma^m of z_{t+k}'s bootstrap; 0 at/after the end
     target_rewards: np.ndarray  # [N, K] float32: r_{t+k}; 0 past the end
     target_policies: np.ndarray  # [N, K+1, A] float32: improved policy; 0 at/after the end
     legal_masks: np.ndarray  # [N, K+1, A] bool; all True at/after the end
     masks: np.ndarray  # [N, K+1] bool: step t+k is a decision inside the episode
     weights: np.ndarray  # [N] float32: importance weights, max 1
     indices: np.ndarray  # [N] int64: position serials, for update_priorities
+    # [N, K+1, W, F] float32: observation at each target's bootstrap step t+k+m (None
+    # unless sampled with bootstrap_obs=True).
+    bootstrap_obs: np.ndarray | None = None
 
     def to(self, device: torch.device | str) -> "Batch":
         """The same batch as torch tensors on `device`."""
-        return replace(self, **{f.name: torch.as_tensor(getattr(self, f.name), device=device) for f in fields(self)})
+        moved = {f.name: getattr(self, f.name) for f in fields(self)}
+        return replace(self, **{k: None if v is None else torch.as_tensor(v, device=device) for k, v in moved.items()})
 
 
 class ReplayBuffer:
@@ -76,7 +85,9 @@ class ReplayBuffer:
         self.states = np.zeros((C, NUM_POSITION_FEATURES), np.float32)  # before the decision
         self.actions = np.zeros(C, np.uint8)
         self.rewards = np.zeros(C, np.float32)
-        self.values = np.zeros(C, np.float32)  # n-step targets z
+        self.root_values = np.zeros(C, np.float32)  # search value at the decision
+        self.reward_sums = np.zeros(C, np.float32)  # n-step discounted reward sums
+        self.offsets = np.zeros(C, np.int64)  # m: the bootstrap state is t + m
         self.policies = np.zeros((C, NUM_ACTIONS), np.float32)
         self.legal = np.zeros((C, NUM_ACTIONS), bool)
         self.serial = np.zeros(C, np.int64)
@@ -133,8 +144,9 @@ class ReplayBuffer:
         policy = np.where(legal, episode.policy_targets, 0.0)  # no target mass on illegal actions
         total = policy.sum(-1, keepdims=True)
         policy = np.where(total > 0, policy / np.where(total > 0, total, 1), legal / legal.sum(-1, keepdims=True))
-        z = n_step_targets(rewards, episode.root_values, cfg.td_steps, cfg.discount)  # [T]
+        sums, offsets = n_step_returns(rewards, cfg.td_steps, cfg.discount)  # [T] each
         if cfg.initial_priority == "td":
+            z = n_step_targets(rewards, episode.root_values, cfg.td_steps, cfg.discount, float(episode.root_values[-1]))
             priority = np.maximum(np.abs(episode.root_values - z), cfg.priority_epsilon)
         else:
             priority = np.full(T, self.max_priority)
@@ -150,7 +162,9 @@ class ReplayBuffer:
         self.states[rows] = states
         self.actions[rows] = episode.actions
         self.rewards[rows] = rewards
-        self.values[rows] = z
+        self.root_values[rows] = episode.root_values
+        self.reward_sums[rows] = sums
+        self.offsets[rows] = offsets
         self.policies[rows] = policy
         self.legal[rows] = legal
         self.serial[rows] = serials
@@ -191,8 +205,12 @@ class ReplayBuffer:
         return indices % self.config.replay_capacity
 
     # ------------------------------------------------------------------ sample
-    def sample(self, batch_size: int) -> Batch:
-        """Draw `batch_size` positions with P(i) ~ priority^alpha (with replacement)."""
+    def sample(self, batch_size: int, bootstrap_obs: bool | None = None) -> Batch:
+        """Draw `batch_size` positions with P(i) ~ priority^alpha (with replacement);
+        `bootstrap_obs` adds the observations the value targets bootstrap from (default:
+        when ``value_bootstrap`` is "network")."""
+        if bootstrap_obs is None:
+            bootstrap_obs = self.config.value_bootstrap == "network"
         if len(self) == 0:
             raise ValueError("cannot sample from an empty replay buffer")
         N, K, A = batch_size, self.config.unroll_steps, NUM_ACTIONS
@@ -205,6 +223,13 @@ class ReplayBuffer:
         inside = tk < length[:, None]  # [N, K+1]
         at = (first[:, None] + np.minimum(tk, length[:, None] - 1)) % self.config.replay_capacity
         obs = self._observations(first, length, start, np.minimum(tk, length[:, None]))  # [N, K+1, W, F]
+        # n-step targets of every unroll step: z = reward_sum + gamma^m v(s_{t+k+m}).
+        m = np.where(inside, self.offsets[at], 0)
+        beta = np.minimum(tk + m, length[:, None])  # [N, K+1] bootstrap step, <= T
+        discounts = np.where(inside, self.config.discount ** m.astype(np.float64), 0.0)
+        sums = np.where(inside, self.reward_sums[at], 0.0)
+        # Stored bootstrap: the root value at t+k+m; at the cut (t+k+m = T) the last one's.
+        stored = self.root_values[(first[:, None] + np.minimum(beta, length[:, None] - 1)) % self.config.replay_capacity]
 
         probs = self._p_alpha[rows] / cdf[-1]
         weights = (len(self) * probs) ** -self.config.priority_beta
@@ -213,13 +238,16 @@ class ReplayBuffer:
             obs=obs[:, 0],
             next_obs=obs[:, 1:],
             actions=np.where(inside[:, :K], self.actions[at[:, :K]], self.rng.integers(0, A, (N, K))).astype(np.int64),
-            target_values=np.where(inside, self.values[at], 0).astype(np.float32),
+            target_values=(sums + discounts * stored).astype(np.float32),
+            reward_sums=sums.astype(np.float32),
+            bootstrap_discounts=discounts.astype(np.float32),
             target_rewards=np.where(inside[:, :K], self.rewards[at[:, :K]], 0).astype(np.float32),
             target_policies=np.where(inside[..., None], self.policies[at], 0).astype(np.float32),
             legal_masks=np.where(inside[..., None], self.legal[at], True),
             masks=inside,
             weights=(weights / weights.max()).astype(np.float32),
             indices=self.serial[rows],
+            bootstrap_obs=self._observations(first, length, start, beta) if bootstrap_obs else None,
         )
 
     def update_priorities(self, indices: np.ndarray, priorities: np.ndarray) -> None:

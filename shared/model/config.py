@@ -37,8 +37,11 @@ class ModelConfig(BaseModel):
     chance_codes: int = Field(16, ge=1, description="size of the one-hot chance codebook (1 = deterministic)")
 
     # Categorical scalars (value, reward, Q): `support_bins` bins spaced evenly in
-    # h-space over [h(-support_max), h(support_max)] (see support.py).
-    support_bins: int = Field(601, ge=3)
+    # h-space over [h(-support_max), h(support_max)] (see support.py). 41 bins over
+    # h(300) = 16.65 is a spacing of 0.83 in h-space: a categorical head learns at about
+    # unit spacing (601 bins: its correlation with the targets was 0.04 after 600 steps
+    # on a fixed dataset, 41 bins 0.93); the two-hot projection keeps scalars exact.
+    support_bins: int = Field(41, ge=3)
     support_max: float = Field(300.0, gt=0, description="largest representable |scalar|, in pips")
     h_epsilon: float = Field(0.001, gt=0, description="epsilon of h(x) = sign(x)(sqrt(|x|+1)-1) + eps*x")
 

@@ -3,10 +3,10 @@
 Six functions, each a sub-network of :class:`StochasticMuZeroNet`:
 
     representation        s      = h(o_t)             obs [B, W, 15]      -> state [B, 256]
-    prediction            p, v   = f(s)               state               -> policy [B, 4], value [B, 601]
+    prediction            p, v   = f(s)               state               -> policy [B, 4], value [B, 41]
     afterstate dynamics   as     = phi(s, a)          state, action [B]   -> afterstate [B, 256]
-    afterstate prediction sigma,Q= psi(as)            afterstate          -> sigma [B, 16], Q [B, 601]
-    dynamics              s', r  = g(as, c)           afterstate, code    -> state [B, 256], reward [B, 601]
+    afterstate prediction sigma,Q= psi(as)            afterstate          -> sigma [B, 16], Q [B, 41]
+    dynamics              s', r  = g(as, c)           afterstate, code    -> state [B, 256], reward [B, 41]
     chance encoder        c      = e(o_{t+1})         obs [B, W, 15]      -> code one-hot [B, 16] (straight-through)
 
 Value, reward and Q are logits over the categorical support of support.py.

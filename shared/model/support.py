@@ -9,14 +9,14 @@ Targets are first squashed with the invertible transform
 and then projected "two-hot" onto the two nearest support bins.
 
 Choice of support: the bins are `bins` points spaced *evenly in h-space* over
-[h(-vmax), h(vmax)] (601 bins over [-300, 300] pips by default; h(300) ~= 16.65, so
-the spacing is ~0.0555 in h-space). With an odd bin count the middle bin is exactly
+[h(-vmax), h(vmax)] (41 bins over [-300, 300] pips by default; h(300) ~= 16.65, so
+the spacing is ~0.83 in h-space). With an odd bin count the middle bin is exactly
 0. Because the projection and the expectation are both linear in h-space, a two-hot
 target decoded with :func:`support_to_scalar` gives back h(x) exactly, hence x exactly
 (up to rounding) anywhere in [-vmax, vmax]; values outside are clipped to +-vmax.
 Resolution is finest near 0 (where most per-step rewards live) and coarsest at +-vmax.
 
-Both functions compute in float64 internally (the arrays are [.., 601], so this is
+Both functions compute in float64 internally (the arrays are [.., 41], so this is
 cheap even on a GPU) and return the input's float dtype: in float32 the cancellation
 in h^-1 would cost ~1e-3 pips at +-300.
 """
@@ -26,7 +26,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-DEFAULT_BINS = 601
+DEFAULT_BINS = 41
 DEFAULT_VMAX = 300.0
 DEFAULT_EPS = 1e-3
 

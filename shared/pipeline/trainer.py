@@ -197,7 +197,7 @@ class Trainer:
             torch.manual_seed(seed)
         self.market = market or load_pipeline_market(config)
         self.model = StochasticMuZeroNet(config.model).to(self.device)
-        self.learner = Learner(self.model, config.learning, self.device)
+        self.learner = Learner(self.model, config.learning, self.device, search=config.search, seed=seed or 0)
         self.replay = ReplayBuffer(self.market, config.learning, config.env.window, config.env.drawdown_penalty, seed=seed)
         self.ratio = SamplesPerInsert.from_config(config.learning)
         self.stream = EpisodeStream(client, pipe.episode_stream, pipe.stream_maxlen)

@@ -64,15 +64,8 @@ def _argmax(scores: list[float], legal: list[bool]) -> int:
     return best
 
 
-class _MinMax:
-    def __init__(self, value: float):
-        self.lo = self.hi = value
-
-    def update(self, value: float) -> None:
-        self.lo, self.hi = min(self.lo, value), max(self.hi, value)
-
-    def inverse_range(self) -> float:
-        return 1.0 / max(self.hi - self.lo, sel.NORM_EPSILON)
+def _rescale(values: list[float], lo: float, hi: float) -> list[float]:
+    return [(v - lo) / max(hi - lo, sel.NORM_EPSILON) for v in values]
 
 
 def _children(node: _Decision) -> tuple[list[float], list[float]]:
@@ -81,32 +74,30 @@ def _children(node: _Decision) -> tuple[list[float], list[float]]:
     return visits, values
 
 
-def _gumbel_sigma(node: _Decision, stats: _MinMax, config: SearchConfig) -> tuple[list[float], list[float]]:
-    """(visits, sigma(completed Q)) of a decision node."""
+def _gumbel_sigma(node: _Decision, config: SearchConfig) -> tuple[list[float], list[float]]:
+    """(visits, sigma(completed Q)) of a decision node, Q rescaled by the node's own actions."""
     visits, q = _children(node)
     total = sum(visits)
     probs = [max(p, _TINY) if n > 0 else 0.0 for p, n in zip(node.priors, visits)]
     mass = sum(probs)
     weighted_q = sum(p * v for p, v in zip(probs, q)) / mass if mass > 0 else 0.0
     mixed = (node.raw_value + total * weighted_q) / (total + 1)
-    factor = (max(visits) + config.c_visit) * (config.c_scale * stats.inverse_range())
-    sigma = [((v if n > 0 else mixed) - stats.lo) * factor for v, n in zip(q, visits)]
-    return visits, sigma
+    completed = [v if n > 0 else mixed for v, n in zip(q, visits)]
+    factor = (max(visits) + config.c_visit) * config.c_scale
+    return visits, [factor * x for x in _rescale(completed, min(completed), max(completed))]
 
 
-def _select_action(
-    node: _Decision, stats: _MinMax, config: SearchConfig, gumbel: list[float], root_considered: float | None
-) -> int:
+def _select_action(node: _Decision, config: SearchConfig, gumbel: list[float], root_considered: float | None) -> int:
     if config.root == "puct":
         visits, q = _children(node)
         pb_c = config.pb_c_init + math.log((node.visits + config.pb_c_base + 1) / config.pb_c_base)
-        explore, inv_range = pb_c * math.sqrt(node.visits), stats.inverse_range()
-        scores = [
-            ((v - stats.lo) * inv_range if n > 0 else 0.0) + explore * p / (n + 1)
-            for v, n, p in zip(q, visits, node.priors)
-        ]
+        explore = pb_c * math.sqrt(node.visits)
+        seen = [v for v, n in zip(q, visits) if n > 0]
+        lo, hi = min([node.value, *seen]), max([node.value, *seen])
+        normalised = _rescale([v if n > 0 else lo for v, n in zip(q, visits)], lo, hi)
+        scores = [x + explore * p / (n + 1) for x, n, p in zip(normalised, visits, node.priors)]
         return _argmax(scores, node.legal)
-    visits, sigma = _gumbel_sigma(node, stats, config)
+    visits, sigma = _gumbel_sigma(node, config)
     if root_considered is None:
         improved = _softmax([x + s for x, s in zip(node.logits, sigma)], node.legal)
         total = sum(visits)
@@ -154,12 +145,11 @@ def run_search_single(
             f, noise_row = config.dirichlet_fraction, noise.dirichlet[i].to(dtype).tolist()
             root.priors = [(1 - f) * p + f * d for p, d in zip(root.priors, noise_row)]
         gumbel = noise.gumbel[i].to(dtype).tolist()
-        stats = _MinMax(root.raw_value)
         num_considered = min(config.max_considered_actions, sum(legal))
         schedule = sel.considered_visits_sequence(num_considered, config.num_simulations)
         for sim in range(config.num_simulations):
-            _simulate(model, root, stats, config, gumbel, schedule[sim])
-        action, policy, visits = _summarise(root, stats, config, gumbel, float(noise.uniform[i]))
+            _simulate(model, root, config, gumbel, schedule[sim])
+        action, policy, visits = _summarise(root, config, gumbel, float(noise.uniform[i]))
         out_action.append(action)
         out_policy.append(policy)
         out_value.append(root.value)
@@ -172,15 +162,13 @@ def run_search_single(
     )
 
 
-def _simulate(
-    model: SearchModel, root: _Decision, stats: _MinMax, config: SearchConfig, gumbel: list[float], considered: float
-) -> None:
+def _simulate(model: SearchModel, root: _Decision, config: SearchConfig, gumbel: list[float], considered: float) -> None:
     """Select down to an unexpanded edge, expand one node, back its value up."""
     path: list[_Decision | _Chance] = [root]
     node: _Decision | _Chance = root
     while True:
         if isinstance(node, _Decision):
-            a = _select_action(node, stats, config, gumbel, considered if node is root else None)
+            a = _select_action(node, config, gumbel, considered if node is root else None)
             if a not in node.children:
                 action = torch.tensor([a], device=node.state.device)
                 afterstate, chance_logits, q = model.afterstate_inference(node.state, action)
@@ -204,22 +192,20 @@ def _simulate(
             node = node.children[c]
         path.append(node)
 
-    stats.update(leaf.raw_value)
     ret, child = leaf.raw_value, leaf
     for node in reversed(path):
         if isinstance(child, _Decision):  # a chance edge: reward and one discount
             ret = child.reward + config.discount * ret
         node.value = (node.value * node.visits + ret) / (node.visits + 1)
         node.visits += 1
-        stats.update(node.value)
         child = node
 
 
 def _summarise(
-    root: _Decision, stats: _MinMax, config: SearchConfig, gumbel: list[float], uniform: float
+    root: _Decision, config: SearchConfig, gumbel: list[float], uniform: float
 ) -> tuple[int, list[float], list[int]]:
     if config.root == "gumbel":
-        visits, sigma = _gumbel_sigma(root, stats, config)
+        visits, sigma = _gumbel_sigma(root, config)
         policy = _softmax([x + s for x, s in zip(root.logits, sigma)], root.legal)
         action = _argmax(_root_scores(root, gumbel, sigma, visits, max(visits)), root.legal)
     else:

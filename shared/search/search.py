@@ -239,14 +239,13 @@ def _traverse(tree: Tree, ctx: _Context, sim: int, height: int) -> tuple[Tensor,
     or code chosen at each half-step). An unexpanded edge leads to the scratch node,
     whose children are scratch too, so a finished walk stays there: no per-tree branching.
     """
-    inv_range = sel.inverse_range(tree.value_min, tree.value_max)      # fixed during a traversal
     node = torch.zeros_like(ctx.row_base)                               # [B] all at the root
     nodes, choices = [], []
     for t in range(height + 1):
         flat = ctx.row_base + node
         if t % 2 == 0:
             children = rows(tree.action_children, flat)                  # [B, A]
-            choice = _select_action(tree, ctx, flat, children, inv_range, sim if t == 0 else None)
+            choice = _select_action(tree, ctx, flat, children, sim if t == 0 else None)
         else:
             children = rows(tree.code_children, flat)                    # [B, C]
             visits = tree.node_visits.gather(1, children)
@@ -258,9 +257,7 @@ def _traverse(tree: Tree, ctx: _Context, sim: int, height: int) -> tuple[Tensor,
     return torch.stack(nodes, 1), torch.stack(choices, 1)
 
 
-def _select_action(
-    tree: Tree, ctx: _Context, flat: Tensor, children: Tensor, inv_range: Tensor, root_sim: int | None
-) -> Tensor:
+def _select_action(tree: Tree, ctx: _Context, flat: Tensor, children: Tensor, root_sim: int | None) -> Tensor:
     """Action [B] at the decision nodes flat [B] (flat ids) with children [B, A]; root_sim is set at the root."""
     cfg = ctx.config
     visits, q = children_stats(tree, children)
@@ -268,13 +265,11 @@ def _select_action(
     priors = rows(tree.priors, flat)
     if cfg.root == "puct":
         scores = sel.puct_scores(
-            priors, q, visits, rows(tree.node_visits, flat), tree.value_min, inv_range, cfg.pb_c_init, cfg.pb_c_base
+            priors, q, visits, rows(tree.node_visits, flat), rows(tree.node_values, flat), cfg.pb_c_init, cfg.pb_c_base
         )
         return sel.masked_argmax(scores, legal)
     logits = rows(tree.logits, flat)
-    sigma = sel.gumbel_sigma(
-        rows(tree.raw_values, flat), priors, q, visits, tree.value_min, inv_range, cfg.c_visit, cfg.c_scale
-    )
+    sigma = sel.gumbel_sigma(rows(tree.raw_values, flat), priors, q, visits, cfg.c_visit, cfg.c_scale)
     if root_sim is None:
         scores = sel.gumbel_interior_scores(logits, sigma, visits)
     else:
@@ -365,11 +360,6 @@ def _backup(tree: Tree, ctx: _Context, path: Tensor, leaf_t: Tensor, node: int) 
     new_values = (values * visits + returns) / (visits + 1) * real                # scratch keeps 0
     tree.node_values.scatter_(1, path, new_values)
     tree.node_visits.scatter_(1, path, visits + real)
-    # Min-max over every value held: the updated path values and the leaf's own value
-    # (the last column is always scratch, so the leaf value always enters).
-    seen = torch.where(real, new_values, leaf_value.unsqueeze(1))
-    torch.minimum(tree.value_min, seen.amin(1), out=tree.value_min)
-    torch.maximum(tree.value_max, seen.amax(1), out=tree.value_max)
 
 
 def _summarise(tree: Tree, config: SearchConfig, noise: RootNoise) -> SearchOutput:
@@ -379,10 +369,8 @@ def _summarise(tree: Tree, config: SearchConfig, noise: RootNoise) -> SearchOutp
     legal = tree.legal[:, ROOT]
     if config.root == "gumbel":
         logits = tree.logits[:, ROOT]
-        inv_range = sel.inverse_range(tree.value_min, tree.value_max)
         sigma = sel.gumbel_sigma(
-            tree.raw_values[:, ROOT], tree.priors[:, ROOT], q, visits, tree.value_min, inv_range,
-            config.c_visit, config.c_scale,
+            tree.raw_values[:, ROOT], tree.priors[:, ROOT], q, visits, config.c_visit, config.c_scale
         )
         policy = torch.softmax(logits + sigma, dim=-1) * legal
         scores = sel.gumbel_root_scores(tree.root_gumbel, logits, sigma, visits, visits.amax(-1))

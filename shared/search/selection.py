@@ -10,9 +10,13 @@ Decision nodes (A actions):
 
 Chance nodes (C codes): argmax sigma(c) / (N(c) + 1), so visit fractions track sigma.
 
-Q values are normalised to [0, 1] by the tree's min-max of every value it has held
-(MuZero's MinMaxStats, one per tree). Unvisited Q values are completed with the mixed
-value (mctx ``qtransform_completed_by_mix_value``) for Gumbel, with 0 for pUCT.
+Q values are normalised per node, by that node's own children (and, for pUCT, its own
+value), as mctx does: Gumbel completes unvisited Q with the mixed value and rescales
+the completed Q of the node's actions to [0, 1] by their min and max (mctx
+``qtransform_completed_by_mix_value``); pUCT normalises by the min and max of the
+parent's value and its visited children's Q, unvisited children scoring the minimum
+(mctx ``qtransform_by_parent_and_siblings``). A tree-wide min-max (MuZero's
+MinMaxStats) lets one far-off node in the tree flatten every other node's differences.
 """
 
 from __future__ import annotations
@@ -34,14 +38,9 @@ def masked_argmax(scores: Tensor, legal: Tensor) -> Tensor:
     return torch.where(legal, scores, -math.inf).argmax(dim=-1)
 
 
-def inverse_range(vmin: Tensor, vmax: Tensor) -> Tensor:
-    """1 / max(vmax - vmin, eps), [...] -> [...]: with vmin, the tree's Q normalisation."""
-    return (vmax - vmin).clamp_min(NORM_EPSILON).reciprocal()
-
-
-def normalise(values: Tensor, vmin: Tensor, inv_range: Tensor) -> Tensor:
-    """values [..., K], vmin/inv_range [...] -> (values - vmin) / (vmax - vmin), in [0, 1] for seen values."""
-    return (values - vmin.unsqueeze(-1)) * inv_range.unsqueeze(-1)
+def rescale(values: Tensor, vmin: Tensor, vmax: Tensor) -> Tensor:
+    """values [..., K], vmin/vmax [..., 1] -> (values - vmin) / max(vmax - vmin, eps)."""
+    return (values - vmin) / (vmax - vmin).clamp_min(NORM_EPSILON)
 
 
 def completed_q(raw_value: Tensor, priors: Tensor, q: Tensor, visits: Tensor) -> Tensor:
@@ -64,17 +63,18 @@ def gumbel_sigma(
     priors: Tensor,
     q: Tensor,
     visits: Tensor,
-    vmin: Tensor,
-    inv_range: Tensor,
     c_visit: float,
     c_scale: float,
 ) -> Tensor:
     """sigma(completed Q) [..., A] of a decision node, the term added to its logits.
 
-    sigma(q) = (c_visit + max_b N(b)) * c_scale * normalised q (Gumbel MuZero's monotone transform).
+    sigma(q) = (c_visit + max_b N(b)) * c_scale * rescaled q, the completed Q rescaled
+    to [0, 1] by the min and max over the node's own actions (Gumbel MuZero's monotone
+    transform; mctx ``qtransform_completed_by_mix_value`` with ``rescale_values=True``).
     """
-    factor = (visits.amax(-1) + c_visit) * (c_scale * inv_range)
-    return normalise(completed_q(raw_value, priors, q, visits), vmin, factor)
+    completed = completed_q(raw_value, priors, q, visits)
+    rescaled = rescale(completed, completed.amin(-1, keepdim=True), completed.amax(-1, keepdim=True))
+    return (visits.amax(-1, keepdim=True) + c_visit) * c_scale * rescaled
 
 
 def gumbel_interior_scores(logits: Tensor, sigma: Tensor, visits: Tensor) -> Tensor:
@@ -97,13 +97,21 @@ def puct_scores(
     q: Tensor,
     visits: Tensor,
     parent_visits: Tensor,
-    vmin: Tensor,
-    inv_range: Tensor,
+    parent_value: Tensor,
     pb_c_init: float,
     pb_c_base: float,
 ) -> Tensor:
-    """MuZero's pUCT [..., A]: normalised Q (0 if unvisited) + P * sqrt(N_parent) * c(N_parent) / (1 + N)."""
-    value = torch.where(visits > 0, normalise(q, vmin, inv_range), 0.0)
+    """MuZero's pUCT [..., A]: normalised Q + P * sqrt(N_parent) * c(N_parent) / (1 + N).
+
+    Q is normalised by the parent's value and its visited children (mctx
+    ``qtransform_by_parent_and_siblings``): an unvisited child scores the minimum, 0.
+    """
+    visited = visits > 0
+    parent_value = parent_value.unsqueeze(-1)
+    safe = torch.where(visited, q, parent_value)
+    vmin = torch.minimum(parent_value, safe.amin(-1, keepdim=True))
+    vmax = torch.maximum(parent_value, safe.amax(-1, keepdim=True))
+    value = rescale(torch.where(visited, q, vmin), vmin, vmax)
     pb_c = pb_c_init + torch.log((parent_visits + pb_c_base + 1) / pb_c_base)
     explore = (pb_c * parent_visits.sqrt()).unsqueeze(-1) * priors / (visits + 1)
     return value + explore

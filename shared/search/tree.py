@@ -51,8 +51,6 @@ class Tree:
     chance_probs: Tensor      # [B, N, C]  sigma = softmax(chance_logits) of chance nodes
     action_children: Tensor   # [B, N, A]  long, chance-node index, scratch if not expanded
     code_children: Tensor     # [B, N, C]  long, decision-node index, scratch if not expanded
-    value_min: Tensor         # [B]        min of every value the tree has held (Q normalisation)
-    value_max: Tensor         # [B]        max of the same
     root_gumbel: Tensor       # [B, A]     Gumbel noise of the root (zeros in pUCT mode)
 
     @property
@@ -130,8 +128,6 @@ def init_tree(
         chance_probs=full((B, N, C), 1.0 / C, dt),
         action_children=full((B, N, A), N - 1, torch.long),
         code_children=full((B, N, C), N - 1, torch.long),
-        value_min=root_value.clone(),
-        value_max=root_value.clone(),
         root_gumbel=root_gumbel,
     )
     tree.embeddings[:, ROOT] = root_state

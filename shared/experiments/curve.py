@@ -1,0 +1,161 @@
+"""Learning curves: pips on a held-out split against environment steps played, MuZero
+beside PPO, several seeds (``microzero experiment ppo --curve ...``).
+
+Each seed trains one MuZero run (``training.train`` with an env-step budget, saving a
+checkpoint at every milestone once the data played by then has been learned from) and
+one PPO run (a checkpoint at the first rollout boundary at or after each milestone,
+after PPO's update on it). Both agents therefore see about the same number of
+environment steps at each point; the exact counts are recorded and plotted. Every
+checkpoint is backtested greedily over the whole split (16 contiguous chunks), beside
+the baselines on the same bars. Settings are chosen with ``--split validation``; the
+test split is read once, for the report. Runs are resumable: a finished
+``OUT/<agent>/seed<k>/curve.json`` is reused.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+
+from shared.backtest import backtest
+from shared.baselines import Momentum, PerfectForesight, RandomLegal, buy_and_hold
+from shared.config import Config
+from shared.experiments.stats import t_interval
+from shared.market import MarketData
+
+CHUNKS = 16
+AGENTS = ("muzero", "ppo")
+
+
+def _pips(policy, config: Config, market: MarketData, split: str) -> dict:
+    result = backtest(
+        market, market.splits(config)[split], policy, window=config.env.window,
+        drawdown_penalty=config.env.drawdown_penalty, chunks=CHUNKS,
+    )
+    return {"total_pips": float(result.metrics.total_pips), "trades": int(result.metrics.trades)}
+
+
+def _muzero_points(config: Config, market: MarketData, run_dir: Path, seed: int, milestones: list[int],
+                   split: str, device: str) -> list[dict]:
+    from shared.learning.checkpoint import load_checkpoint
+    from shared.model.networks import StochasticMuZeroNet
+    from shared.training import greedy_policy, resolve_device, train
+
+    start = time.monotonic()
+    result = train(config, market, run_dir, env_steps=max(milestones), milestones=milestones, device=device,
+                   seed=seed, progress=False)
+    train_s = time.monotonic() - start
+    points = []
+    for env_steps, learner_steps, path in result.curve:
+        model = StochasticMuZeroNet(config.model).to(resolve_device(device))
+        model.load_state_dict(load_checkpoint(path).state_dict)
+        points.append({"env_steps": env_steps, "learner_steps": learner_steps,
+                       **_pips(greedy_policy(model, config, model.device), config, market, split)})
+    return [dict(p, train_s=train_s) for p in points]
+
+
+def _ppo_points(config: Config, market: MarketData, run_dir: Path, seed: int, milestones: list[int],
+                split: str, device: str) -> list[dict]:
+    from shared.experiments.ppo import PPOPolicy, load_ppo, train_ppo
+
+    start = time.monotonic()
+    saved = train_ppo(config, market, run_dir, timesteps=max(milestones), seed=seed, device=device,
+                      milestones=milestones)
+    train_s = time.monotonic() - start
+    return [{"env_steps": steps, "learner_steps": None, "train_s": train_s,
+             **_pips(PPOPolicy(load_ppo(path, device)), config, market, split)} for steps, path in saved]
+
+
+def run_curves(config: Config, market: MarketData, out_dir: Path, *, seeds: list[int], milestones: list[int],
+               split: str = "validation", device: str = "cpu", progress: bool = True) -> dict:
+    """Every agent x seed (resumable), then the baselines; returns the report dict."""
+    from shared.experiments.ppo import require_sb3
+
+    require_sb3()
+    milestones = sorted(set(milestones))
+    runs: dict[str, list[list[dict]]] = {agent: [] for agent in AGENTS}
+    for seed in seeds:
+        for agent in AGENTS:
+            run_dir = Path(out_dir) / agent / f"seed{seed}"
+            done = run_dir / "curve.json"
+            if done.exists() and json.loads(done.read_text())["milestones"] == milestones:
+                points = json.loads(done.read_text())["points"]
+            else:
+                make = _muzero_points if agent == "muzero" else _ppo_points
+                points = make(config, market, run_dir, seed, milestones, split, device)
+                done.write_text(json.dumps({"milestones": milestones, "split": split, "points": points}, indent=2))
+            runs[agent].append(points)
+            if progress:
+                print(f"{agent} seed {seed}: " + ", ".join(f"{p['env_steps']:,} steps {p['total_pips']:,.0f} pips"
+                                                        for p in points), flush=True)
+    oracle = _pips(PerfectForesight(market.close, market.pip, market.spread_pips), config, market, split)
+    baselines = {
+        "perfect foresight": oracle["total_pips"],
+        "momentum (60 bars)": _pips(Momentum(), config, market, split)["total_pips"],
+        "buy & hold": _pips(buy_and_hold, config, market, split)["total_pips"],
+        "random legal": float(np.mean([_pips(RandomLegal(s), config, market, split)["total_pips"] for s in seeds])),
+    }
+    return {"split": split, "seeds": seeds, "milestones": milestones, "symbol": market.symbol,
+            "curves": {agent: summarise_curve(points) for agent, points in runs.items()},
+            "runs": runs, "baselines": baselines}
+
+
+def summarise_curve(runs: list[list[dict]]) -> list[dict]:
+    """Per milestone: mean env steps, and the t-interval of pips across seeds."""
+    out = []
+    for i in range(min(len(points) for points in runs)):
+        column = [points[i] for points in runs]
+        out.append({"env_steps": float(np.mean([p["env_steps"] for p in column])),
+                    "total_pips": t_interval([p["total_pips"] for p in column]).as_dict(),
+                    "trades": float(np.mean([p["trades"] for p in column]))})
+    return out
+
+
+def plot_curves(report: dict, path: Path) -> Path:
+    """PNG: pips against env steps, mean and 95 % t-band per agent, baselines as lines."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(8, 5))
+    colours = {"muzero": "tab:blue", "ppo": "tab:orange"}
+    for agent, curve in report["curves"].items():
+        x = [p["env_steps"] for p in curve]
+        mean = [p["total_pips"]["mean"] for p in curve]
+        low = [p["total_pips"]["low"] if p["total_pips"]["low"] is not None else m for p, m in zip(curve, mean)]
+        high = [p["total_pips"]["high"] if p["total_pips"]["high"] is not None else m for p, m in zip(curve, mean)]
+        ax.plot(x, mean, marker="o", color=colours.get(agent), label=f"{agent} (mean of {len(report['seeds'])} seeds)")
+        ax.fill_between(x, low, high, color=colours.get(agent), alpha=0.2)
+    styles = ["k--", "g:", "m-.", "r:"]
+    for (name, pips), style in zip(report["baselines"].items(), styles):
+        ax.axhline(pips, linestyle=style[1:], color=style[0], linewidth=1, label=f"{name}: {pips:,.0f}")
+    ax.set_xlabel("environment steps played")
+    ax.set_ylabel(f"net pips on the {report['split']} split (greedy, spread paid)")
+    ax.set_title(f"{report['symbol']}: learning curves, 95% t-intervals across seeds")
+    ax.legend(fontsize=8, loc="best")
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def curve_table(report: dict) -> str:
+    """Markdown: one row per milestone, both agents' mean [95% CI] and % of perfect foresight."""
+    pf = report["baselines"]["perfect foresight"]
+    lines = ["| env steps (MuZero / PPO) | MuZero pips [95% CI] | PPO pips [95% CI] | MuZero % of PF | PPO % of PF |",
+             "|---|---|---|---|---|"]
+    for mz, ppo in zip(report["curves"]["muzero"], report["curves"]["ppo"]):
+        def cell(p: dict) -> str:
+            t = p["total_pips"]
+            band = f" [{t['low']:,.0f}, {t['high']:,.0f}]" if t["low"] is not None else ""
+            return f"{t['mean']:,.0f}{band}"
+        lines.append(f"| {mz['env_steps']:,.0f} / {ppo['env_steps']:,.0f} | {cell(mz)} | {cell(ppo)} | "
+                     f"{100 * mz['total_pips']['mean'] / pf:.0f} % | {100 * ppo['total_pips']['mean'] / pf:.0f} % |")
+    lines.append("")
+    lines += [f"- {name}: {pips:,.0f} pips" for name, pips in report["baselines"].items()]
+    return "\n".join(lines)
