@@ -53,6 +53,12 @@ class Scan:
     values: dict[str, np.ndarray]  # float64 open, high, low, close, volume
 
 
+def _connect() -> duckdb.DuckDBPyConnection:
+    con = duckdb.connect()
+    con.execute("SET enable_progress_bar = false")  # a CLI import draws its own progress bar
+    return con
+
+
 def _literal(text: str) -> str:
     return "'" + text.replace("'", "''") + "'"
 
@@ -130,7 +136,7 @@ def _checked_sql(typed: str, layout: Layout, text_ts: bool) -> str:
 
 
 def _run(sql: str, layout: Layout, source: str) -> Scan:
-    con = duckdb.connect()
+    con = _connect()
     try:
         cols = con.execute(sql).fetchnumpy()
     except duckdb.InvalidInputException as exc:
@@ -175,7 +181,7 @@ def scan_csv(path: Path, layout: Layout, source: str) -> Scan:
 
 def csv_lines(path: Path, numbers: np.ndarray) -> dict[int, str]:
     """The text of the given lines (a second scan, only for a file being refused)."""
-    con = duckdb.connect()
+    con = _connect()
     try:
         con.register("wanted", {"n": np.asarray(numbers, dtype=np.int64)})
         rows = con.execute(f"SELECT n, line FROM ({_lines_sql(path)}) WHERE n IN (SELECT n FROM wanted)").fetchall()
@@ -190,7 +196,7 @@ def _quoted(name: str) -> str:
 
 def scan_parquet(path: Path, source: str, columns: Mapping[str, str] | None) -> Scan:
     """Type and check every row of a Parquet file; ``Scan.line`` holds 1-based row numbers."""
-    con = duckdb.connect()
+    con = _connect()
     try:
         described = con.execute(f"DESCRIBE SELECT * FROM read_parquet({_literal(str(path))})").fetchall()
     except duckdb.Error as exc:
@@ -222,7 +228,7 @@ def scan_parquet(path: Path, source: str, columns: Mapping[str, str] | None) -> 
 def parquet_rows(path: Path, layout: Layout, numbers: np.ndarray) -> dict[int, list[str | None]]:
     """The given rows' fields as text (None for NULL), to explain why they were refused."""
     fields = ", ".join(f"CAST({_quoted(n)} AS VARCHAR)" for n in layout.names)
-    con = duckdb.connect()
+    con = _connect()
     try:
         con.register("wanted", {"n": np.asarray(numbers, dtype=np.int64)})
         rows = con.execute(
