@@ -324,3 +324,13 @@ def test_console_entry_runs_data_commands(tmp_path):
         capture_output=True, text=True, timeout=120,
     )
     assert refused.returncode == 2 and "cannot detect the bar format" in refused.stderr
+
+
+def test_bench_import_generates_imports_and_measures_in_a_child():
+    from shared.data.bench import bench_import, format_import
+
+    report = bench_import(rows=3000)
+    assert report["rows"] == 3000 and report["rows_per_s"] > 0
+    assert report["peak_rss_mib"] >= report["rss_after_imports_mib"] > 0
+    assert set(report["stage_seconds"]) == {"read", "parse", "store"}
+    assert "3,000 generated M1 rows" in format_import(report) and "VmHWM" in format_import(report)
