@@ -490,3 +490,14 @@ def test_only_the_first_bad_lines_are_explained_but_all_are_counted(monkeypatch)
         parse_bars_text(text, "histdata")
     assert [n for n, _ in info.value.errors] == [1, 2, 3, 4, 5] and info.value.bad_count == 23
     assert "23 bad lines" in str(info.value) and "... and 3 more" in str(info.value)
+
+
+def test_fully_quoted_fields_are_read_and_a_quoted_delimiter_is_explained():
+    text = '"time","open","high","low","close"\n' + "".join(
+        f'"{t:%Y-%m-%d %H:%M:%S}","{o}","{h}","{lo}","{c}"\n' for t, o, h, lo, c, _ in ROWS)
+    assert_bars_equal_rows(parse_bars_text(text), [(*r[:5], 0.0) for r in ROWS])
+    lines = text.splitlines()
+    lines[2] = lines[2].replace(f'"{ROWS[1][1]}"', '"1,05"', 1)  # line 3: a decimal comma inside quotes
+    with pytest.raises(BarImportError) as info:
+        parse_bars_text("\n".join(lines) + "\n")
+    assert info.value.errors == [(3, "non-numeric open '1,05'")]

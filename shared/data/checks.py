@@ -114,14 +114,13 @@ def _ts_text(fields: list[str | None] | str, layout: Layout) -> str:
 def explain(fields: list[str | None], layout: Layout, ts_ok: bool) -> list[str]:
     """Every per-row problem of one row, worded as the importer reports them."""
     reasons = []
-    if not ts_ok:
+    if not ts_ok:  # (SQL also leaves it unread when the line split wrongly, e.g. on a quoted delimiter)
         text = _ts_text(fields, layout)
         try:
             layout.parse_ts(text)
-            detail = ""
         except (ValueError, OverflowError) as exc:
             detail = "" if str(exc) == "unrecognised layout" else f": {exc}"
-        reasons.append(f"bad timestamp {text!r} (expected {layout.ts_hint}){detail}")
+            reasons.append(f"bad timestamp {text!r} (expected {layout.ts_hint}){detail}")
     values = []
     for name, col in zip(COLUMNS, layout.value_cols):
         text = "0" if col is None else fields[col]
