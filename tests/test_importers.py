@@ -501,3 +501,10 @@ def test_fully_quoted_fields_are_read_and_a_quoted_delimiter_is_explained():
     with pytest.raises(BarImportError) as info:
         parse_bars_text("\n".join(lines) + "\n")
     assert info.value.errors == [(3, "non-numeric open '1,05'")]
+
+
+def test_a_line_too_long_for_duckdb_is_refused_with_its_number(tmp_path):
+    path = tmp_path / "long.csv"
+    path.write_text("time,open,high,low,close\n2017-01-02 00:00,1,2,0.5,1\n2017-01-02 01:00,1,2,0.5," + "1" * 3_000_000 + "\n")
+    with pytest.raises(BarImportError, match="CSV Error on Line: 3; Maximum line size"):
+        parse_bars(path)

@@ -142,7 +142,9 @@ def _run(sql: str, layout: Layout, source: str) -> Scan:
     except duckdb.InvalidInputException as exc:
         if "unicode" in str(exc).lower():
             raise NotUtf8(str(exc)) from None
-        raise BarImportError(source, [], summary=f"DuckDB cannot read it: {str(exc).splitlines()[0]}") from None
+        # DuckDB's own words: where (e.g. "CSV Error on Line: 3") and why, without the line's text
+        said = [x for x in str(exc).splitlines() if x.strip() and not x.startswith("Original Line")]
+        raise BarImportError(source, [], summary=f"DuckDB cannot read it: {'; '.join(said[:2])}") from None
     finally:
         con.close()
     line = np.asarray(cols["line"], dtype=np.int64)
