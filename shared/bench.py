@@ -199,6 +199,10 @@ def _run(args: argparse.Namespace, config: Config) -> int:
         report, show = _bench_search(args, config), _print_search
     elif args.what == "pipeline":
         report, show = _bench_pipeline(args, config), _print_pipeline
+    elif args.what == "import":
+        from shared.data.bench import bench_import, format_import
+
+        report, show = bench_import(args.rows), lambda r: print(format_import(r))
     else:
         report, show = _bench_train(args, config), _print_train
     print(json.dumps(report, indent=2)) if args.json else show(report)
@@ -207,12 +211,13 @@ def _run(args: argparse.Namespace, config: Config) -> int:
 
 def register(subparsers) -> None:
     parser = subparsers.add_parser("bench", help="measure speed (ratios against a baseline of the same run)")
-    parser.add_argument("what", choices=["env", "search", "train", "pipeline"], help="what to measure")
+    parser.add_argument("what", choices=["env", "search", "train", "pipeline", "import"], help="what to measure")
     parser.add_argument("--batch-sizes", default=None, help="comma-separated B (env: 1,256,4096; search: 1,64,256)")
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"], help="search, train and pipeline's collector")
     parser.add_argument("--seconds", type=float, default=2.0, help="time per measurement")
     parser.add_argument("--symbol", default=None)
     parser.add_argument("--json", action="store_true", help="machine-readable output")
+    parser.add_argument("--rows", type=int, default=1_000_000, help="import: M1 rows in the generated CSV")
     pipeline = parser.add_argument_group("pipeline (Redis: pipeline.redis_url / REDIS_URL, else an embedded one)")
     pipeline.add_argument("--episodes", type=int, default=2000, help="episodes sent through the transport")
     pipeline.add_argument("--concurrency", type=int, default=8, help="concurrent /v1/act clients")

@@ -3,12 +3,20 @@ with its exact line number."""
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta
+from datetime import datetime, timedelta, timezone
 
+import duckdb
 import numpy as np
 import pytest
 
-from shared.data.importers import BarImportError, detect_format, parse_bars, parse_bars_text
+from shared.data import checks
+from shared.data.importers import (
+    BarImportError,
+    detect_format,
+    parse_bars,
+    parse_bars_text,
+    parse_columns,
+)
 
 # Four H1 bars (UTC) with distinct, exactly representable-in-text values.
 ROWS = [
@@ -201,6 +209,10 @@ BAD_ROWS = [
     ("02.01.2017 01:00:00.000,0,1.06,0,1.05,1", "non-positive price: open=0.0, low=0.0"),
     ("02.01.2017 01:00:00.000,-1,1.06,-2,1.05,1", "non-positive price: open=-1.0, low=-2.0"),
     ("02.01.2017 01:00:00.000,1.05,1.06,1.04,1.05,-3", "negative volume -3.0"),
+    ("02.01.2017 01:00:00.000,1.05,1e308,1.04,1.05,1", "implausible price (above 1e+06): high=1e+308"),
+    ("02.01.2017 01:00:00.000,1.05,1e999,1.04,1.05,1", "NaN or infinite high (inf)"),
+    ("02.01.2017 01:00:00.000,1.05e7,1.06e7,1.04e7,1.05e7,1",
+     "implausible price (above 1e+06): open=10500000.0, high=10600000.0, low=10400000.0, close=10500000.0"),
     ("02.01.2017 00:00:00.000,1.05,1.06,1.04,1.05,1", "duplicate timestamp '02.01.2017 00:00:00.000' (same instant as line 2)"),
     ("01.01.2017 23:00:00.000,1.05,1.06,1.04,1.05,1", "non-increasing timestamp '01.01.2017 23:00:00.000' (line 2 has"),
     ('02.01.2017 01:00:00.000,1.05,"1.06"x,1.04,1.05,1', "unparsable line: ',' expected after"),
@@ -280,3 +292,219 @@ def test_missing_file_and_bad_format_argument():
         parse_bars("/nonexistent/bars.csv")
     with pytest.raises(ValueError, match="unknown bar format 'excel'"):
         parse_bars_text(write_histdata(ROWS), "excel")
+
+
+# --------------------------------------------------------------------------- impossible timestamps
+@pytest.mark.parametrize(
+    "line, reason",
+    [
+        ("31.12.1969 23:00:00.000,1.05,1.06,1.04,1.05,1",
+         "timestamp '31.12.1969 23:00:00.000' is before 1970-01-01 (1969-12-31 23:00:00 UTC)"),
+        ("01.01.9999 00:00:00.000,1.05,1.06,1.04,1.05,1",
+         "timestamp '01.01.9999 00:00:00.000' is more than a day in the future (9999-01-01 00:00:00 UTC)"),
+    ],
+)
+def test_timestamps_outside_1970_to_tomorrow_are_refused_with_line_and_value(tmp_path, line, reason):
+    lines = GOOD[:]
+    lines.insert(1 if "1969" in line else len(lines), line)  # first or last, so the order stays right
+    path = tmp_path / "bars.csv"
+    path.write_text("\n".join(lines) + "\n")
+    with pytest.raises(BarImportError) as info:
+        parse_bars(path)
+    number = 2 if "1969" in line else len(lines)
+    assert info.value.errors == [(number, reason)]
+    assert f"line {number}: {reason}" in str(info.value)
+
+
+def test_a_timestamp_two_days_ahead_is_refused_one_a_few_hours_ahead_is_not():
+    now = datetime.now(timezone.utc).replace(tzinfo=None, microsecond=0, second=0)
+    for ahead, refused in ((timedelta(hours=3), False), (timedelta(days=2), True)):
+        text = write_generic([(now - timedelta(hours=1), *ROWS[0][1:]), (now + ahead, *ROWS[1][1:])])
+        if refused:
+            with pytest.raises(BarImportError, match="line 3: timestamp .* is more than a day in the future"):
+                parse_bars_text(text)
+        else:
+            assert len(parse_bars_text(text)) == 2
+
+
+# --------------------------------------------------------------------------- pandas, Parquet, --columns
+def write_pandas(rows):
+    """What ``DataFrame.to_csv()`` writes for a DatetimeIndex frame (e.g. backtesting.py's EURUSD.csv)."""
+    lines = [",Open,High,Low,Close,Volume"]
+    lines += [f"{t:%Y-%m-%d %H:%M:%S},{o},{h},{lo},{c},{int(v)}" for t, o, h, lo, c, v in rows]
+    return "\n".join(lines) + "\n"
+
+
+def test_pandas_to_csv_output_with_its_unnamed_index_imports(tmp_path):
+    path = tmp_path / "EURUSD.csv"
+    path.write_text(write_pandas(ROWS))
+    rows = [(*r[:5], float(int(r[5]))) for r in ROWS]
+    assert detect_format(path.read_text()) == "pandas"
+    assert_bars_equal_rows(parse_bars(path), rows)
+    assert_bars_equal_rows(parse_bars(path, format="pandas"), rows)
+    assert_bars_equal_rows(parse_bars(path, format="generic"), rows)
+
+
+def test_pandas_csv_errors_name_the_line(tmp_path):
+    lines = write_pandas(ROWS).splitlines()
+    lines[2] = "2017-01-02 01:00:00,1.05,1.04,1.06,1.05,1"
+    path = tmp_path / "EURUSD.csv"
+    path.write_text("\n".join(lines) + "\n")
+    with pytest.raises(BarImportError, match=r"line 3: high 1.04 < low 1.06"):
+        parse_bars(path)
+
+
+def write_parquet(path, select):
+    """A Parquet file written by DuckDB (no pyarrow needed)."""
+    con = duckdb.connect()
+    con.execute(f"COPY ({select}) TO '{path}' (FORMAT parquet)")
+    con.close()
+    return path
+
+
+def _rows_sql(rows, ts="TIMESTAMP", names=("ts", "open", "high", "low", "close", "volume"), zone=""):
+    values = ", ".join(f"({ts} '{t:%Y-%m-%d %H:%M:%S}{zone}', {o!r}, {h!r}, {lo!r}, {c!r}, {v!r})" for t, o, h, lo, c, v in rows)
+    return f"SELECT * FROM (VALUES {values}) v({', '.join(names)})"
+
+
+@pytest.mark.parametrize("ts", ["TIMESTAMP", "VARCHAR"])
+def test_parquet_round_trips_and_is_detected(tmp_path, ts):
+    cast = "TIMESTAMP" if ts == "TIMESTAMP" else ""
+    path = write_parquet(tmp_path / "bars.parquet", _rows_sql(ROWS, ts=cast))
+    assert_bars_equal_rows(parse_bars(path), ROWS)
+    assert_bars_equal_rows(parse_bars(path, format="parquet"), ROWS)
+
+
+def test_parquet_zoned_timestamps_are_instants_and_naive_ones_follow_tz(tmp_path):
+    shifted = [(t + timedelta(hours=2), *v) for t, *v in ROWS]  # written as Berlin-summer-like local + offset
+    zoned = write_parquet(tmp_path / "zoned.parquet", _rows_sql(shifted, ts="TIMESTAMPTZ", zone="+02"))
+    assert_bars_equal_rows(parse_bars(zoned, tz="America/New_York"), ROWS)  # an instant ignores --tz
+    naive = write_parquet(tmp_path / "naive.parquet", _rows_sql(ROWS))
+    assert_bars_equal_rows(parse_bars(naive, tz="+02:00"), ROWS, shift=timedelta(hours=-2))
+
+
+def test_parquet_with_odd_names_uses_columns_and_errors_name_the_row(tmp_path):
+    names = ("Date", "O", "H", "L", "C", "Vol")
+    path = write_parquet(tmp_path / "odd.parquet", _rows_sql(ROWS, names=names))
+    with pytest.raises(BarImportError, match=r"bad columns \(missing columns open, high, low, close in columns \['Date'"):
+        parse_bars(path)
+    mapping = "ts=Date,open=O,high=H,low=L,close=C,volume=Vol"
+    assert_bars_equal_rows(parse_bars(path, columns=mapping), ROWS)
+    bad = [ROWS[0], (ROWS[1][0], 1.05, 1e308, 1.04, 1.05, 1.0), *ROWS[2:]]
+    path = write_parquet(tmp_path / "bad.parquet", _rows_sql(bad, names=names))
+    with pytest.raises(BarImportError) as info:
+        parse_bars(path, columns=mapping)
+    assert info.value.errors == [(2, "implausible price (above 1e+06): high=1e+308")]
+    assert "1 bad row;" in str(info.value) and "row 2: implausible price" in str(info.value)
+
+
+def test_parquet_nulls_and_duplicates_are_reported_by_row(tmp_path):
+    select = (
+        "SELECT * FROM (VALUES (TIMESTAMP '2017-01-02 00:00', 1.0, 2.0, 0.5, 1.5), "
+        "(TIMESTAMP '2017-01-02 01:00', NULL, 2.0, 0.5, 1.5), (TIMESTAMP '2017-01-02 01:00', 1.0, 2.0, 0.5, 1.5)) "
+        "v(time, open, high, low, close)"
+    )
+    with pytest.raises(BarImportError) as info:
+        parse_bars(write_parquet(tmp_path / "nulls.parquet", select))
+    assert info.value.errors == [
+        (2, "missing open"),
+        (3, "duplicate timestamp '2017-01-02 01:00:00' (same instant as row 2)"),
+    ]
+
+
+def test_pandas_to_parquet_index_column_is_the_timestamp(tmp_path):
+    path = write_parquet(tmp_path / "pd.parquet", _rows_sql(ROWS, names=("__index_level_0__", "Open", "High", "Low",
+                                                                          "Close", "Volume")))
+    assert_bars_equal_rows(parse_bars(path), ROWS)
+
+
+def test_columns_maps_an_odd_csv_header(tmp_path):
+    lines = ["Date;O;H;L;C;Qty"] + [f"{t:%Y-%m-%d %H:%M};{o};{h};{lo};{c};{v}" for t, o, h, lo, c, v in ROWS]
+    path = tmp_path / "odd.csv"
+    path.write_text("\n".join(lines) + "\n")
+    with pytest.raises(BarImportError, match="line 1: missing columns open, high, low, close"):
+        parse_bars(path, format="generic")
+    assert_bars_equal_rows(parse_bars(path, "generic", columns="ts=Date,open=O,high=H,low=L,close=C,volume=Qty"), ROWS)
+    no_volume = parse_bars(path, "generic", columns={"open": "O", "high": "H", "low": "L", "close": "C"})
+    assert not no_volume.volume.any()  # Qty is no known volume name and was not mapped
+    with pytest.raises(BarImportError, match=r"line 1: no close column 'Last' \(from --columns\)"):
+        parse_bars(path, "generic", columns="open=O,high=H,low=L,close=Last")
+
+
+def test_columns_maps_separate_date_and_time(tmp_path):
+    path = tmp_path / "dt.csv"
+    path.write_text("Day,Clock,open,high,low,close\n" + "".join(
+        f"{t:%Y-%m-%d},{t:%H:%M},{o},{h},{lo},{c}\n" for t, o, h, lo, c, _ in ROWS))
+    assert_bars_equal_rows(parse_bars(path, columns="date=Day,time=Clock"), [(*r[:5], 0.0) for r in ROWS])
+
+
+@pytest.mark.parametrize(
+    "spec, message",
+    [
+        ("ts=Date,price=P", "unknown column role price"),
+        ("ts", "bad --columns item 'ts'"),
+        ("ts=Date,date=D,time=T", "either ts or date"),
+        ("date=D", "date and time must be mapped together"),
+    ],
+)
+def test_bad_columns_specs_are_clear_errors(spec, message):
+    with pytest.raises(ValueError, match=message):
+        parse_columns(spec)
+
+
+def test_columns_need_a_header():
+    with pytest.raises(ValueError, match="--columns needs a file with a header"):
+        parse_bars_text(write_histdata(ROWS), "histdata", columns="ts=Date")
+
+
+def test_latin1_file_with_a_mapped_accented_header(tmp_path):
+    path = tmp_path / "latin1.csv"
+    text = "Heure d'été;Open;High;Low;Close\n" + "".join(
+        f"{t:%Y-%m-%d %H:%M};{o};{h};{lo};{c}\n" for t, o, h, lo, c, _ in ROWS)
+    path.write_bytes(text.encode("latin-1"))
+    assert_bars_equal_rows(parse_bars(path, columns="ts=Heure d'été"), [(*r[:5], 0.0) for r in ROWS])
+
+
+# --------------------------------------------------------------------------- big files
+def test_line_numbers_stay_exact_deep_in_a_large_file_with_blank_lines(tmp_path):
+    """DuckDB scans in parallel: numbering must still follow the file."""
+    n = 120_000
+    start = datetime(2017, 1, 2)
+    lines = [f"{start + timedelta(minutes=i):%Y%m%d %H%M%S};1.1;1.2;1.0;1.1;0" for i in range(n)]
+    lines[50_000] = ""
+    lines[99_998] = lines[99_998].replace(";1.2;", ";0.9;")  # high < low on line 99,999
+    path = tmp_path / "big.csv"
+    path.write_text("\n".join(lines) + "\n")
+    with pytest.raises(BarImportError) as info:
+        parse_bars(path, "histdata")
+    assert info.value.errors == [(99_999, "high 0.9 < low 1.0")]
+    lines[99_998] = lines[99_998].replace(";0.9;", ";1.2;")
+    path.write_text("\n".join(lines) + "\n")
+    assert len(parse_bars(path)) == n - 1
+
+
+def test_only_the_first_bad_lines_are_explained_but_all_are_counted(monkeypatch):
+    monkeypatch.setattr(checks, "MAX_EXPLAINED", 5)
+    text = "".join(f"20170102 {i:02d}0000;1;1;2;1;0\n" for i in range(23))  # all high < low
+    with pytest.raises(BarImportError) as info:
+        parse_bars_text(text, "histdata")
+    assert [n for n, _ in info.value.errors] == [1, 2, 3, 4, 5] and info.value.bad_count == 23
+    assert "23 bad lines" in str(info.value) and "... and 3 more" in str(info.value)
+
+
+def test_fully_quoted_fields_are_read_and_a_quoted_delimiter_is_explained():
+    text = '"time","open","high","low","close"\n' + "".join(
+        f'"{t:%Y-%m-%d %H:%M:%S}","{o}","{h}","{lo}","{c}"\n' for t, o, h, lo, c, _ in ROWS)
+    assert_bars_equal_rows(parse_bars_text(text), [(*r[:5], 0.0) for r in ROWS])
+    lines = text.splitlines()
+    lines[2] = lines[2].replace(f'"{ROWS[1][1]}"', '"1,05"', 1)  # line 3: a decimal comma inside quotes
+    with pytest.raises(BarImportError) as info:
+        parse_bars_text("\n".join(lines) + "\n")
+    assert info.value.errors == [(3, "non-numeric open '1,05'")]
+
+
+def test_a_line_too_long_for_duckdb_is_refused_with_its_number(tmp_path):
+    path = tmp_path / "long.csv"
+    path.write_text("time,open,high,low,close\n2017-01-02 00:00,1,2,0.5,1\n2017-01-02 01:00,1,2,0.5," + "1" * 3_000_000 + "\n")
+    with pytest.raises(BarImportError, match="CSV Error on Line: 3; Maximum line size"):
+        parse_bars(path)

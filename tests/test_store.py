@@ -117,6 +117,30 @@ def test_a_refused_file_leaves_the_store_unchanged(store, tmp_path):
     assert len(store.import_history()) == 1
 
 
+@pytest.mark.parametrize("kind", ["csv", "parquet"])
+def test_impossible_prices_refuse_the_file_and_leave_the_store_unchanged(store, tmp_path, kind):
+    store.import_file(write_generic(tmp_path / "good.csv", make_bars(20)), "EURUSD")
+    before, history = store.load("EURUSD"), store.import_history()
+    bad = write_generic(tmp_path / "bad.csv", make_bars(20, start="2017-02-01T00:00"))
+    lines = bad.read_text().splitlines()
+    fields = lines[7].split(",")
+    fields[2] = "1e308"  # high on line 8
+    lines[7] = ",".join(fields)
+    bad.write_text("\n".join(lines) + "\n")
+    if kind == "parquet":  # the same rows as Parquet, written by DuckDB
+        con = duckdb.connect()
+        con.execute(f"COPY (SELECT time::TIMESTAMP AS time, * EXCLUDE (time) FROM read_csv('{bad}', all_varchar = true)) "
+                    f"TO '{tmp_path / 'bad.parquet'}' (FORMAT parquet)")
+        con.close()
+        bad = tmp_path / "bad.parquet"
+    with pytest.raises(BarImportError) as info:
+        store.import_file(bad, "EURUSD")
+    number = 8 if kind == "csv" else 7  # Parquet counts rows, the CSV counts its header line too
+    assert info.value.errors == [(number, "implausible price (above 1e+06): high=1e+308")]
+    assert_same_bars(store.load("EURUSD"), before)
+    assert store.import_history() == history
+
+
 def test_a_failure_inside_the_transaction_rolls_everything_back(store):
     store.import_bars("EURUSD", make_bars(10))
     before = store.load("EURUSD")
@@ -252,6 +276,31 @@ def test_cli_import_of_a_bad_file_raises_a_user_error_and_stores_nothing(tmp_pat
     assert BarStore(db).symbols() == []
 
 
+def test_cli_imports_pandas_csv_parquet_and_odd_headers(tmp_path, capsys):
+    db = str(tmp_path / "cli.duckdb")
+    pandas_csv = tmp_path / "EURUSD.csv"  # as backtesting.py ships it: DataFrame.to_csv() output
+    pandas_csv.write_text(",Open,High,Low,Close,Volume\n2017-01-02 00:00:00,1.0460,1.0470,1.0450,1.0465,100\n"
+                          "2017-01-02 01:00:00,1.0465,1.0480,1.0460,1.0475,200\n")
+    code, out, _ = run_cli(["data", "import", str(pandas_csv), "--symbol", "eurusd", "--db", db], capsys)
+    assert code == 0 and "pandas format" in out and "inserted 2" in out
+
+    odd = tmp_path / "odd.csv"
+    odd.write_text("Date,O,H,L,C,Vol\n2017-01-02 02:00,1.0475,1.0490,1.0470,1.0480,5\n")
+    code, out, _ = run_cli(["data", "import", str(odd), "--symbol", "EURUSD", "--db", db,
+                            "--columns", "ts=Date,open=O,high=H,low=L,close=C,volume=Vol"], capsys)
+    assert code == 0 and "inserted 1" in out and "EURUSD now holds 3 bars" in out
+
+    parquet = tmp_path / "bars.parquet"
+    con = duckdb.connect()
+    con.execute(f"COPY (SELECT column0::TIMESTAMP AS Datetime, * EXCLUDE (column0) FROM read_csv('{pandas_csv}')) "
+                f"TO '{parquet}' (FORMAT parquet)")
+    con.close()
+    code, out, _ = run_cli(["data", "import", str(parquet), "--symbol", "GBPUSD", "--db", db], capsys)
+    assert code == 0 and "parquet format" in out and "inserted 2" in out
+    with pytest.raises(ValueError, match="unknown column role price"):
+        run_cli(["data", "import", str(odd), "--symbol", "X", "--db", db, "--columns", "price=C"], capsys)
+
+
 def test_cli_defaults_to_the_configured_db_path(tmp_path, capsys):
     parser = argparse.ArgumentParser()
     data_cli.register(parser.add_subparsers(dest="command", required=True))
@@ -275,3 +324,13 @@ def test_console_entry_runs_data_commands(tmp_path):
         capture_output=True, text=True, timeout=120,
     )
     assert refused.returncode == 2 and "cannot detect the bar format" in refused.stderr
+
+
+def test_bench_import_generates_imports_and_measures_in_a_child():
+    from shared.data.bench import bench_import, format_import
+
+    report = bench_import(rows=3000)
+    assert report["rows"] == 3000 and report["rows_per_s"] > 0
+    assert report["peak_rss_mib"] >= report["rss_after_imports_mib"] > 0
+    assert set(report["stage_seconds"]) == {"read", "parse", "store"}
+    assert "3,000 generated M1 rows" in format_import(report) and "VmHWM" in format_import(report)

@@ -10,7 +10,7 @@ import numpy as np
 from tqdm import tqdm
 
 from shared.config import Config
-from shared.data.importers import FORMAT_HELP, FORMATS, sniff_file_format
+from shared.data.importers import FORMAT_HELP, FORMATS, ROLES, parse_columns, sniff_file_format
 from shared.data.sample import SAMPLE_SYMBOL, import_sample
 from shared.data.store import BarStore, ImportSummary
 from shared.data.synthetic import KINDS, synthetic_bars
@@ -30,13 +30,18 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         return parser
 
     imp = add("import", "import a bar file (all-or-nothing; re-importing is idempotent)", cmd_import)
-    imp.add_argument("path", type=Path, help="CSV/text file of bars")
+    imp.add_argument("path", type=Path, help="CSV/text or Parquet file of bars")
     imp.add_argument("--symbol", required=True, help="symbol to store the bars under, e.g. EURUSD")
     imp.add_argument("--format", choices=FORMATS, default="auto", help=f"file format (default: auto). {FORMAT_HELP}")
     imp.add_argument(
         "--tz", default="UTC",
         help="timezone the file's timestamps are in (default UTC), e.g. Europe/Berlin, +02:00; "
         "HistData files are EST without DST: use Etc/GMT+5",
+    )
+    imp.add_argument(
+        "--columns", default=None, metavar="ROLE=NAME,...",
+        help=f"the header's names for odd headers, e.g. ts=Date,open=O,high=H,low=L,close=C,volume=Vol "
+        f"(roles: {', '.join(ROLES)})",
     )
     imp.add_argument("--quiet", action="store_true", help="no progress bar")
     sample = add("sample", "import the bundled EURUSD H1 2017 sample (idempotent)", cmd_sample)
@@ -78,7 +83,8 @@ def _print_summary(summary: ImportSummary, store: BarStore) -> None:
 
 def cmd_import(args: argparse.Namespace, config: Config) -> int:
     store = _store(args, config)
-    fmt = sniff_file_format(args.path) if args.format == "auto" else args.format
+    columns = parse_columns(args.columns)  # a bad mapping fails before any reading
+    fmt = sniff_file_format(args.path, columns) if args.format == "auto" else args.format
     stages = ("read", "parse", "store")
     with tqdm(total=len(stages), unit="stage", file=sys.stderr, disable=args.quiet, leave=False) as bar:
 
@@ -86,7 +92,7 @@ def cmd_import(args: argparse.Namespace, config: Config) -> int:
             bar.set_description(f"{name} {Path(args.path).name}", refresh=False)
             bar.update(stages.index(name) - bar.n)
 
-        summary = store.import_file(args.path, args.symbol, format=fmt, tz=args.tz, on_stage=on_stage)
+        summary = store.import_file(args.path, args.symbol, format=fmt, tz=args.tz, on_stage=on_stage, columns=columns)
         bar.update(len(stages) - bar.n)
     print(f"{args.path}: {fmt} format, timestamps read as {args.tz}")
     _print_summary(summary, store)

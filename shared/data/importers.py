@@ -1,17 +1,27 @@
 """Read OHLCV bar files from the usual forex sources into :class:`Bars`.
 
-An import is all-or-nothing: every bad row is collected with its 1-based line number
-in the file and the reason, and a file with any bad row is refused as a whole, so a
-half-broken file can never silently shift a backtest.
+An import is all-or-nothing: every bad row is reported with its 1-based line number in
+the file (the header counts; for Parquet, the row number) and the reason, and a file
+with any bad row is refused as a whole, so a half-broken file can never silently shift
+a backtest.
+
+DuckDB does the reading (:mod:`shared.data.sqlscan`): it splits, types and checks every
+row in SQL, so a ten-year M1 file never becomes millions of Python objects. Only the
+rows it flags are read again by Python (:mod:`shared.data.checks`) to say exactly what
+is wrong with them.
 
 Formats (``format=``):
 
 * ``generic``    CSV with a header (``,`` ``;`` or tab, sniffed). Column names are
   case-insensitive: a timestamp column (``time``/``timestamp``/``date``/``datetime``/
-  ``gmt time``/``local time``) or separate ``date`` + ``time`` columns, then ``open``,
-  ``high``, ``low``, ``close`` and an optional ``volume``. Timestamps are ISO-8601-ish
-  (``2017-01-02 13:00``, ``2017-01-02T13:00:00.5Z``, ``2017/01/02``, with an optional
-  ``Z``/``±HH:MM`` offset) or Unix epoch seconds (10 digits) / milliseconds (13 digits).
+  ``gmt time``/``local time``/``ts``, or an unnamed first column) or separate ``date`` +
+  ``time`` columns, then ``open``, ``high``, ``low``, ``close`` and an optional
+  ``volume``. Timestamps are ISO-8601-ish (``2017-01-02 13:00``,
+  ``2017-01-02T13:00:00.5Z``, ``2017/01/02``, with an optional ``Z``/``±HH:MM`` offset)
+  or Unix epoch seconds (10 digits) / milliseconds (13 digits).
+* ``pandas``     what ``DataFrame.to_csv()`` writes for a time-indexed frame: a generic
+  CSV whose first column is the unnamed index (header ``,Open,High,Low,Close,Volume``),
+  e.g. backtesting.py's bundled ``EURUSD.csv``.
 * ``histdata``   HistData.com ASCII M1: no header, ``YYYYMMDD HHMMSS;o;h;l;c;volume``.
   HistData timestamps are in EST *without* daylight saving (fixed UTC-5): import them
   with ``tz="Etc/GMT+5"`` (POSIX sign: ``Etc/GMT+5`` is UTC-5).
@@ -21,7 +31,14 @@ Formats (``format=``):
 * ``metatrader`` MT4 history export ``YYYY.MM.DD,HH:MM,o,h,l,c,volume`` (no header) or
   MT5 export (tab-separated, header ``<DATE> <TIME> <OPEN> <HIGH> <LOW> <CLOSE>
   <TICKVOL> <VOL> <SPREAD>``; volume is ``<TICKVOL>``).
-* ``auto``       detected from the first lines; an undetectable file is refused.
+* ``parquet``    a Parquet file with the same column names as ``generic``; the
+  timestamp column may be a Parquet timestamp (with a zone: taken as that instant) or
+  text. ``pandas.DataFrame.to_parquet()`` output works (its index column is used).
+* ``auto``       detected from the first bytes; an undetectable file is refused.
+
+``columns`` maps the roles ``ts`` (or ``date`` + ``time``), ``open``, ``high``, ``low``,
+``close`` and ``volume`` to a header's own names (``{"ts": "Date", "open": "O"}``), for
+files whose header the rules above do not understand.
 
 ``tz`` names the timezone the file's timestamps are written in (default UTC): an IANA
 name (``Europe/Berlin``, ``Etc/GMT+5``) or a fixed offset (``+02:00``, ``UTC-5``).
@@ -29,19 +46,24 @@ Bars come out in UTC. Local times that fall in a DST gap or overlap are resolved
 Python's ``fold=0`` rule; prefer fixed-offset zones for data without DST.
 
 Checks, each reported per line: unparsable line, wrong number of fields, bad
-timestamp, non-numeric value, NaN or infinite value, non-positive price, high < low,
-open or close outside [low, high], negative volume, duplicate timestamp, non-increasing
-timestamp; and a file without data rows. The bundled real EURUSD sample passes all of
-them, including the strict open/close-in-range check.
+timestamp, non-numeric value, NaN or infinite value, non-positive price, implausible
+price (above ``MAX_PRICE`` = 1e6: no traded currency pair comes near it, while 1e308 or
+a shifted decimal point would poison every later computation), high < low, open or
+close outside [low, high], negative volume, timestamp outside [1970-01-01, now + 1 day]
+(UTC), duplicate timestamp, non-increasing timestamp; and a file without data rows.
+The bundled real EURUSD sample passes all of them.
 """
 
 from __future__ import annotations
 
 import codecs
+import contextlib
 import csv
 import os
 import re
-from collections.abc import Callable, Sequence
+import shutil
+import tempfile
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -51,46 +73,79 @@ import numpy as np
 
 from shared.data.bars import Bars
 
-FORMATS = ("auto", "generic", "histdata", "dukascopy", "metatrader")
+FORMATS = ("auto", "generic", "pandas", "histdata", "dukascopy", "metatrader", "parquet")
 
 FORMAT_HELP = (
     "generic (CSV with a header: time/date, open, high, low, close[, volume]); "
+    "pandas (DataFrame.to_csv(): header ',Open,High,Low,Close,Volume'); "
     "histdata (no header: 'YYYYMMDD HHMMSS;o;h;l;c;v'); "
     "dukascopy (header 'Time,Open,High,Low,Close,Volume', 'dd.mm.yyyy HH:MM:SS.fff'); "
-    "metatrader (MT4 'YYYY.MM.DD,HH:MM,o,h,l,c,v' or MT5 '<DATE>\\t<TIME>\\t<OPEN>...')"
+    "metatrader (MT4 'YYYY.MM.DD,HH:MM,o,h,l,c,v' or MT5 '<DATE>\\t<TIME>\\t<OPEN>...'); "
+    "parquet (generic's column names)"
 )
 
 MAX_LISTED_ERRORS = 20
+MAX_EXPLAINED = 10_000  # bad lines read back and explained; a wrong --format can flag millions
+MAX_PRICE = 1e6  # above any traded pair's price; 1e308 or a lost decimal point is refused
+ROLES = ("ts", "date", "time", "open", "high", "low", "close", "volume")
 
 
 class BarImportError(ValueError):
-    """A refused bar file; ``errors`` holds every ``(line_number, reason)`` found."""
+    """A refused bar file; ``errors`` holds ``(line_number, reason)`` for every bad line
+    (the first ``MAX_EXPLAINED`` when there are more; ``bad_count`` counts them all). For
+    Parquet files the numbers are rows: ``unit`` says which."""
 
-    def __init__(self, source: str, errors: Sequence[tuple[int, str]], summary: str | None = None) -> None:
+    def __init__(
+        self, source: str, errors: Sequence[tuple[int, str]], summary: str | None = None, unit: str = "line",
+        bad_count: int | None = None,
+    ) -> None:
         self.source = source
+        self.unit = unit
         self.errors: list[tuple[int, str]] = list(errors)
-        super().__init__(_error_message(source, self.errors, summary))
+        self.bad_count = len(self.errors) if bad_count is None else bad_count
+        super().__init__(_error_message(source, self.errors, summary, unit, self.bad_count))
 
 
-def _error_message(source: str, errors: list[tuple[int, str]], summary: str | None) -> str:
+def _error_message(source: str, errors: list[tuple[int, str]], summary: str | None, unit: str, count: int) -> str:
     if summary is not None:
         head = f"cannot import {source}: {summary}"
         if not errors:
             return head
     else:
-        head = (
-            f"cannot import {source}: {len(errors)} bad line{'s' if len(errors) != 1 else ''}; "
-            "the whole file is refused"
-        )
-    lines = [head] + [f"  line {n}: {reason}" for n, reason in errors[:MAX_LISTED_ERRORS]]
-    if len(errors) > MAX_LISTED_ERRORS:
-        lines.append(f"  ... and {len(errors) - MAX_LISTED_ERRORS} more")
+        head = f"cannot import {source}: {count} bad {unit}{'s' if count != 1 else ''}; the whole file is refused"
+    lines = [head] + [f"  {unit} {n}: {reason}" for n, reason in errors[:MAX_LISTED_ERRORS]]
+    if count > MAX_LISTED_ERRORS:
+        lines.append(f"  ... and {count - MAX_LISTED_ERRORS} more")
     return "\n".join(lines)
+
+
+def parse_columns(spec: str | Mapping[str, str] | None) -> dict[str, str] | None:
+    """``"ts=Date,open=O"`` (or a mapping) → ``{"ts": "Date", "open": "O"}``, checked."""
+    if spec is None or isinstance(spec, Mapping):
+        pairs = dict(spec or {})
+    else:
+        pairs = {}
+        for item in filter(None, (part.strip() for part in spec.split(","))):
+            role, sep, name = item.partition("=")
+            if not sep or not name.strip():
+                raise ValueError(f"bad --columns item {item!r}: expected ROLE=NAME, e.g. ts=Date")
+            pairs[role.strip().lower()] = name.strip()
+    unknown = sorted(set(pairs) - set(ROLES))
+    if unknown:
+        raise ValueError(f"unknown column role{'s' if len(unknown) > 1 else ''} {', '.join(unknown)}; "
+                         f"roles are {', '.join(ROLES)}")
+    if "ts" in pairs and ("date" in pairs or "time" in pairs):
+        raise ValueError("map either ts or date + time, not both")
+    if ("date" in pairs) != ("time" in pairs):
+        raise ValueError("date and time must be mapped together (or map ts)")
+    return pairs or None
 
 
 # --------------------------------------------------------------------------- timestamps
 # A timestamp parser maps the (stripped) text to (naive datetime, explicit UTC offset in
-# minutes or None) and raises ValueError on anything it does not accept.
+# minutes or None) and raises ValueError on anything it does not accept. DuckDB runs the
+# same regular expressions (RE2 reads this syntax) over the whole file; Python's copy
+# only explains the rows DuckDB could not read.
 TsParser = Callable[[str], "tuple[datetime, int | None]"]
 
 _ISO_RE = re.compile(
@@ -99,13 +154,15 @@ _ISO_RE = re.compile(
     r"\s*(?P<z>Z|UTC|GMT|[+-]\d{2}:?\d{2})?",
     re.IGNORECASE,
 )
-_EPOCH_RE = re.compile(r"\d{9,10}(?:\.\d+)?|\d{12,13}")
+EPOCH_S_RE = r"\d{9,10}(?:\.\d+)?"
+EPOCH_MS_RE = r"\d{12,13}"
 _HISTDATA_RE = re.compile(r"(?P<Y>\d{4})(?P<Mo>\d{2})(?P<D>\d{2}) (?P<h>\d{2})(?P<mi>\d{2})(?P<s>\d{2})")
 _DUKASCOPY_RE = re.compile(
     r"(?P<D>\d{2})\.(?P<Mo>\d{2})\.(?P<Y>\d{4}) (?P<h>\d{2}):(?P<mi>\d{2})(?::(?P<s>\d{2})(?:\.(?P<f>\d{1,9}))?)?"
     r"(?: GMT(?P<z>[+-]\d{2}:?\d{2}))?"
 )
 _METATRADER_RE = re.compile(r"(?P<Y>\d{4})\.(?P<Mo>\d{2})\.(?P<D>\d{2}) (?P<h>\d{2}):(?P<mi>\d{2})(?::(?P<s>\d{2}))?")
+_ISO_FAST = ("%Y-%m-%d %H:%M:%S", "%Y-%m-%dT%H:%M:%S", "%Y-%m-%d %H:%M", "%Y-%m-%d")
 _EPOCH0 = datetime(1970, 1, 1)
 
 
@@ -140,7 +197,7 @@ _parse_iso = _regex_parser(_ISO_RE)
 
 
 def _parse_generic_ts(text: str) -> tuple[datetime, int | None]:
-    if _EPOCH_RE.fullmatch(text):
+    if re.fullmatch(EPOCH_S_RE, text) or re.fullmatch(EPOCH_MS_RE, text):
         value = float(text)
         seconds = value / 1000.0 if len(text.split(".")[0]) >= 12 else value
         return _EPOCH0 + timedelta(seconds=seconds), 0
@@ -149,7 +206,7 @@ def _parse_generic_ts(text: str) -> tuple[datetime, int | None]:
 
 # --------------------------------------------------------------------------- layouts
 @dataclass(frozen=True)
-class _Layout:
+class Layout:
     """Where the fields of one format live, found from the header or fixed."""
 
     format: str
@@ -159,13 +216,23 @@ class _Layout:
     ts_cols: tuple[int, ...]  # one column, or date + time joined by a space
     price_cols: tuple[int, int, int, int]
     volume_col: int | None
+    ts_pattern: re.Pattern[str]  # what DuckDB matches; parse_ts explains failures
     parse_ts: TsParser
     ts_hint: str
-    ts_templates: tuple[str, ...] = ()  # fixed-width layouts parsed vectorised first
+    epoch: bool = False  # Unix epoch seconds/milliseconds accepted too
+    fast_formats: tuple[str, ...] = ()  # DuckDB strptime formats for the usual spellings
+    unit: str = "line"
+    names: tuple[str, ...] = ()  # Parquet: the file's column names, by index
+
+    @property
+    def value_cols(self) -> tuple[int | None, ...]:
+        return (*self.price_cols, self.volume_col)
 
 
-_TS_NAMES = ("timestamp", "datetime", "date time", "gmt time", "local time", "time", "date")
+_TS_NAMES = ("timestamp", "ts", "datetime", "date time", "gmt time", "local time", "time", "date")
 _VOLUME_NAMES = ("volume", "tickvol", "tick_volume", "tick volume", "vol", "real_volume")
+# pandas.DataFrame.to_parquet() stores an unnamed index under this name.
+_PANDAS_INDEX = "__index_level_0__"
 
 
 def _normalise(name: str) -> str:
@@ -178,62 +245,101 @@ def _sniff_delimiter(line: str, candidates: str = ",;\t") -> str:
     return best if counts[best] > 0 else ","
 
 
+def _default_ts(names: list[str], refuse: Callable[[str], Exception], shown: str) -> tuple[int, ...]:
+    if "date" in names and "time" in names:
+        return names.index("date"), names.index("time")
+    found = next((n for n in (*_TS_NAMES, _PANDAS_INDEX) if n in names), None)
+    if found is None and names and names[0] == "":  # pandas' unnamed index column
+        found = ""
+    if found is None:
+        raise refuse(f"no timestamp column (one of {', '.join(_TS_NAMES)}, or an unnamed first column; "
+                     f"or pass --columns ts=NAME) in {shown}")
+    return (names.index(found),)
+
+
+def find_columns(
+    names: Sequence[str], columns: Mapping[str, str] | None, refuse: Callable[[str], Exception], shown: str,
+) -> tuple[tuple[int, ...], tuple[int, int, int, int], int | None]:
+    """(timestamp columns, price columns, volume column) among a header's normalised
+    ``names``; ``columns`` maps roles to names, unmapped roles keep their usual names."""
+    names, columns = list(names), dict(columns or {})
+
+    def index(role: str) -> int:
+        name = columns.get(role, role)
+        if _normalise(name) not in names:
+            how = " (from --columns)" if role in columns else " (map another name with --columns, e.g. open=O)"
+            raise refuse(f"no {role} column {name!r}{how} in {shown}")
+        return names.index(_normalise(name))
+
+    missing = [r for r in ("open", "high", "low", "close") if _normalise(columns.get(r, r)) not in names]
+    if missing and not any(r in columns for r in missing):
+        raise refuse(f"missing column{'s' if len(missing) > 1 else ''} {', '.join(missing)} in {shown} "
+                     "(map other names with --columns, e.g. open=O)")
+    if "date" in columns:
+        ts = (index("date"), index("time"))
+    else:
+        ts = (index("ts"),) if "ts" in columns else _default_ts(names, refuse, shown)
+    prices = tuple(index(r) for r in ("open", "high", "low", "close"))
+    if "volume" in columns:
+        volume: int | None = index("volume")
+    else:
+        volume = next((names.index(n) for n in _VOLUME_NAMES if n in names), None)
+    return ts, prices, volume  # type: ignore[return-value]
+
+
 def _header_layout(
-    fmt: str, lines: list[str], header_idx: int, parse_ts: TsParser, ts_hint: str,
-    templates: tuple[str, ...], source: str,
-) -> _Layout:
+    fmt: str, lines: list[str], header_idx: int, pattern: re.Pattern[str], parse_ts: TsParser, ts_hint: str,
+    source: str, columns: Mapping[str, str] | None, fast: tuple[str, ...], epoch: bool = False,
+) -> Layout:
     header = lines[header_idx]
     delimiter = _sniff_delimiter(header)
     fields = next(csv.reader([header], delimiter=delimiter))
-    names = [_normalise(f) for f in fields]
     line_no = header_idx + 1
 
     def refuse(reason: str) -> BarImportError:
         return BarImportError(source, [(line_no, reason)], summary=f"bad header ({reason})")
 
-    if "date" in names and "time" in names:
-        ts_cols: tuple[int, ...] = (names.index("date"), names.index("time"))
-    else:
-        found = next((n for n in _TS_NAMES if n in names), None)
-        if found is None:
-            raise refuse(f"no timestamp column (one of {', '.join(_TS_NAMES)}) in {header.strip()!r}")
-        ts_cols = (names.index(found),)
-    missing = [c for c in ("open", "high", "low", "close") if c not in names]
-    if missing:
-        raise refuse(f"missing column{'s' if len(missing) > 1 else ''} {', '.join(missing)} in {header.strip()!r}")
-    price_cols = tuple(names.index(c) for c in ("open", "high", "low", "close"))
-    volume_col = next((names.index(n) for n in _VOLUME_NAMES if n in names), None)
-    return _Layout(
-        fmt, delimiter, header_idx + 1, len(fields), ts_cols, price_cols,  # type: ignore[arg-type]
-        volume_col, parse_ts, ts_hint, templates,
-    )
+    ts_cols, prices, volume = find_columns([_normalise(f) for f in fields], columns, refuse, repr(header.strip()))
+    return Layout(fmt, delimiter, header_idx + 1, len(fields), ts_cols, prices, volume, pattern, parse_ts, ts_hint,
+                  epoch, fast)
 
 
-def _layout(fmt: str, lines: list[str], first: int, source: str) -> _Layout:
+def _layout(fmt: str, lines: list[str], first: int, source: str, columns: Mapping[str, str] | None = None) -> Layout:
     """Build the layout of an explicitly named format; ``first`` is the first non-blank line."""
     head = lines[first]
-    if fmt == "generic":
-        templates = ("YYYY-MM-DD hh:mm:ss", "YYYY-MM-DDThh:mm:ss", "YYYY-MM-DD hh:mm", "YYYY-MM-DD")
-        return _header_layout(
-            fmt, lines, first, _parse_generic_ts, "ISO-8601 like 2017-01-02 13:00:00", templates, source
-        )
+    if fmt in ("generic", "pandas"):
+        return _header_layout(fmt, lines, first, _ISO_RE, _parse_generic_ts, "ISO-8601 like 2017-01-02 13:00:00",
+                              source, columns, _ISO_FAST, epoch=True)
     if fmt == "dukascopy":
-        templates = ("DD.MM.YYYY hh:mm:ss.fff", "DD.MM.YYYY hh:mm:ss")
-        return _header_layout(
-            fmt, lines, first, _regex_parser(_DUKASCOPY_RE), "dd.mm.yyyy HH:MM:SS.fff", templates, source
-        )
+        return _header_layout(fmt, lines, first, _DUKASCOPY_RE, _regex_parser(_DUKASCOPY_RE),
+                              "dd.mm.yyyy HH:MM:SS.fff", source, columns, ("%d.%m.%Y %H:%M:%S.%g", "%d.%m.%Y %H:%M:%S"))
+    headerless = fmt == "histdata" or (fmt == "metatrader" and "<" not in head)
+    if headerless and columns:
+        raise ValueError(f"--columns needs a file with a header; {fmt} files without one have fixed columns")
     if fmt == "metatrader":
-        parse, templates = _regex_parser(_METATRADER_RE), ("YYYY.MM.DD hh:mm", "YYYY.MM.DD hh:mm:ss")
-        if _normalise(head.split("\t")[0].split(",")[0]) == "date" and "<" in head:
-            return _header_layout(fmt, lines, first, parse, "YYYY.MM.DD + HH:MM[:SS]", templates, source)
-        return _Layout(fmt, ",", first, 7, (0, 1), (2, 3, 4, 5), 6, parse, "YYYY.MM.DD,HH:MM", templates)
+        parse, fast = _regex_parser(_METATRADER_RE), ("%Y.%m.%d %H:%M", "%Y.%m.%d %H:%M:%S")
+        if not headerless and _normalise(head.split("\t")[0].split(",")[0]) == "date":
+            return _header_layout(fmt, lines, first, _METATRADER_RE, parse, "YYYY.MM.DD + HH:MM[:SS]", source, columns,
+                                  fast)
+        return Layout(fmt, ",", first, 7, (0, 1), (2, 3, 4, 5), 6, _METATRADER_RE, parse, "YYYY.MM.DD,HH:MM",
+                      fast_formats=fast)
     if fmt == "histdata":
         delimiter = ";" if ";" in head or "," not in head else ","
-        return _Layout(
-            fmt, delimiter, first, 6, (0,), (1, 2, 3, 4), 5, _regex_parser(_HISTDATA_RE), "YYYYMMDD HHMMSS",
-            ("YYYYMMDD hhmmss",),
-        )
+        return Layout(fmt, delimiter, first, 6, (0,), (1, 2, 3, 4), 5, _HISTDATA_RE, _regex_parser(_HISTDATA_RE),
+                      "YYYYMMDD HHMMSS", fast_formats=("%Y%m%d %H%M%S",))
     raise ValueError(f"unknown bar format {fmt!r}; choose one of {', '.join(FORMATS)}")
+
+
+def parquet_layout(names: Sequence[str], source: str, columns: Mapping[str, str] | None) -> Layout:
+    """A layout over a Parquet file's columns; text timestamps are read as ``generic``'s."""
+    def refuse(reason: str) -> BarImportError:
+        return BarImportError(source, [], summary=f"bad columns ({reason})")
+
+    normalised = [_normalise(n) for n in names]
+    ts_cols, prices, volume = find_columns(normalised, columns, refuse, f"columns {list(names)}")
+    return Layout("parquet", "", 0, len(names), ts_cols, prices, volume, _ISO_RE, _parse_generic_ts,
+                  "a Parquet timestamp or ISO-8601 text", epoch=True, fast_formats=_ISO_FAST, unit="row",
+                  names=tuple(names))
 
 
 _MT4_START = re.compile(r"\d{4}\.\d{2}\.\d{2},\d{2}:\d{2}")
@@ -245,7 +351,7 @@ def _non_blank(lines: list[str], start: int = 0) -> int | None:
     return next((i for i in range(start, len(lines)) if lines[i].strip()), None)
 
 
-def _detect(lines: list[str], first: int, source: str) -> str:
+def _detect(lines: list[str], first: int, source: str, columns: Mapping[str, str] | None = None) -> str:
     head = lines[first].strip()
     if head.upper().startswith("<DATE>"):
         return "metatrader"
@@ -253,13 +359,15 @@ def _detect(lines: list[str], first: int, source: str) -> str:
         return "metatrader"
     if _HISTDATA_START.match(head):
         return "histdata"
-    names = [_normalise(n) for n in re.split(r"[,;\t]", head)]
+    names = [_normalise(n) for n in re.split(r"[,;\t]", lines[first])]
     if {"open", "high", "low", "close"} <= set(names):
         second = _non_blank(lines, first + 1)
         if names[0] in ("time", "gmt time", "local time") and (
             second is None or _DUKASCOPY_START.match(lines[second].strip())
         ):
             return "dukascopy"
+        return "pandas" if names[0] == "" else "generic"
+    if columns and {_normalise(n) for n in columns.values()} <= set(names):  # an odd header, mapped
         return "generic"
     shown = head if len(head) <= 120 else head[:117] + "..."
     raise BarImportError(
@@ -271,17 +379,23 @@ def _detect(lines: list[str], first: int, source: str) -> str:
 # --------------------------------------------------------------------------- text → lines
 def decode_bytes(data: bytes) -> str:
     """Decode a bar file: UTF-8 (with or without BOM) or UTF-16 (MT5 exports), else Latin-1."""
-    if data.startswith(codecs.BOM_UTF8):
-        return data[len(codecs.BOM_UTF8):].decode("utf-8", errors="replace")
-    if data.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
-        return data.decode("utf-16", errors="replace")
-    sample = data[:200]
+    encoding = _encoding(data)
+    if encoding == "utf-8-sig":
+        try:
+            return data.decode("utf-8-sig")
+        except UnicodeDecodeError:
+            return data.decode("latin-1")
+    return data.decode(encoding, errors="replace")
+
+
+def _encoding(head: bytes) -> str:
+    """The encoding a file's first bytes suggest; "utf-8-sig" means UTF-8 with or without BOM."""
+    if head.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
+        return "utf-16"
+    sample = head[:200]
     if len(sample) >= 4 and sample[1::2].count(0) > len(sample) // 4:  # BOM-less UTF-16-LE
-        return data.decode("utf-16-le", errors="replace")
-    try:
-        return data.decode("utf-8")
-    except UnicodeDecodeError:
-        return data.decode("latin-1")
+        return "utf-16-le"
+    return "utf-8-sig"
 
 
 def _split_lines(text: str) -> list[str]:
@@ -291,21 +405,37 @@ def _split_lines(text: str) -> list[str]:
 
 def detect_format(text: str, source_name: str = "<text>") -> str:
     """Name the format of ``text`` (a whole file or just its first lines)."""
-    lines = _split_lines(text)
+    lines = _split_lines(text[1:] if text.startswith("\ufeff") else text)
     first = _non_blank(lines)
     if first is None:
         raise BarImportError(source_name, [], summary="the file is empty (no data rows)")
     return _detect(lines, first, source_name)
 
 
-def sniff_file_format(path: str | os.PathLike[str]) -> str:
-    """:func:`detect_format` on the first 64 KiB of a file (cheap for large files)."""
+_HEAD_BYTES = 65536
+
+
+def _head_lines(path: Path) -> list[str]:
+    """The first 64 KiB of a file as lines, a possibly cut last line dropped."""
     with open(path, "rb") as fh:
-        head = fh.read(65536)
+        head = fh.read(_HEAD_BYTES)
     text = decode_bytes(head)
-    if len(head) == 65536:  # drop a possibly cut last line
+    if len(head) == _HEAD_BYTES:
         text = text[: text.rfind("\n") + 1] or text
-    return detect_format(text, str(path))
+    return _split_lines(text[1:] if text.startswith("\ufeff") else text)
+
+
+def sniff_file_format(path: str | os.PathLike[str], columns: str | Mapping[str, str] | None = None) -> str:
+    """:func:`detect_format` on the first 64 KiB of a file (cheap for large files); a
+    header holding every name ``columns`` maps is read as ``generic``."""
+    with open(path, "rb") as fh:
+        if fh.read(4) == b"PAR1":
+            return "parquet"
+    lines = _head_lines(Path(path))
+    first = _non_blank(lines)
+    if first is None:
+        raise BarImportError(str(path), [], summary="the file is empty (no data rows)")
+    return _detect(lines, first, str(path), parse_columns(columns))
 
 
 # --------------------------------------------------------------------------- timezones
@@ -313,7 +443,7 @@ _UTC_NAMES = {"utc", "z", "gmt", "etc/utc", "etc/gmt", "utc+0", "utc-0", "+00:00
 _FIXED_TZ_RE = re.compile(r"(?:UTC|GMT)?([+-])(\d{1,2})(?::?(\d{2}))?", re.IGNORECASE)
 
 
-def _resolve_tz(tz: str | None) -> ZoneInfo | int | None:
+def resolve_tz(tz: str | None) -> ZoneInfo | int | None:
     """None for UTC, minutes east of UTC for a fixed offset, else a ZoneInfo."""
     if tz is None or tz.strip().lower() in _UTC_NAMES:
         return None
@@ -331,7 +461,7 @@ def _resolve_tz(tz: str | None) -> ZoneInfo | int | None:
         ) from exc
 
 
-def _local_to_utc(ts: np.ndarray, zone: ZoneInfo | int) -> np.ndarray:
+def local_to_utc(ts: np.ndarray, zone: ZoneInfo | int) -> np.ndarray:
     """Convert naive local ``datetime64[us]`` values to UTC.
 
     Offsets are looked up once per distinct 15-minute slot (DST transitions happen on
@@ -348,238 +478,68 @@ def _local_to_utc(ts: np.ndarray, zone: ZoneInfo | int) -> np.ndarray:
     return ts - offsets[inverse].astype("timedelta64[us]")
 
 
-# --------------------------------------------------------------------------- fast timestamps
-_US_PER = {"h": 3_600_000_000, "m": 60_000_000, "s": 1_000_000, "f": 1_000}
+# --------------------------------------------------------------------------- files
+@contextlib.contextmanager
+def _utf8(path: Path, encoding: str) -> Iterator[Path]:
+    """``path`` itself when DuckDB can read it as UTF-8, else a UTF-8 copy (UTF-16 MT5
+    exports, Latin-1 files), made in 1 MiB chunks so memory stays flat. Line endings
+    are copied untouched, so line numbers do not move."""
+    if encoding == "utf-8-sig":
+        yield path
+        return
+    with tempfile.TemporaryDirectory(prefix="mz-import-") as folder:
+        copy = Path(folder) / "utf8.csv"
+        with open(path, encoding=encoding, errors="replace", newline="") as src, \
+                open(copy, "w", encoding="utf-8", newline="") as dst:
+            shutil.copyfileobj(src, dst, 1 << 20)
+        yield copy
 
 
-def _parse_template(texts: list[str], template: str) -> tuple[np.ndarray, np.ndarray]:
-    """Vectorised parse of fixed-width timestamps such as ``DD.MM.YYYY hh:mm:ss.fff``.
-
-    ``texts`` must all have the template's length. Returns (ok mask, microseconds since
-    the epoch). Rows that do not match the template exactly, or name an impossible
-    date/time, are left to the per-row regex parser, which accepts variants and explains
-    errors. Letters: Y M D h m s, f = milliseconds.
-    """
-    n = len(texts)
-    size = len(template)
-    arr = np.array(texts, dtype=f"<U{size}")  # callers pass texts of exactly this length
-    codes = arr.view(np.uint32).reshape(n, size)
-    ok = np.ones(n, dtype=bool)
-    fields: dict[str, np.ndarray] = {}
-    pos = 0
-    while pos < size:
-        ch = template[pos]
-        end = pos
-        while end < size and template[end] == ch:
-            end += 1
-        block = codes[:, pos:end]
-        if ch in "YMDhmsf":
-            ok &= ((block >= 48) & (block <= 57)).all(axis=1)
-            fields[ch] = (block.astype(np.int64) - 48) @ (10 ** np.arange(end - pos - 1, -1, -1, dtype=np.int64))
-        else:
-            ok &= (block == ord(ch)).all(axis=1)
-        pos = end
-    zero = np.zeros(n, dtype=np.int64)
-    year, month, day = fields["Y"], fields["M"], fields["D"]
-    ok &= (year >= 1) & (month >= 1) & (month <= 12) & (day >= 1)
-    months = (year - 1970) * 12 + np.clip(month, 1, 12) - 1
-    first = months.astype("datetime64[M]").astype("datetime64[D]").astype(np.int64)
-    month_len = (months + 1).astype("datetime64[M]").astype("datetime64[D]").astype(np.int64) - first
-    ok &= day <= month_len
-    ok &= (fields.get("h", zero) < 24) & (fields.get("m", zero) < 60) & (fields.get("s", zero) < 60)
-    us = (first + day - 1) * 86_400_000_000
-    for key, scale in _US_PER.items():
-        if key in fields:
-            us = us + fields[key] * scale
-    return ok, us
-
-
-_EPOCH_US = np.datetime64(0, "us")
-
-
-def _parse_timestamps(texts: list[str], layout: _Layout) -> tuple[np.ndarray, np.ndarray, dict[int, str]]:
-    """Parse a timestamp column: (µs since epoch, explicit UTC offset in minutes or
-    ``_NO_OFFSET``, {row: error}). Template fast path first, per-row regex for the rest."""
-    n = len(texts)
-    us = np.zeros(n, dtype=np.int64)
-    offsets = np.full(n, _NO_OFFSET, dtype=np.int64)
-    todo = np.ones(n, dtype=bool)
-    lengths = np.fromiter(map(len, texts), dtype=np.int64, count=n)
-    for template in layout.ts_templates:
-        rest = np.flatnonzero(todo & (lengths == len(template)))  # never widen the array to a long outlier
-        if len(rest) == 0:
-            continue
-        ok, values = _parse_template([texts[i] for i in rest.tolist()] if len(rest) < n else texts, template)
-        us[rest[ok]] = values[ok]
-        todo[rest[ok]] = False
-    bad: dict[int, str] = {}
-    one_us = timedelta(microseconds=1)
-    for i in np.flatnonzero(todo).tolist():
-        text = texts[i].strip()
-        try:
-            dt, offset = layout.parse_ts(text)
-        except (ValueError, OverflowError) as exc:
-            detail = "" if str(exc) == "unrecognised layout" else f": {exc}"
-            bad[i] = f"bad timestamp {text!r} (expected {layout.ts_hint}){detail}"
-            continue
-        us[i] = (dt - _EPOCH0) // one_us
-        if offset is not None:
-            offsets[i] = offset
-    return us, offsets, bad
-
-
-_NO_OFFSET = np.iinfo(np.int64).min
-
-
-# --------------------------------------------------------------------------- parsing
-_COLUMNS = ("open", "high", "low", "close", "volume")
-
-
-def _split_rows(lines: list[str], layout: _Layout, errors: dict[int, list[str]]) -> tuple[np.ndarray, list[list[str]]]:
-    """CSV-split the data lines; returns (line numbers, rows) of rows with the right field
-    count, skipping blank lines and recording bad ones in ``errors``."""
-    start, n_fields = layout.data_start, layout.n_fields
-    body = lines[start:]
-    reader = csv.reader(body, delimiter=layout.delimiter, strict=True)
-    try:
-        rows = list(reader)
-        aligned = reader.line_num == len(body) and len(rows) == len(body)
-    except csv.Error:
-        aligned = False
-    if aligned:  # the usual case: one row per line, so row i is on line start + i + 1
-        line_no = np.arange(start + 1, start + 1 + len(rows), dtype=np.int64)
-        lengths = np.fromiter(map(len, rows), dtype=np.int64, count=len(rows))
-        wrong = np.flatnonzero(lengths != n_fields)
-        if len(wrong) == 0:
-            return line_no, rows
-        numbered = [(int(line_no[i]), rows[i]) for i in wrong.tolist()]
-        right = np.flatnonzero(lengths == n_fields)
-        line_no, rows = line_no[right], [rows[i] for i in right.tolist()]
-    else:  # a quoting error somewhere: split line by line, so it stays on its own line
-        numbered = []
-        for number, line in enumerate(body, start=start + 1):
-            try:
-                numbered.append((number, next(csv.reader([line], delimiter=layout.delimiter, strict=True), [])))
-            except csv.Error as exc:
-                errors[number] = [f"unparsable line: {exc}"]
-        keep = [(n, row) for n, row in numbered if len(row) == n_fields]
-        line_no, rows = np.array([n for n, _ in keep], dtype=np.int64), [row for _, row in keep]
-    for number, row in numbered:
-        if len(row) != n_fields and row and not (len(row) == 1 and not row[0].strip()):
-            errors[number] = [f"wrong number of fields: expected {n_fields}, got {len(row)}"]
-    return line_no, rows
-
-
-def _parse_floats(column: list[str], name: str, bad: dict[int, list[str]]) -> np.ndarray:
-    try:
-        return np.array(column, dtype=np.float64)
-    except ValueError:
-        out = np.empty(len(column), dtype=np.float64)
-        for i, text in enumerate(column):
-            try:
-                out[i] = float(text)
-            except ValueError:
-                out[i] = np.nan
-                bad.setdefault(i, []).append(f"non-numeric {name} {text!r}")
-        return out
-
-
-def _report(errors: dict[int, list[str]], line_no: np.ndarray, mask: np.ndarray, describe: Callable[[int], str]) -> None:
-    for i in np.flatnonzero(mask).tolist():
-        errors.setdefault(int(line_no[i]), []).append(describe(i))
-
-
-def _validate_values(line_no: np.ndarray, values: np.ndarray, errors: dict[int, list[str]]) -> None:
-    """Vectorised price/volume checks; ``values`` is [n, 5] open, high, low, close, volume."""
-    finite = np.isfinite(values)
-    ok = finite.all(axis=1)
-    _report(errors, line_no, ~ok, lambda i: "NaN or infinite " + ", ".join(
-        f"{name} ({float(values[i, k])!r})" for k, name in enumerate(_COLUMNS) if not finite[i, k]))
-    o, h, lo, c, v = values.T
-    with np.errstate(invalid="ignore"):
-        _report(errors, line_no, ok & (values[:, :4] <= 0).any(axis=1), lambda i: "non-positive price: " + ", ".join(
-            f"{name}={float(values[i, k])!r}" for k, name in enumerate(_COLUMNS[:4]) if values[i, k] <= 0))
-        high_low = ok & (h < lo)
-        _report(errors, line_no, high_low, lambda i: f"high {float(h[i])!r} < low {float(lo[i])!r}")
-        ordered = ok & ~high_low
-        _report(errors, line_no, ordered & ((o < lo) | (o > h)),
-                lambda i: f"open {float(o[i])!r} outside [low, high] = [{float(lo[i])!r}, {float(h[i])!r}]")
-        _report(errors, line_no, ordered & ((c < lo) | (c > h)),
-                lambda i: f"close {float(c[i])!r} outside [low, high] = [{float(lo[i])!r}, {float(h[i])!r}]")
-        _report(errors, line_no, ok & (v < 0), lambda i: f"negative volume {float(v[i])!r}")
-
-
-def _validate_order(line_no: np.ndarray, ts: np.ndarray, texts: list[str], errors: dict[int, list[str]]) -> None:
-    """Each timestamp (UTC) must be later than the previous parsable row's."""
-    step = np.diff(ts)
-    _report(errors, line_no, np.r_[False, step == np.timedelta64(0)],
-            lambda i: f"duplicate timestamp {texts[i].strip()!r} (same instant as line {line_no[i - 1]})")
-    _report(errors, line_no, np.r_[False, step < np.timedelta64(0)],
-            lambda i: f"non-increasing timestamp {texts[i].strip()!r} (line {line_no[i - 1]} has {texts[i - 1].strip()!r})")
-
-
-def _to_utc(us: np.ndarray, offsets: np.ndarray, zone: ZoneInfo | int | None) -> np.ndarray:
-    ts = _EPOCH_US + us.astype("timedelta64[us]")
-    explicit = offsets != _NO_OFFSET
-    if zone is not None and not explicit.all():
-        local = ~explicit
-        ts[local] = _local_to_utc(ts[local], zone)
-    if explicit.any():
-        ts[explicit] -= offsets[explicit].astype("timedelta64[m]")
-    return ts
-
-
-def parse_bars_text(text: str, format: str = "auto", tz: str | None = "UTC", source_name: str = "<text>") -> Bars:
-    """Parse the text of a bar file (see the module docstring) into UTC :class:`Bars`.
+def parse_bars(
+    path: str | os.PathLike[str], format: str = "auto", tz: str | None = "UTC",
+    columns: str | Mapping[str, str] | None = None, source_name: str | None = None,
+) -> Bars:
+    """Read a bar file (see the module docstring) into UTC :class:`Bars`.
 
     Raises :class:`BarImportError` listing every bad line, or ValueError for a bad
-    ``format``/``tz`` argument.
+    ``format``/``tz``/``columns`` argument.
     """
+    from shared.data import checks, sqlscan  # they import this module's layouts
+
     if format not in FORMATS:
         raise ValueError(f"unknown bar format {format!r}; choose one of {', '.join(FORMATS)}")
-    zone = _resolve_tz(tz)
-    lines = _split_lines(text[1:] if text.startswith("\ufeff") else text)
+    zone, mapping, path = resolve_tz(tz), parse_columns(columns), Path(path)
+    source = source_name or str(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"no such bar file: {path}")
+    fmt = sniff_file_format(path, mapping) if format == "auto" else format
+    if fmt == "parquet":
+        scan = sqlscan.scan_parquet(path, source, mapping)
+        return checks.bars_or_refuse(scan, zone, source, lambda rows: sqlscan.parquet_rows(path, scan.layout, rows))
+    lines = _head_lines(path)
     first = _non_blank(lines)
     if first is None:
-        raise BarImportError(source_name, [], summary="the file is empty (no data rows)")
-    fmt = _detect(lines, first, source_name) if format == "auto" else format
-    layout = _layout(fmt, lines, first, source_name)
-
-    errors: dict[int, list[str]] = {}
-    line_no, rows = _split_rows(lines, layout, errors)
-    if not rows and not errors:
-        raise BarImportError(source_name, [], summary=f"no data rows (read as {fmt})")
-    column = lambda k: [row[k] for row in rows]  # noqa: E731
-    a, *b = layout.ts_cols
-    texts = column(a) if not b else [f"{row[a].strip()} {row[b[0]].strip()}" for row in rows]
-    us, offsets, bad_ts = _parse_timestamps(texts, layout)
-    bad: dict[int, list[str]] = {i: [reason] for i, reason in bad_ts.items()}
-    cols = (*layout.price_cols, layout.volume_col)
-    values = np.zeros((len(rows), 5), dtype=np.float64)
-    for k, (name, col) in enumerate(zip(_COLUMNS, cols)):
-        if col is not None:
-            values[:, k] = _parse_floats(column(col), name, bad)
-    for i, reasons in bad.items():
-        errors[int(line_no[i])] = reasons
-    parsed = np.ones(len(rows), dtype=bool)
-    parsed[list(bad)] = False
-    ts = _to_utc(us, offsets, zone)
-    _validate_values(line_no[parsed], values[parsed], errors)
-    if bad_ts:  # order is checked over the rows whose timestamp could be read
-        keep = np.ones(len(rows), dtype=bool)
-        keep[list(bad_ts)] = False
-        line_no, ts, texts = line_no[keep], ts[keep], [t for t, k in zip(texts, keep.tolist()) if k]
-    _validate_order(line_no, ts, texts, errors)
-    if errors:
-        raise BarImportError(source_name, [(n, "; ".join(r)) for n, r in sorted(errors.items())])
-    return Bars(ts.astype("datetime64[ns]"), *(np.ascontiguousarray(values[:, k]) for k in range(5)))
+        raise BarImportError(source, [], summary="the file is empty (no data rows)")
+    layout = _layout(fmt, lines, first, source, mapping)
+    with open(path, "rb") as fh:
+        encoding = _encoding(fh.read(200))
+    for attempt in (encoding, "latin-1"):
+        with _utf8(path, attempt) as readable:
+            try:
+                scan = sqlscan.scan_csv(readable, layout, source)
+            except sqlscan.NotUtf8:
+                continue  # not UTF-8 after all: read it as Latin-1, which accepts any byte
+            return checks.bars_or_refuse(scan, zone, source, lambda rows: sqlscan.csv_lines(readable, rows))
+    raise AssertionError("unreachable: Latin-1 decodes any byte")
 
 
-def parse_bars(path: str | os.PathLike[str], format: str = "auto", tz: str | None = "UTC") -> Bars:
-    """Read and parse a bar file; see :func:`parse_bars_text`."""
-    path = Path(path)
-    try:
-        data = path.read_bytes()
-    except FileNotFoundError:
-        raise FileNotFoundError(f"no such bar file: {path}") from None
-    return parse_bars_text(decode_bytes(data), format, tz, str(path))
+def parse_bars_text(
+    text: str, format: str = "auto", tz: str | None = "UTC", source_name: str = "<text>",
+    columns: str | Mapping[str, str] | None = None,
+) -> Bars:
+    """Parse the text of a bar file; see :func:`parse_bars` (the text goes through a
+    temporary file, which is what DuckDB reads)."""
+    with tempfile.TemporaryDirectory(prefix="mz-import-") as folder:
+        path = Path(folder) / "bars.csv"
+        path.write_text(text[1:] if text.startswith("\ufeff") else text, encoding="utf-8", newline="")
+        return parse_bars(path, format, tz, columns, source_name)

@@ -24,7 +24,7 @@ import duckdb
 import numpy as np
 
 from shared.data.bars import OHLCV, Bars
-from shared.data.importers import decode_bytes, parse_bars_text
+from shared.data.importers import parse_bars
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS bars (
@@ -229,23 +229,25 @@ class BarStore:
         format: str = "auto",
         tz: str | None = "UTC",
         on_stage: Callable[[str], None] | None = None,
+        columns: str | dict[str, str] | None = None,
     ) -> ImportSummary:
         """Parse a bar file (all-or-nothing, see :mod:`shared.data.importers`) and import it.
 
-        `on_stage` is called with "read", "parse" and "store" as each stage begins
-        (a million M1 bars take tens of seconds: the CLI shows a progress bar).
+        `on_stage` is called with "read" (hashing the file), "parse" and "store" as each
+        stage begins (a million M1 bars take seconds: the CLI shows a progress bar).
         """
         stage = on_stage or (lambda _: None)
         path = Path(path)
         stage("read")
         try:
-            data = path.read_bytes()
+            with open(path, "rb") as fh:  # hashed in chunks: the file is never held whole
+                sha256 = hashlib.file_digest(fh, "sha256").hexdigest()
         except FileNotFoundError:
             raise FileNotFoundError(f"no such bar file: {path}") from None
         stage("parse")
-        bars = parse_bars_text(decode_bytes(data), format, tz, str(path))
+        bars = parse_bars(path, format, tz, columns)
         stage("store")
-        return self.import_bars(symbol, bars, source=path.name, sha256=hashlib.sha256(data).hexdigest())
+        return self.import_bars(symbol, bars, source=path.name, sha256=sha256)
 
     def delete(self, symbol: str) -> int:
         """Forget a symbol's bars and import history; returns the number of bars removed."""
