@@ -258,11 +258,6 @@ class Config(BaseSettings):
             raise ValueError(
                 f"search.discount ({self.search.discount}) must equal learning.discount ({self.learning.discount})"
             )
-        if self.search.num_chance_codes != self.model.chance_codes:
-            raise ValueError(
-                f"search.num_chance_codes ({self.search.num_chance_codes}) must equal "
-                f"model.chance_codes ({self.model.chance_codes})"
-            )
         return self
 
     @classmethod

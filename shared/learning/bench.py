@@ -3,6 +3,9 @@ forward+backward pass of the same batch, and the peak memory of each.
 
 The learner step adds replay sampling, priority updates, gradient clipping and the
 Adam update to the bare pass; the ratio says how much of its time is the network.
+Fresh targets (the target network's value bootstraps and Reanalyse's searches,
+``reanalyse.py``) get their own line: the learner with them as configured, against
+the same learner with stored targets.
 """
 
 from __future__ import annotations
@@ -28,9 +31,12 @@ class TrainBench:
     batch_size: int
     learner_steps_per_s: float
     bare_steps_per_s: float  # forward + backward of one fixed batch, nothing else
-    ratio: float  # learner / bare (1.0 = the learner adds nothing)
+    ratio: float  # plain learner / bare (1.0 = the learner adds nothing)
     learner_peak_mib: float
     bare_peak_mib: float
+    fresh_targets_steps_per_s: float  # the configured learner: value bootstraps + Reanalyse
+    fresh_targets_ratio: float  # configured / plain learner (1.0 = fresh targets cost nothing)
+    reanalysed_roots_per_step: float
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -73,7 +79,9 @@ def bench_train(config: Config, market: MarketData, device: str = "cpu", steps: 
     for episode in selfplay.play("random"):
         replay.insert(episode)
     model = StochasticMuZeroNet(config.model).to(device)
-    learner = Learner(model, config.learning, device, search=config.search)
+    plain = config.learning.model_copy(update={"value_bootstrap": "stored", "reanalyse_fraction": 0.0})
+    learner = Learner(model, plain, device, search=config.search)
+    fresh = Learner(StochasticMuZeroNet(config.model).to(device), config.learning, device, search=config.search)
     batch_size = config.learning.batch_size
     fixed = replay.sample(batch_size).to(device)
 
@@ -86,6 +94,11 @@ def bench_train(config: Config, market: MarketData, device: str = "cpu", steps: 
     bare_rate = _timed(bare, steps, device)
     bare_peak = _peak_mib(device)
     _reset_peak(device)
-    learner_rate = _timed(lambda: learner.step(replay.sample(batch_size), replay), steps, device)
+    learner_rate = _timed(lambda: learner.step(replay.sample(batch_size, bootstrap_obs=False), replay), steps, device)
+    fresh_replay = replay
     learner_peak = _peak_mib(device)
-    return TrainBench(str(device), batch_size, learner_rate, bare_rate, learner_rate / bare_rate, learner_peak, bare_peak)
+    fresh_rate = _timed(lambda: fresh.step(replay.sample(batch_size), fresh_replay), steps, device)
+    return TrainBench(
+        str(device), batch_size, learner_rate, bare_rate, learner_rate / bare_rate, learner_peak, bare_peak,
+        fresh_rate, fresh_rate / learner_rate, fresh.reanalysed_roots / max(fresh.steps, 1),
+    )
