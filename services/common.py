@@ -17,9 +17,9 @@ from shared.config import Config
 def require_redis_url(config: Config) -> str:
     """The Redis URL of the pipeline (config, else $REDIS_URL); a clear error if none."""
     from shared.cli import CommandError
-    from shared.pipeline.redis_conn import redis_url_from
+    from shared.transport.connection import resolve_redis_url
 
-    url = redis_url_from(config.pipeline.redis_url)
+    url = resolve_redis_url(config.pipeline.redis_url)
     if not url:
         raise CommandError(
             "no Redis configured: set pipeline.redis_url (MZ_PIPELINE__REDIS_URL) or REDIS_URL, "

@@ -14,18 +14,13 @@ import numpy as np
 
 from shared.config import Config
 from shared.env import VecTradingEnv
-from shared.market import MarketData, load_market
+from shared.market import MarketData, open_market
 
 ENV_TARGET = 200_000  # env-steps/s at B = 4096 on one core (issue #2)
 
 
 def _market(config: Config, symbol: str | None) -> MarketData:
-    from shared.data.sample import ensure_sample
-    from shared.data.store import BarStore
-
-    store = BarStore(config.data.db_path)
-    ensure_sample(store)
-    return load_market(config, symbol, store)
+    return open_market(config, symbol)
 
 
 def _env(market: MarketData, config: Config, num_envs: int) -> VecTradingEnv:
@@ -145,12 +140,12 @@ def _print_train(r: dict) -> None:
 
 
 def _bench_pipeline(args: argparse.Namespace, config: Config) -> dict:
-    from shared.api.bench import bench_act, sample_act_payload, served_untrained_model
-    from shared.pipeline.bench import bench_transport
-    from shared.pipeline.redis_conn import connect, embedded_redis, redis_url_from
+    from shared.bench_api import bench_act, sample_act_payload, served_untrained_model
+    from shared.transport.bench import bench_transport
+    from shared.transport.connection import connect, embedded_redis, resolve_redis_url
 
     market = _market(config, args.symbol or config.pipeline.symbol)
-    url = redis_url_from(config.pipeline.redis_url)
+    url = resolve_redis_url(config.pipeline.redis_url)
     with contextlib.ExitStack() as stack:
         if url:
             client, where = connect(url), url
@@ -171,7 +166,7 @@ def _bench_pipeline(args: argparse.Namespace, config: Config) -> dict:
 
 
 def _print_pipeline(report: dict) -> None:
-    from shared.pipeline.bench import format_transport
+    from shared.transport.bench import format_transport
 
     print(f"redis: {report['transport']['redis']}")
     print(format_transport(report["transport"]))
@@ -186,9 +181,9 @@ def _print_pipeline(report: dict) -> None:
 
 
 def _device(name: str):
-    from shared.training import resolve_device
+    from shared.device import pick_device
 
-    return resolve_device(name)
+    return pick_device(name)
 
 
 def _run(args: argparse.Namespace, config: Config) -> int:

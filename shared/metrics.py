@@ -86,6 +86,8 @@ from statistics import NormalDist
 
 import numpy as np
 
+from shared.jsonsafe import json_safe
+
 __all__ = [
     "FX_TRADING_HOURS_PER_YEAR",
     "TradingMetrics",
@@ -156,16 +158,7 @@ class TradingMetrics:
         The result passes ``json.dumps(..., allow_nan=False)`` (strict JSON has no
         Infinity; an infinite profit factor is reported as ``"inf"``).
         """
-        return {k: _json_value(v) for k, v in asdict(self).items()}
-
-
-def _json_value(v):
-    if isinstance(v, float):
-        if math.isnan(v):
-            return None
-        if math.isinf(v):
-            return "inf" if v > 0 else "-inf"
-    return v
+        return {k: json_safe(v) for k, v in asdict(self).items()}
 
 
 # --------------------------------------------------------------------------- inputs

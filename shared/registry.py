@@ -71,6 +71,8 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 from sqlalchemy.pool import StaticPool
 from sqlalchemy.types import TypeDecorator
 
+from shared.jsonsafe import json_safe
+
 __all__ = ["VALIDATION_STATUSES", "CheckpointRecord", "Registry", "RunRecord", "ValidationRecord"]
 
 VALIDATION_STATUSES = ("ok", "failed")
@@ -214,23 +216,6 @@ def _checkpoint_record(row: CheckpointRow, latest: ValidationRow | None) -> Chec
         is_best=bool(row.is_best), best_path=row.best_path,
         latest_validation=None if latest is None else _validation_record(latest),
     )
-
-
-def json_safe(value: Any) -> Any:
-    """`value` as strict JSON: NaN -> None, +-inf -> "inf"/"-inf", tuples -> lists."""
-    if isinstance(value, float):
-        if math.isnan(value):
-            return None
-        if math.isinf(value):
-            return "inf" if value > 0 else "-inf"
-        return value
-    if isinstance(value, dict):
-        return {str(k): json_safe(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [json_safe(v) for v in value]
-    if hasattr(value, "item") and callable(value.item):  # numpy scalars
-        return json_safe(value.item())
-    return value
 
 
 # --------------------------------------------------------------------------- registry

@@ -12,16 +12,12 @@ from shared.config import Config
 def _run(args: argparse.Namespace, config: Config) -> int:
     from shared.backtest import backtest
     from shared.baselines import make_policy
-    from shared.data.sample import ensure_sample
-    from shared.data.store import BarStore
-    from shared.market import load_market
+    from shared.market import open_market
     from shared.metrics import format_metrics_table
     from shared.training import evaluate, train
 
     symbol = (args.symbol or config.data.default_symbol).upper()
-    store = BarStore(config.data.db_path)
-    ensure_sample(store, symbol)
-    market = load_market(config, symbol, store)
+    market = open_market(config, symbol)
     out = Path(args.out or config.train.output_dir)
     result = train(
         config, market, out, steps=args.steps, minutes=args.minutes, device=args.device, seed=args.seed,

@@ -22,8 +22,13 @@ from tqdm import tqdm
 from shared.actions import Action
 from shared.backtest import BacktestResult, backtest
 from shared.config import Config
+from shared.device import pick_device
 from shared.learning import Learner, ReplayBuffer, SamplesPerInsert
-from shared.learning.checkpoint import checkpoint_path, latest_checkpoint, load_checkpoint
+from shared.learning.checkpoint import (
+    checkpoint_path,
+    latest_checkpoint,
+    load_checkpoint,
+)
 from shared.market import MarketData
 from shared.model.networks import StochasticMuZeroNet
 from shared.selfplay import SearchPolicy, SelfPlay
@@ -38,12 +43,6 @@ class TrainResult:
     checkpoints: list[Path] = field(default_factory=list)
     history: list[dict[str, float]] = field(default_factory=list)  # learner metrics, one per step
     episode_pips: list[float] = field(default_factory=list)  # mean net reward of each played batch
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "cuda" and not torch.cuda.is_available():
-        raise ValueError("--device cuda requested but CUDA is not available; use --device cpu")
-    return torch.device(name)
 
 
 def greedy_policy(model: StochasticMuZeroNet, config: Config, device: torch.device) -> SearchPolicy:
@@ -78,7 +77,7 @@ def train(
     """Self-play on the train split and learn until `steps` learner steps or `minutes`."""
     if steps is None and minutes is None:
         raise ValueError("give a budget: steps or minutes")
-    device = resolve_device(str(device))
+    device = pick_device(device)
     torch.manual_seed(seed)
     out_dir = Path(out_dir)
     checkpoints_dir = out_dir / "checkpoints"

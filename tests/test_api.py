@@ -24,8 +24,8 @@ from rq import Queue
 
 from shared.actions import Action
 from shared.api import RedisKeys, create_app
-from shared.api.bench import bench_act, sample_act_payload
-from shared.api.inference import observation_from_bars
+from shared.bench_api import bench_act, sample_act_payload
+from services.api.inference import observation_from_bars
 from shared.config import Config
 from shared.data.synthetic import synthetic_bars
 from shared.env import VecTradingEnv

@@ -26,16 +26,16 @@ from shared.learning.checkpoint import (
 )
 from shared.model import ModelConfig
 from shared.model.networks import StochasticMuZeroNet
-from shared.pipeline.collector import Collector, load_pipeline_market
-from shared.pipeline.redis_conn import connect
-from shared.pipeline.streams import (
+from services.collector.loop import Collector, load_pipeline_market
+from shared.transport.connection import connect
+from shared.transport.streams import (
     FIELD,
     EpisodeStream,
     collector_heartbeat_key,
     publish_model,
     read_model,
 )
-from shared.pipeline.trainer import Trainer, default_checkpoint_hook
+from services.trainer.loop import Trainer, default_checkpoint_hook
 from shared.selfplay import SelfPlay
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -403,7 +403,7 @@ def test_cli_needs_a_redis_url(config, monkeypatch):
 
 
 def test_bench_transport_measures_and_cleans_up(config, market, client):
-    from shared.pipeline.bench import bench_transport, format_transport
+    from shared.transport.bench import bench_transport, format_transport
 
     report = bench_transport(client, 24, config=config, market=market, collector_steps=2)
     assert report["transport_episodes_per_s"] > 0 and report["collector_episodes_per_s"] > 0

@@ -21,10 +21,10 @@ import pytest
 import redis
 
 from shared.learning.checkpoint import latest_checkpoint, load_checkpoint
-from shared.pipeline.collector import Collector, load_pipeline_market
-from shared.pipeline.redis_conn import connect
-from shared.pipeline.streams import TRAINER_STATUS_KEY, EpisodeStream, read_model
-from shared.pipeline.trainer import Trainer
+from services.collector.loop import Collector, load_pipeline_market
+from shared.transport.connection import connect
+from shared.transport.streams import TRAINER_STATUS_KEY, EpisodeStream, read_model
+from services.trainer.loop import Trainer
 from tests.helpers import free_port
 from tests.test_collector_trainer import Worker, sample, tiny_config, wait_until
 

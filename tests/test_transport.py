@@ -17,9 +17,9 @@ import redis
 from prometheus_client import REGISTRY
 
 from shared.episode import Episode
-from shared.pipeline.codec import EpisodeDecodeError, decode_episode, encode_episode
-from shared.pipeline.redis_conn import Backoff, call_with_retry, connect, embedded_redis
-from shared.pipeline.streams import FIELD, EpisodeStream, publish_model, read_model
+from shared.transport.codec import EpisodeDecodeError, decode_episode, encode_episode
+from shared.transport.connection import Backoff, call_with_retry, connect, embedded_redis
+from shared.transport.streams import FIELD, EpisodeStream, publish_model, read_model
 
 REPO = Path(__file__).resolve().parents[1]
 REDIS_URL = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0")

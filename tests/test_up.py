@@ -21,7 +21,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from shared.api.bench import sample_act_payload
+from shared.bench_api import sample_act_payload
 from tests.helpers import free_port
 
 TOKEN = "e2e-token"

@@ -41,14 +41,22 @@ def tcn_command(args: argparse.Namespace, config) -> int:
 
     from shared.analysis import plots
     from shared.analysis.tcn import (
-        NEWEST, attention_weights, flat_observations, interpret, split_attention, summarise, tcn_kernels,
+        NEWEST,
+        attention_weights,
+        flat_observations,
+        interpret,
+        split_attention,
+        summarise,
+        tcn_kernels,
     )
     from shared.cli import CommandError
-    from shared.data.sample import ensure_sample
-    from shared.data.store import BarStore
     from shared.env import NUM_POSITION_FEATURES
-    from shared.evaluation.checkpoints import load_model, resolve_checkpoint, with_checkpoint_features
-    from shared.market import load_market
+    from shared.evaluation.checkpoints import (
+        load_model,
+        resolve_checkpoint,
+        with_checkpoint_features,
+    )
+    from shared.market import open_market
 
     if args.samples < 1 or args.windows < 1:
         raise CommandError("--samples and --windows must be at least 1")
@@ -57,10 +65,7 @@ def tcn_command(args: argparse.Namespace, config) -> int:
     config = with_checkpoint_features(config, ckpt)
     cfg = ckpt.model_config()
     symbol = (args.symbol or config.data.default_symbol).upper()
-    store = BarStore(args.db or config.data.db_path)
-    if ensure_sample(store, symbol):
-        print("imported the bundled EURUSD H1 2017 sample bars (gym-anytrading)")
-    market = load_market(config, symbol, store)
+    market = open_market(config, symbol, db_path=args.db, on_import=print)
     if market.features.shape[1] + NUM_POSITION_FEATURES != cfg.input_features:
         raise CommandError(
             f"checkpoint {path} expects {cfg.input_features} inputs per bar; {symbol}'s features give "

@@ -9,10 +9,10 @@ from pathlib import Path
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import SQLAlchemyError
 
+from shared.checkpoint_store import BEST_FILE
 from shared.config import Config
 from shared.learning.checkpoint import Checkpoint, CheckpointError, load_checkpoint
 from shared.model.networks import StochasticMuZeroNet
-from shared.pipeline.validation import BEST_FILE
 from shared.registry import CheckpointRecord, Registry
 
 BEST = "best"

@@ -14,16 +14,20 @@ HELD_OUT = tuple(name for name in SPLIT_NAMES if name != "train")  # never score
 
 def _run(args: argparse.Namespace, config: Config) -> int:
     # Heavy imports here, so `microzero --help` stays fast.
-    from shared.data.sample import ensure_sample
-    from shared.data.store import BarStore
-    from shared.evaluation.checkpoints import count_trials, load_model, resolve_checkpoint, with_checkpoint_features
+    from shared.device import pick_device
+    from shared.evaluation.checkpoints import (
+        count_trials,
+        load_model,
+        resolve_checkpoint,
+        with_checkpoint_features,
+    )
     from shared.evaluation.report import ReportInputs, column_label, write_report
     from shared.evaluation.run import AGENT, evaluate_split
     from shared.evaluation.stats import bootstrap_mean_ci, verdict
-    from shared.market import load_market
+    from shared.market import open_market
     from shared.metrics import format_metrics_table
     from shared.splits import make_splits
-    from shared.training import greedy_policy, resolve_device
+    from shared.training import greedy_policy
 
     if args.chunks < 1 or args.resamples < 1:
         raise ValueError("--chunks and --resamples must be >= 1")
@@ -40,11 +44,9 @@ def _run(args: argparse.Namespace, config: Config) -> int:
     config = config.model_copy(update={"search": search})
     trials = count_trials(config, ckpt)
     symbol = (args.symbol or trials.symbol or config.data.default_symbol).upper()
-    store = BarStore(config.data.db_path)
-    ensure_sample(store, symbol)
-    market = load_market(config, symbol, store)
+    market = open_market(config, symbol)
     split = make_splits(len(market), config.splits, window)[args.split]
-    device = resolve_device(args.device)
+    device = pick_device(args.device)
     evaluation = evaluate_split(
         market, split, greedy_policy(model.to(device), config, device),
         window=window, drawdown_penalty=config.env.drawdown_penalty, chunks=args.chunks, seed=args.seed,

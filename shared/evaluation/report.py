@@ -16,8 +16,11 @@ from shared.evaluation import plots
 from shared.evaluation.checkpoints import Trials
 from shared.evaluation.run import AGENT, Evaluation
 from shared.evaluation.stats import ExpectancyInterval
-from shared.metrics import TABLE_ROWS, format_value  # the table formatting of format_metrics_table
-from shared.registry import json_safe
+from shared.jsonsafe import json_safe
+from shared.metrics import (  # the table formatting of format_metrics_table
+    TABLE_ROWS,
+    format_value,
+)
 
 TRADE_COLUMNS = (
     "trade", "chunk", "side", "entry_bar", "entry_time", "exit_bar", "exit_time", "entry_price", "exit_price",

@@ -44,18 +44,18 @@ def _run(args: argparse.Namespace, config: Config) -> int:
 
     from shared.data.sample import ensure_sample
     from shared.data.store import BarStore
+    from shared.device import pick_device
     from shared.experiments.ppo import MissingDependency
     from shared.experiments.report import write_results
     from shared.experiments.runner import Budget, run_experiment
     from shared.experiments.variants import get_experiment
-    from shared.market import load_market
-    from shared.training import resolve_device
+    from shared.market import open_market
 
     # One thread by default: measured on the shared 2-core box, a small model trained
     # 8x slower with 2 threads than with 1 once other processes held the cores (the
     # threads spin waiting for each other). Run experiments side by side instead.
     torch.set_num_threads(args.threads)
-    resolve_device(args.device)
+    pick_device(args.device)
     experiment = get_experiment(args.name)
     budget = Budget(steps=args.steps, minutes=args.minutes)
     symbol = (args.symbol or config.data.default_symbol).upper()
@@ -68,7 +68,7 @@ def _run(args: argparse.Namespace, config: Config) -> int:
     start = time.monotonic()
     try:
         result = run_experiment(
-            experiment, config, lambda cfg: load_market(cfg, symbol, store), out, seeds=args.seeds, budget=budget,
+            experiment, config, lambda cfg: open_market(cfg, symbol, store=store), out, seeds=args.seeds, budget=budget,
             small=args.small, device=args.device, progress=not args.quiet, reuse_from=[Path(p) for p in args.reuse_runs_from],
         )
     except MissingDependency as exc:

@@ -84,9 +84,10 @@ def run_spec(config: Config, variant: Variant, seed: int, budget: Budget, market
 
 
 def _train_muzero(config: Config, market: MarketData, run_dir: Path, seed: int, budget: Budget, device: str):
+    from shared.device import pick_device
     from shared.learning.checkpoint import latest_checkpoint, load_checkpoint
     from shared.model.networks import StochasticMuZeroNet
-    from shared.training import resolve_device, train
+    from shared.training import train
 
     checkpoints = run_dir / "checkpoints"
     marker = run_dir / "trained.json"
@@ -104,7 +105,7 @@ def _train_muzero(config: Config, market: MarketData, run_dir: Path, seed: int, 
         else:  # killed between the last checkpoint and the marker
             played = {"steps": budget.steps, "episodes": None, "env_steps": None}
         _write_json(marker, played | {"train_s": time.monotonic() - start})
-    model = StochasticMuZeroNet(config.model).to(resolve_device(device))
+    model = StochasticMuZeroNet(config.model).to(pick_device(device))
     model.load_state_dict(load_checkpoint(latest_checkpoint(checkpoints)).state_dict)
     return model, json.loads(marker.read_text())
 

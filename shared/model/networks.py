@@ -26,7 +26,6 @@ business; call ``model.eval()`` before searching (see tcn.py on BatchNorm).
 
 from __future__ import annotations
 
-
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -35,7 +34,6 @@ from shared.model.config import ModelConfig
 from shared.model.support import scalar_to_support, support_to_scalar
 from shared.model.tcn import TCN
 from shared.search.search import SearchModel  # noqa: F401  (the protocol this network implements)
-
 
 # ----------------------------------------------------------------------------- pieces
 

@@ -1,4 +1,5 @@
-"""The collector loop: self-play batches pushed to the episode stream (ARCHITECTURE §7).
+"""The collector service's loop: self-play batches published to the episode stream
+(ARCHITECTURE §7).
 
 One iteration: talk to Redis (flush finished episodes, pick up newly published
 weights, check the trainer's backlog), then play one batch of ``train.num_envs``
@@ -37,9 +38,10 @@ import redis
 import torch
 
 from shared.config import Config
+from shared.device import pick_device
 from shared.episode import Episode
 from shared.learning.checkpoint import CheckpointError, load_checkpoint
-from shared.market import MarketData
+from shared.market import MarketData, open_market
 from shared.model.networks import StochasticMuZeroNet
 from shared.observability import (
     COLLECTOR_MODEL_VERSION,
@@ -49,19 +51,15 @@ from shared.observability import (
     PENDING_EPISODES,
     SEARCH_LATENCY,
 )
-from shared.pipeline.redis_conn import (
+from shared.selfplay import SearchPolicy, SelfPlay
+from shared.transport.connection import (
     REDIS_DOWN_ERRORS,
     Outage,
     call_with_retry,
-    connect_configured,
 )
-from shared.pipeline.streams import (
-    EpisodeStream,
-    collector_heartbeat_key,
-    read_model,
-    write_json,
-)
-from shared.selfplay import SearchPolicy, SelfPlay
+from shared.transport.keys import RedisKeys
+from shared.transport.status import delete_heartbeat, write_heartbeat
+from shared.transport.streams import EpisodeStream, read_model
 
 log = logging.getLogger(__name__)
 
@@ -72,28 +70,6 @@ FLUSH_CHUNK = 256  # XADDs per round trip
 def default_instance_id() -> str:
     """``hostname-pid``: distinct for every process on every host."""
     return f"{socket.gethostname()}-{os.getpid()}"
-
-
-def pick_device(name: str | None = None) -> torch.device:
-    """`name` if given (``cuda`` must be available), else cuda when available, else cpu."""
-    if name is None or name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise ValueError(f"--device {name} requested but CUDA is not available; use --device cpu")
-    return torch.device(name)
-
-
-def load_pipeline_market(config: Config) -> MarketData:
-    """The market every service of a run plays and learns on: ``pipeline.symbol`` from
-    the bar store (the bundled EURUSD sample is imported if EURUSD is missing)."""
-    from shared.data.sample import ensure_sample
-    from shared.data.store import BarStore
-    from shared.market import load_market
-
-    symbol = config.pipeline.symbol.upper()
-    store = BarStore(config.data.db_path)
-    ensure_sample(store, symbol)
-    return load_market(config, symbol, store)
 
 
 @dataclass
@@ -153,24 +129,25 @@ class Collector:
         seed: int | None = None,
         max_pending: int = MAX_PENDING,
         max_lag: int | None = None,
+        keys: RedisKeys | None = None,
     ) -> None:
         pipe = config.pipeline
+        self.keys = keys or RedisKeys.from_config(config)
         self.config, self.stop_event, self.redis = config, stop_event, client
         self.max_episodes, self.max_pending = max_episodes, max_pending
         self.id = collector_id or default_instance_id()
         self.stats = CollectorStats(self.id, secrets.token_hex(4))
         self.device = pick_device(None if device is None else str(device))
-        self.market = market or load_pipeline_market(config)
+        self.market = market or open_market(config, pipe.symbol)
         seed = int(np.random.SeedSequence().entropy % 2**32) if seed is None else seed
         torch.manual_seed(seed)
         self.model = StochasticMuZeroNet(config.model).to(self.device).eval()
         self.policy = _TimedSearchPolicy(self.model, config.search, self.device, seed=seed, stop_event=stop_event, label=self.id)
         self.selfplay = SelfPlay.from_config(config, self.market, seed=seed, run_id=pipe.run_id)
-        self.stream = EpisodeStream(client, pipe.episode_stream, pipe.stream_maxlen)
+        self.stream = EpisodeStream(client, self.keys.episodes, pipe.stream_maxlen)
         self.max_lag = max_lag if max_lag is not None else min(max(2 * config.train.num_envs, 64), pipe.stream_maxlen // 2)
         self.pending: deque[Episode] = deque()
         self.outage = Outage("collector")
-        self.heartbeat_key = collector_heartbeat_key(self.id)
         self._model_sha: str | None = None
         self._refused: tuple[int, str] | None = None  # published record we failed to load
         self._backlog = 0
@@ -189,7 +166,7 @@ class Collector:
         log.info(
             "collector %s (session %s) on %s: %d envs, stream %s, model key %s",
             self.id, self.stats.session, self.device, self.config.train.num_envs,
-            self.stream.stream, self.config.pipeline.model_key,
+            self.stream.stream, self.keys.model,
         )
         heartbeat_stop = threading.Event()
         heartbeat = threading.Thread(target=self._heartbeat_loop, args=(heartbeat_stop,), name="heartbeat", daemon=True)
@@ -274,7 +251,7 @@ class Collector:
             self._metrics["pending"].set(len(self.pending))
 
     def _maybe_reload(self) -> None:
-        record = read_model(self.redis, self.config.pipeline.model_key)
+        record = read_model(self.redis, self.keys.model)
         if record is None:
             return
         version, sha = int(record["version"]), str(record["sha256"])
@@ -338,7 +315,7 @@ class Collector:
         period = max(0.2, min(5.0, ttl / 3))
         while True:
             try:
-                write_json(self.redis, self.heartbeat_key, self.heartbeat(), ttl_s=ttl)
+                write_heartbeat(self.redis, self.keys, self.id, self.heartbeat(), ttl_s=ttl)
             except REDIS_DOWN_ERRORS:
                 pass  # the main loop logs and counts outages
             except Exception:
@@ -355,38 +332,10 @@ class Collector:
             if self.pending:
                 log.error("collector %s: exiting with %d episodes Redis never took: lost", self.id, len(self.pending))
         try:
-            self.redis.delete(self.heartbeat_key)
+            delete_heartbeat(self.redis, self.keys, self.id)
         except REDIS_DOWN_ERRORS:
             pass
         log.info(
             "collector %s stopped: %d episodes played, %d pushed, %d dropped, model version %d",
             self.id, self.stats.played, self.stats.pushed, self.stats.dropped, self.stats.model_version,
         )
-
-
-def run_collector(
-    config: Config,
-    stop_event: threading.Event,
-    collector_id: str | None = None,
-    max_episodes: int | None = None,
-    *,
-    redis_url: str | None = None,
-    client: redis.Redis | None = None,
-    device: str | torch.device | None = None,
-    market: MarketData | None = None,
-    seed: int | None = None,
-    max_pending: int = MAX_PENDING,
-    max_lag: int | None = None,
-) -> CollectorStats:
-    """Play and push episodes until `stop_event` is set (or `max_episodes` are pushed).
-
-    Redis: `client`, else `redis_url`, else ``config.pipeline.redis_url`` / ``$REDIS_URL``.
-    Returns the collector's counters (its episode ids are ``stats.episode_ids()``).
-    """
-    if client is None:
-        client = connect_configured(config.pipeline.redis_url, redis_url)
-    collector = Collector(
-        config, stop_event, client=client, collector_id=collector_id, max_episodes=max_episodes, device=device,
-        market=market, seed=seed, max_pending=max_pending, max_lag=max_lag,
-    )
-    return collector.run()

@@ -21,9 +21,9 @@ from shared.config import Config
 from shared.learning import ReplayBuffer
 from shared.market import MarketData
 from shared.model.networks import StochasticMuZeroNet
-from shared.pipeline.codec import decode_episode, encode_episode
-from shared.pipeline.streams import EpisodeStream
 from shared.selfplay import SearchPolicy, SelfPlay
+from shared.transport.codec import decode_episode, encode_episode
+from shared.transport.streams import EpisodeStream
 
 TARGET_RATIO = 10.0
 
@@ -47,9 +47,9 @@ def bench_transport(
     """
     config = config or Config()
     if market is None:
-        from shared.pipeline.collector import load_pipeline_market
+        from shared.market import open_market
 
-        market = load_pipeline_market(config)
+        market = open_market(config, config.pipeline.symbol)
     B, T = config.train.num_envs, config.env.episode_length
 
     # Distinct, valid episodes (warm-up play: cheap), reused under distinct ids.

@@ -37,6 +37,7 @@ import torch
 from shared.actions import NUM_ACTIONS, Action, legal_mask
 from shared.config import Config, SearchConfig
 from shared.data.bars import Bars
+from shared.device import pick_device
 from shared.env import NUM_POSITION_FEATURES, VecTradingEnv
 from shared.features import NUM_MARKET_FEATURES, warmup_bars
 from shared.learning.checkpoint import CheckpointError, load_checkpoint
@@ -88,10 +89,6 @@ def greedy_search_config(config: Config, chance_codes: int) -> SearchConfig:
     )
 
 
-def default_device() -> torch.device:
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-
-
 def load_served_model(
     path: str | Path,
     checkpoint_id: int | None,
@@ -100,7 +97,7 @@ def load_served_model(
     expected_sha256: str | None = None,
 ) -> ServedModel:
     """Verify and load a checkpoint into an eval-mode model; CheckpointError on any problem."""
-    device = device or default_device()
+    device = device or pick_device()
     ckpt = load_checkpoint(path, map_location="cpu")  # verifies the sha256 sidecar, weights_only
     if expected_sha256 and ckpt.sha256 != expected_sha256:
         raise CheckpointError(

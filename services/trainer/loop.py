@@ -1,5 +1,8 @@
-"""The trainer loop: episode stream -> replay buffer -> learner -> checkpoints
-(ARCHITECTURE §7). The multi-process sibling of ``shared.training.train``.
+"""The trainer service's loop: episode stream -> replay buffer -> learner -> checkpoints
+(ARCHITECTURE §7). The multi-process sibling of ``shared.training.train``: the stream
+ingest is :mod:`services.trainer.ingest`; the learner, the replay buffer, the
+samples-per-insert ratio and the checkpoint files are the library's (``shared.learning``),
+the same ones ``microzero train`` uses.
 
 Each iteration does one *Redis round* and one *learning chunk*:
 
@@ -32,7 +35,6 @@ import os
 import socket
 import threading
 import time
-from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -40,37 +42,37 @@ from pathlib import Path
 import redis
 import torch
 
+from services.trainer.ingest import IngestStats, StreamIngest
 from shared.config import Config
+from shared.device import pick_device
 from shared.learning import Learner, ReplayBuffer, SamplesPerInsert
 from shared.learning.checkpoint import (
     checkpoint_path,
     latest_checkpoint,
     load_checkpoint,
 )
-from shared.market import MarketData
+from shared.market import MarketData, open_market
 from shared.model.networks import StochasticMuZeroNet
 from shared.observability import (
     CHECKPOINTS_SAVED,
-    EPISODES_CONSUMED,
     LEARNER_STEPS,
     LOSS,
     REPLAY_POSITIONS,
     STREAM_LAG,
 )
-from shared.pipeline.codec import EpisodeDecodeError
-from shared.pipeline.collector import load_pipeline_market, pick_device
-from shared.pipeline.redis_conn import (
+from shared.registry import Registry
+from shared.transport.connection import (
     REDIS_DOWN_ERRORS,
     Outage,
     call_with_retry,
-    connect_configured,
 )
-from shared.pipeline.streams import (
-    TRAINER_STATUS_KEY,
+from shared.transport.jobs import enqueue_validation
+from shared.transport.keys import RedisKeys
+from shared.transport.status import write_trainer_status
+from shared.transport.streams import (
     EpisodeStream,
     publish_model,
     read_model,
-    write_json,
 )
 
 log = logging.getLogger(__name__)
@@ -85,46 +87,12 @@ STATUS_EVERY_S = 2.0
 CLAIM_EVERY_S = 5.0
 
 
-class SeenIds:
-    """The last `capacity` inserted episode ids (FIFO): the de-duplication window.
-
-    It must cover every redelivery: a group recreated after NOGROUP replays the whole
-    stream (<= MAXLEN entries), so the default keeps 4 x MAXLEN (>= 100k) ids (~10 MB).
-    """
-
-    def __init__(self, capacity: int) -> None:
-        self.capacity = capacity
-        self._set: set[str] = set()
-        self._order: deque[str] = deque()
-
-    def __contains__(self, episode_id: str) -> bool:
-        return episode_id in self._set
-
-    def __len__(self) -> int:
-        return len(self._set)
-
-    def add(self, episode_id: str) -> None:
-        if episode_id in self._set:
-            return
-        self._set.add(episode_id)
-        self._order.append(episode_id)
-        while len(self._order) > self.capacity:
-            self._set.discard(self._order.popleft())
-
-
 @dataclass
-class TrainerStats:
-    received: int = 0  # stream entries handled (decoded or not)
-    inserted: int = 0
-    rejected: int = 0  # dead-lettered: undecodable, another run, or refused by the buffer
-    duplicates: int = 0  # already-inserted episode ids, acked and skipped
-    claimed: int = 0  # entries taken over from dead consumers
+class TrainerStats(IngestStats):
     steps: int = 0
     resumed_from: int | None = None  # step of the checkpoint restored at start
     checkpoints: list[tuple[int, str, str]] = field(default_factory=list)  # (step, path, sha256) saved here
     published: list[int] = field(default_factory=list)  # versions published
-    inserted_ids: list[str] | None = None  # every inserted episode id, in order (record_ids=True)
-    model_versions: dict[int, int] = field(default_factory=dict)  # inserted episodes per model_version
     last_metrics: dict[str, float] = field(default_factory=dict)
 
 
@@ -140,16 +108,9 @@ class _Announcement:
 def default_checkpoint_hook(config: Config, client: redis.Redis) -> CheckpointHook | None:
     """Record checkpoints in the SQL registry and enqueue their validation (RQ).
 
-    None (with a log line) when ``shared.registry`` / ``shared.pipeline.validation`` are
-    not importable. The returned hook is safe to call again for the same checkpoint
+    None (with a log line) when the registry cannot be opened. The returned hook is safe to call again for the same checkpoint
     after a Redis failure: the registry row is written once, only the enqueue repeats.
     """
-    try:
-        from shared.pipeline.validation import enqueue_validation
-        from shared.registry import Registry
-    except ImportError as exc:
-        log.warning("checkpoints will not be registered or validated: %s", exc)
-        return None
     try:
         registry = Registry(config.pipeline.database_url)
     except Exception:
@@ -183,7 +144,7 @@ class Trainer:
         market: MarketData | None = None,
         on_checkpoint: CheckpointHook | None | object = DEFAULT_HOOK,
         consumer: str | None = None,
-        status_key: str = TRAINER_STATUS_KEY,
+        keys: RedisKeys | None = None,
         seed: int | None = None,
         record_ids: bool = False,
     ) -> None:
@@ -191,23 +152,25 @@ class Trainer:
         self.config, self.stop_event, self.redis, self.max_steps = config, stop_event, client, max_steps
         self.group = pipe.consumer_group
         self.consumer = consumer or f"{socket.gethostname()}-{os.getpid()}"
-        self.status_key = status_key
+        self.keys = keys or RedisKeys.from_config(config)
         self.device = pick_device(None if device is None else str(device))
         if seed is not None:
             torch.manual_seed(seed)
-        self.market = market or load_pipeline_market(config)
+        self.market = market or open_market(config, pipe.symbol)
         self.model = StochasticMuZeroNet(config.model).to(self.device)
         self.learner = Learner(self.model, config.learning, self.device)
         self.replay = ReplayBuffer(self.market, config.learning, config.env.window, config.env.drawdown_penalty, seed=seed)
         self.ratio = SamplesPerInsert.from_config(config.learning)
-        self.stream = EpisodeStream(client, pipe.episode_stream, pipe.stream_maxlen)
+        self.stream = EpisodeStream(client, self.keys.episodes, pipe.stream_maxlen)
         # Absolute: the path is published to collectors and recorded in the registry.
         self.checkpoints_dir = (Path(pipe.checkpoints_dir) / pipe.run_id).resolve()
         self.hook = default_checkpoint_hook(config, client) if on_checkpoint is DEFAULT_HOOK else on_checkpoint
-        self.seen = SeenIds(max(4 * pipe.stream_maxlen, 100_000))
         self.stats = TrainerStats(inserted_ids=[] if record_ids else None)
+        self.ingest = StreamIngest(
+            self.stream, self.group, self.consumer, self.replay, pipe.run_id, self.stats,
+            seen_capacity=max(4 * pipe.stream_maxlen, 100_000),
+        )
         self.outage = Outage("trainer")
-        self.unacked: list[str] = []
         self.announcements: list[_Announcement] = []
         self.last_saved_step = 0
         self._recover_own = True  # read our own pending entries on the first round
@@ -217,7 +180,6 @@ class Trainer:
         self._status_steps, self._status_time = 0, time.monotonic()
         self._steps_per_s = 0.0
         self._lag: int | None = None
-        self._newest_version: int | None = None  # model_version of the last inserted episode
 
     # ------------------------------------------------------------------ main loop
     def run(self) -> TrainerStats:
@@ -257,24 +219,21 @@ class Trainer:
         if not self.outage.ready():
             return False
         try:
-            self._ack()
+            self.ingest.ack()
             self._announce()
             if self._recover_own:
-                self.stream.ensure_group(self.group)
-                self._process(self.stream.read(self.group, self.consumer, count=1000, pending=True))
+                self.ingest.recover_own()
                 self._recover_own = False
             now = time.monotonic()
             if now >= self._next_claim:
                 self._next_claim = now + min(CLAIM_EVERY_S, self.config.pipeline.claim_idle_ms / 2000)
-                claimed = self.stream.claim_stale(self.group, self.consumer, self.config.pipeline.claim_idle_ms)
-                self.stats.claimed += len(claimed)
-                self._process(claimed)
+                self.ingest.claim_stale(self.config.pipeline.claim_idle_ms)
             allowed = self._allowed_steps()
             inserting = self.ratio.can_insert(self.replay.inserted, self.replay.sampled)
             if inserting or allowed == 0:
                 block = None if allowed > 0 else BLOCK_MS
-                self._process(self.stream.read(self.group, self.consumer, count=self._read_count(), block_ms=block))
-            self._ack()
+                self.ingest.read_new(self._read_count(), block)
+            self.ingest.ack()
             if time.monotonic() >= self._next_status:
                 self._write_status()
         except REDIS_DOWN_ERRORS as exc:
@@ -293,51 +252,6 @@ class Trainer:
         if inserted < ratio.min_size:
             room = max(room, ratio.min_size - inserted)
         return int(min(READ_COUNT, max(1, math.ceil(room / self.config.env.episode_length))))
-
-    def _process(self, entries) -> None:
-        run_id = self.config.pipeline.run_id
-        for entry_id, item in entries:
-            self.stats.received += 1
-            if isinstance(item, EpisodeDecodeError):  # dead-lettered by the stream already
-                self.stats.rejected += 1
-                continue
-            episode_id = item.episode_id
-            if episode_id and episode_id in self.seen:
-                self.stats.duplicates += 1
-                self.unacked.append(entry_id)
-                continue
-            if item.split != "train":
-                self._reject(entry_id, item, f"episode {episode_id!r} was played on the {item.split!r} split, not 'train'")
-                continue
-            if item.run_id != run_id:
-                self._reject(entry_id, item, f"episode {episode_id!r} belongs to run {item.run_id!r}, this trainer trains {run_id!r}")
-                continue
-            try:
-                self.replay.insert(item)
-            except ValueError as exc:
-                self._reject(entry_id, item, f"refused by the replay buffer: {exc}")
-                continue
-            if episode_id:
-                self.seen.add(episode_id)
-            if self.stats.inserted_ids is not None:
-                self.stats.inserted_ids.append(episode_id)
-            self.stats.inserted += 1
-            self.stats.model_versions[item.model_version] = self.stats.model_versions.get(item.model_version, 0) + 1
-            self._newest_version = item.model_version
-            EPISODES_CONSUMED.inc()
-            self.unacked.append(entry_id)
-        REPLAY_POSITIONS.set(len(self.replay))
-
-    def _reject(self, entry_id: str, episode, reason: str) -> None:
-        from shared.pipeline.codec import encode_episode
-
-        self.stream.dead_letter(self.group, entry_id, reason, encode_episode(episode))
-        self.stats.rejected += 1
-
-    def _ack(self) -> None:
-        if self.unacked:
-            self.stream.ack(self.group, self.unacked)
-            self.unacked = []
 
     # ------------------------------------------------------------------ learning
     def _allowed_steps(self) -> int:
@@ -381,7 +295,7 @@ class Trainer:
     def _skip_if_published(self) -> None:
         """After a restart: drop the restored checkpoint's announcement if Redis already
         publishes exactly it (the previous process got that far)."""
-        record = read_model(self.redis, self.config.pipeline.model_key)
+        record = read_model(self.redis, self.keys.model)
         restored = self.announcements[0] if self.announcements else None
         if record is not None and restored is not None and int(record["version"]) == restored.step and record["sha256"] == restored.sha256:
             self.announcements.pop(0)
@@ -408,7 +322,7 @@ class Trainer:
             item.hooked = True
         newest = self.announcements[-1]
         publish_model(
-            self.redis, self.config.pipeline.model_key, newest.step, str(newest.path), newest.sha256, newest.checkpoint_id
+            self.redis, self.keys.model, newest.step, str(newest.path), newest.sha256, newest.checkpoint_id
         )
         self.stats.published.append(newest.step)
         log.info("published model version %d (%s)", newest.step, newest.path)
@@ -440,7 +354,7 @@ class Trainer:
             "episodes_rejected": s.rejected,
             "episodes_duplicates": s.duplicates,
             "episodes_claimed": s.claimed,
-            "newest_episode_model_version": self._newest_version,
+            "newest_episode_model_version": self.ingest.newest_version,
             "learner_steps_per_s": round(self._steps_per_s, 3),
             "stream_lag": self._lag,
             "last_checkpoint": {"step": s.checkpoints[-1][0], "path": s.checkpoints[-1][1]} if s.checkpoints else None,
@@ -452,7 +366,7 @@ class Trainer:
         if self._lag is not None:
             STREAM_LAG.set(self._lag)
         REPLAY_POSITIONS.set(len(self.replay))
-        write_json(self.redis, self.status_key, self.status())
+        write_trainer_status(self.redis, self.keys, self.status())
         self._next_status = time.monotonic() + STATUS_EVERY_S
 
     def _shutdown(self) -> None:
@@ -460,7 +374,7 @@ class Trainer:
             self._checkpoint()
         try:
             def finish() -> None:
-                self._ack()
+                self.ingest.ack()
                 self._announce()
                 self._write_status()
 
@@ -472,33 +386,3 @@ class Trainer:
             "trainer stopped at step %d: %d episodes inserted, %d duplicates, %d rejected",
             self.learner.steps, self.stats.inserted, self.stats.duplicates, self.stats.rejected,
         )
-
-
-def run_trainer(
-    config: Config,
-    stop_event: threading.Event,
-    max_steps: int | None = None,
-    *,
-    redis_url: str | None = None,
-    client: redis.Redis | None = None,
-    device: str | torch.device | None = None,
-    market: MarketData | None = None,
-    on_checkpoint: CheckpointHook | None | object = DEFAULT_HOOK,
-    consumer: str | None = None,
-    status_key: str = TRAINER_STATUS_KEY,
-    seed: int | None = None,
-    record_ids: bool = False,
-) -> TrainerStats:
-    """Consume episodes and learn until `stop_event` is set or the learner reaches step
-    `max_steps` (counted from 0, resumed steps included). See the module doc.
-
-    `on_checkpoint(step, path, sha256) -> checkpoint_id | None` runs after each
-    checkpoint (default: registry + validation queue when available; None: nothing).
-    """
-    if client is None:
-        client = connect_configured(config.pipeline.redis_url, redis_url)
-    trainer = Trainer(
-        config, stop_event, client=client, max_steps=max_steps, device=device, market=market,
-        on_checkpoint=on_checkpoint, consumer=consumer, status_key=status_key, seed=seed, record_ids=record_ids,
-    )
-    return trainer.run()

@@ -4,16 +4,10 @@ published model (ARCHITECTURE §7).
 Delivery is *at least once*: a collector may XADD an episode twice (its reply was lost
 in an outage and it sent again), and a group recreated after ``NOGROUP`` redelivers the
 stream from the start. The trainer makes insertion exactly-once by skipping episode ids
-it has already inserted (see ``shared.pipeline.trainer``).
+it has already inserted (see ``services.trainer.loop``).
 
-Keys (all names come from ``PipelineConfig`` except the fixed status keys below)::
-
-    <stream>                      episodes, field ``episode`` = codec bytes, MAXLEN ~
-    <stream>:dead                 refused entries: source id, reason, original payload
-    <model_key>                   JSON {version, path, sha256, checkpoint_id, published_at}
-                                  (also PUBLISHed on the channel of the same name)
-    mz:collector:<id>:heartbeat   JSON, expires after heartbeat_ttl_s
-    mz:trainer:status             JSON, rewritten every few seconds by the trainer
+Key names: ``shared.transport.keys.RedisKeys``; the status records (trainer status,
+collector heartbeats): ``shared.transport.status``.
 """
 
 from __future__ import annotations
@@ -27,21 +21,14 @@ import redis
 
 from shared.episode import Episode
 from shared.observability import EPISODES_REJECTED
-from shared.pipeline.codec import EpisodeDecodeError, decode_episode, encode_episode
+from shared.transport.codec import EpisodeDecodeError, decode_episode, encode_episode
 
 log = logging.getLogger(__name__)
 
 FIELD = b"episode"
-TRAINER_STATUS_KEY = "mz:trainer:status"
 DEAD_LETTER_MAXLEN = 10_000
 TRIMMED = "lost: the stream's MAXLEN trimmed the entry before it was processed"
 
-
-def collector_heartbeat_key(collector_id: str) -> str:
-    return f"mz:collector:{collector_id}:heartbeat"
-
-
-COLLECTOR_HEARTBEAT_PATTERN = "mz:collector:*:heartbeat"
 
 # Entries after `last-delivered-id`, counted server-side in pages (Redis < 7 has no
 # XINFO GROUPS lag field, and 7.x reports none after some deletions). Bounded work.
@@ -268,12 +255,3 @@ def read_model(client: redis.Redis, key: str) -> dict | None:
         log.error("published model record %s is malformed (%s): %r", key, exc, raw[:200])
         return None
     return record
-
-
-def write_json(client: redis.Redis, key: str, value: dict, ttl_s: int | None = None) -> None:
-    client.set(key, json.dumps(value), ex=ttl_s)
-
-
-def read_json(client: redis.Redis, key: str) -> dict | None:
-    raw = client.get(key)
-    return None if raw is None else json.loads(raw)

@@ -3,23 +3,25 @@
 Every request model forbids unknown fields and non-finite numbers, so a typo or a
 NaN is a 422 naming the field, never a silent default or a 500. Checks that depend on
 the configuration (how many bars the features need, the window size) happen in
-:mod:`shared.api.inference` and are reported in the same 422 format.
+:mod:`services.api.inference` and are reported in the same 422 format.
 
 JSON has no literal for infinities or NaN; where an output number may be non-finite
 (a profit factor without losing trades, the ``-inf`` score of a checkpoint that never
 traded) it is sent as the string ``"inf"`` or ``"-inf"``, and NaN as ``null`` -- the
-registry's convention for its JSON columns (``shared.registry.json_safe``).
+rule of ``shared.jsonsafe``, which the registry's JSON columns follow too.
 """
 
 from __future__ import annotations
 
-import math
+from dataclasses import asdict, is_dataclass
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Annotated, Any, Literal
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, model_validator
 
 from shared.actions import Action
+from shared.jsonsafe import JsonFloat, json_safe
 
 ACTION_NAMES: tuple[str, ...] = tuple(a.name for a in Action)  # HOLD, BUY, SELL, CLOSE
 ActionName = Literal["HOLD", "BUY", "SELL", "CLOSE"]
@@ -33,37 +35,12 @@ MAX_TS = datetime(2200, 1, 1, tzinfo=UTC)
 
 Price = Annotated[float, Field(gt=0, lt=MAX_PRICE, allow_inf_nan=False)]
 FiniteFloat = Annotated[float, Field(allow_inf_nan=False)]
-# A number as it leaves the API: finite, or "inf"/"-inf" (NaN leaves as null).
-JsonFloat = float | Literal["inf", "-inf"]
 
 _EXAMPLE_BARS = [
     {"ts": "2024-03-04T10:00:00Z", "open": 1.0841, "high": 1.0852, "low": 1.0838, "close": 1.0849, "volume": 1520},
     {"ts": "2024-03-04T11:00:00Z", "open": 1.0849, "high": 1.0856, "low": 1.0843, "close": 1.0845},
     "... at least 183 bars in all (119 warm-up bars of the features + the 64-bar window)",
 ]
-
-
-def json_float(value: float | None) -> JsonFloat | None:
-    """`value` as JSON can carry it: finite floats unchanged, +-inf as "inf"/"-inf", NaN as None."""
-    if value is None:
-        return None
-    value = float(value)
-    if math.isfinite(value):
-        return value
-    if math.isnan(value):
-        return None
-    return "inf" if value > 0 else "-inf"
-
-
-def json_safe(value: Any) -> Any:
-    """Recursively apply :func:`json_float` to the floats in dicts/lists."""
-    if isinstance(value, float):
-        return json_float(value)
-    if isinstance(value, dict):
-        return {str(k): json_safe(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [json_safe(v) for v in value]
-    return value
 
 
 # ----------------------------------------------------------------------------- /v1/act
@@ -288,3 +265,37 @@ class PromoteResponse(BaseModel):
     best_path: str
     sha256: str
     served: bool = Field(description="this API now serves the promoted checkpoint")
+
+
+# ----------------------------------------------------------------------------- record views
+# (from the registry's and the served model's records to the response models above)
+
+
+def _record_dict(record: Any) -> dict[str, Any]:
+    if is_dataclass(record):
+        data = asdict(record)
+    elif isinstance(record, dict):
+        data = dict(record)
+    else:
+        data = dict(vars(record))
+    for key, value in data.items():
+        if isinstance(value, Path):
+            data[key] = str(value)
+    return json_safe(data)
+
+
+def checkpoint_out(record: Any) -> CheckpointOut | None:
+    return None if record is None else CheckpointOut.model_validate(_record_dict(record))
+
+
+def validation_out(record: Any) -> ValidationOut:
+    return ValidationOut.model_validate(_record_dict(record))
+
+
+def served_out(served: Any) -> ServedModel | None:
+    if served is None:
+        return None
+    return ServedModel(
+        checkpoint_id=served.checkpoint_id, step=served.step, path=str(served.path), sha256=served.sha256,
+        device=str(served.device), loaded_at=served.loaded_at,
+    )

@@ -155,9 +155,10 @@ def call_with_retry(
         return result
 
 
-def redis_url_from(config_url: str | None) -> str | None:
-    """The Redis URL the services use: the config's, else ``$REDIS_URL``, else None."""
-    return config_url or os.environ.get("REDIS_URL") or None
+def resolve_redis_url(config_url: str | None, url: str | None = None) -> str | None:
+    """THE Redis URL resolution: `url` if given, else the config's
+    (``pipeline.redis_url``), else ``$REDIS_URL``, else None."""
+    return url or config_url or os.environ.get("REDIS_URL") or None
 
 
 def embedded_redis(path: str | Path):
@@ -177,7 +178,7 @@ def embedded_redis(path: str | Path):
 
 def connect_configured(config_url: str | None, url: str | None = None) -> redis.Redis:
     """A client for `url`, else for the services' URL (`config_url`, else $REDIS_URL)."""
-    url = url or redis_url_from(config_url)
+    url = resolve_redis_url(config_url, url)
     if not url:
         raise ValueError("no Redis URL: set pipeline.redis_url (MZ_PIPELINE__REDIS_URL) or REDIS_URL")
     return connect(url)
