@@ -24,11 +24,7 @@ from shared.backtest import BacktestResult, backtest
 from shared.config import Config
 from shared.device import pick_device
 from shared.learning import Learner, ReplayBuffer, SamplesPerInsert
-from shared.learning.checkpoint import (
-    checkpoint_path,
-    latest_checkpoint,
-    load_checkpoint,
-)
+from shared.learning.checkpoint import checkpoint_path, latest_checkpoint, load_checkpoint
 from shared.market import MarketData
 from shared.model.networks import StochasticMuZeroNet
 from shared.selfplay import SearchPolicy, SelfPlay

@@ -9,8 +9,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from shared.config import FeatureConfig, LearningConfig
 from shared.learning.checkpoint import Checkpoint, save_checkpoint
+from shared.config import FeatureConfig, LearningConfig
 from shared.learning.losses import stochastic_muzero_loss
 from shared.learning.replay import Batch, ReplayBuffer
 from shared.model import StochasticMuZeroNet

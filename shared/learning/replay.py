@@ -31,10 +31,10 @@ import numpy as np
 import torch
 
 from shared.actions import LEGAL_BY_SIDE, NUM_ACTIONS, Action, legal_mask
-from shared.config import LearningConfig
 from shared.env import NUM_POSITION_FEATURES
 from shared.env.vector import POSITION_SCALE
 from shared.episode import Episode
+from shared.config import LearningConfig
 from shared.learning.targets import n_step_targets
 from shared.market import MarketData
 

@@ -8,14 +8,7 @@ network calls.
 """
 
 from shared.search.reference import run_search_single
-from shared.search.search import (
-    RootNoise,
-    SearchConfig,
-    SearchModel,
-    SearchOutput,
-    draw_root_noise,
-    run_search,
-)
+from shared.search.search import RootNoise, SearchConfig, SearchModel, SearchOutput, draw_root_noise, run_search
 from shared.search.tree import Tree
 
 __all__ = [

@@ -17,12 +17,7 @@ from torch import Tensor
 
 from shared.actions import LEGAL_BY_SIDE, NUM_ACTIONS, SIDE_AFTER
 from shared.search import selection as sel
-from shared.search.search import (
-    SearchConfig,
-    SearchModel,
-    SearchOutput,
-    draw_root_noise,
-)
+from shared.search.search import SearchConfig, SearchModel, SearchOutput, draw_root_noise
 
 _TINY = 2.2250738585072014e-308  # smallest normal float64, as torch.finfo(float64).tiny
 

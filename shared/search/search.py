@@ -33,16 +33,7 @@ from torch import Tensor
 from shared.actions import NUM_ACTIONS
 from shared.config import SearchConfig
 from shared.search import selection as sel
-from shared.search.tree import (
-    ROOT,
-    Tree,
-    children_stats,
-    floored_softmax,
-    init_tree,
-    mask_logits,
-    rows,
-    side_tables,
-)
+from shared.search.tree import ROOT, Tree, children_stats, floored_softmax, init_tree, mask_logits, rows, side_tables
 
 
 @runtime_checkable
