@@ -187,6 +187,7 @@ class PipelineConfig(BaseModel):
     stream_maxlen: int = Field(20_000, ge=100, description="approximate MAXLEN of the episode stream")
     consumer_group: str = "trainers"
     model_key: str = Field("mz:model", description="key and pub/sub channel of the published weights")
+    redis_prefix: str = Field("mz", description="prefix of the fixed Redis names (status, heartbeats, best channel)")
     heartbeat_ttl_s: int = Field(15, ge=1)
     claim_idle_ms: int = Field(60_000, ge=1, description="pending entries idle this long are reclaimed")
     validation_queue: str = "validation"

@@ -12,8 +12,8 @@
     rq:queue:<validation_queue>   the RQ validation queue (RQ's own names)
 
 The stream, model key and queue names come from ``PipelineConfig``
-(:meth:`RedisKeys.from_config`); the fixed ones share ``prefix`` (``mz``), so tests can
-run against a shared server under a private prefix.
+(:meth:`RedisKeys.from_config`); the fixed ones share ``pipeline.redis_prefix``
+(``mz``), so tests can run against a shared server under a private prefix.
 """
 
 from __future__ import annotations
@@ -38,10 +38,13 @@ class RedisKeys:
     validation_queue: str = "validation"
 
     @classmethod
-    def from_config(cls, config: Config | PipelineConfig, prefix: str = DEFAULT_PREFIX) -> RedisKeys:
-        """The configured names (stream, model key, queue); the fixed ones under `prefix`."""
+    def from_config(cls, config: Config | PipelineConfig) -> RedisKeys:
+        """The configured names (stream, model key, queue); the fixed ones under
+        ``pipeline.redis_prefix``."""
         pipe = config.pipeline if isinstance(config, Config) else config
-        return cls.with_prefix(prefix, episodes=pipe.episode_stream, model=pipe.model_key, queue=pipe.validation_queue)
+        return cls.with_prefix(
+            pipe.redis_prefix, episodes=pipe.episode_stream, model=pipe.model_key, queue=pipe.validation_queue
+        )
 
     @classmethod
     def with_prefix(

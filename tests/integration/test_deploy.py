@@ -22,7 +22,9 @@ import shared.observability as observability
 from shared.cli import build_parser
 from shared.config import Config, load_config
 
-ROOT = Path(__file__).resolve().parents[1]
+from tests.helpers import REPO  # noqa: E402
+
+ROOT = REPO
 COMPOSE = ROOT / "docker-compose.yml"
 COMPOSE_GPU = ROOT / "docker-compose.gpu.yml"
 DOCKERFILE = ROOT / "services" / "Dockerfile"

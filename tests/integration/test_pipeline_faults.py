@@ -30,7 +30,7 @@ from tests.test_collector_trainer import Worker, sample, tiny_config, wait_until
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
-REPO = Path(__file__).resolve().parents[1]
+from tests.helpers import REPO  # noqa: E402
 
 
 class RedisServer:

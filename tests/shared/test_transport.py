@@ -21,7 +21,7 @@ from shared.transport.codec import EpisodeDecodeError, decode_episode, encode_ep
 from shared.transport.connection import Backoff, call_with_retry, connect, embedded_redis
 from shared.transport.streams import FIELD, EpisodeStream, publish_model, read_model
 
-REPO = Path(__file__).resolve().parents[1]
+from tests.helpers import REPO  # noqa: E402
 REDIS_URL = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0")
 
 

@@ -37,7 +37,8 @@ from rq.job import Job, JobStatus
 from rq.serializers import JSONSerializer
 from sqlalchemy import text
 
-from services.validator.main import build_worker, register
+from services.validator.main import register
+from services.validator.worker import build_worker
 from shared.cli import CommandError
 from shared.config import Config
 from shared.data.store import BarStore
@@ -46,14 +47,12 @@ from shared.learning.checkpoint import load_checkpoint, save_checkpoint
 from shared.metrics import compute_metrics
 from shared.model import ModelConfig
 from shared.model.networks import StochasticMuZeroNet
-from shared.pipeline import validation
-from shared.pipeline.validation import (
-    ValidationFailed,
-    enqueue_validation,
-    quality_score,
-    update_best,
-    validation_queue,
-)
+from services.validator import job as validation
+from services.validator.job import ValidationFailed, update_best
+from services.validator.scoring import quality_score
+from shared.transport.jobs import LEGACY_JOB_FUNCTIONS, enqueue_validation, validation_queue
+from shared.transport.keys import RedisKeys
+from tests.helpers import REPO
 from shared.registry import Registry
 
 TINY_MODEL = ModelConfig(
@@ -133,13 +132,13 @@ def env(tmp_path, monkeypatch):
             "redis_url": REDIS_URL, "database_url": f"sqlite:///{tmp_path}/registry.db", "run_id": RUN,
             "symbol": SYMBOL, "checkpoints_dir": tmp_path / "checkpoints", "best_dir": tmp_path / "best",
             "best_history": 2, "validation_queue": queue_name, "validation_chunks": 4, "validation_retries": 2,
+            "redis_prefix": f"mz-test-{uuid.uuid4().hex[:10]}",
         },
     )
     config_file = tmp_path / "config.json"
     config_file.write_text(json.dumps(config.model_dump(mode="json")))
     monkeypatch.setenv("MZ_CONFIG", str(config_file))  # what load_config() in the job reads
-    channel = f"mz:best:test-{uuid.uuid4().hex[:10]}"
-    monkeypatch.setattr(validation, "BEST_CHANNEL", channel)
+    channel = RedisKeys.from_config(config).best_channel
 
     registry = Registry(config.pipeline.database_url)
     # Job ids are validate-<checkpoint id>: start ids at a random offset so that
@@ -346,7 +345,7 @@ def test_update_best_with_given_scores(env):
     # A file replaced after its validation is refused, and the best stays.
     record = validated(60, 10.0)
     Path(record.path).write_bytes(b"not the validated weights")
-    with pytest.raises(ValidationFailed, match="changed after validation"):
+    with pytest.raises(ValidationFailed, match="changed after it was registered"):
         update_best(env.registry, env.config, record, 10.0)
     assert env.registry.best_checkpoint().step == 50
 
@@ -382,7 +381,7 @@ def test_validator_process_counts_jobs_in_its_metrics_and_stops_on_sigterm(env):
         [sys.executable, "-m", "services.validator.main", "--config", str(env.tmp / "config.json"),
          "--metrics-port", "0"],
         env=child_env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-        cwd=Path(__file__).resolve().parents[1], start_new_session=True,  # its own group: RQ's scheduler too
+        cwd=REPO, start_new_session=True,  # its own group: RQ's scheduler too
     )
     lines: list[str] = []
     reader = threading.Thread(target=lambda: lines.extend(iter(child.stdout.readline, "")), daemon=True)
@@ -411,4 +410,15 @@ def test_validator_process_counts_jobs_in_its_metrics_and_stops_on_sigterm(env):
             os.killpg(child.pid, signal.SIGKILL)  # a scheduler process left behind by a failed run
         child.wait()
         reader.join(5)
+    assert env.registry.get_checkpoint(cid).latest_validation.status == "ok"
+
+
+def test_jobs_queued_under_the_old_dotted_path_still_run(env):
+    """A job an older version queued names ``shared.pipeline.validation.validate_checkpoint``;
+    the worker's job class runs it as the validator's job."""
+    cid = env.checkpoint(10)
+    job = validation_queue(env.redis, env.config).enqueue(LEGACY_JOB_FUNCTIONS[0], cid, job_id=f"validate-{cid}")
+    env.job_ids.add(job.id)
+    env.work()
+    assert env.job(cid).get_status() == JobStatus.FINISHED
     assert env.registry.get_checkpoint(cid).latest_validation.status == "ok"
