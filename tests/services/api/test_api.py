@@ -6,26 +6,24 @@ the pub/sub channel and the RQ queue carry a unique prefix and are deleted after
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
-import socket
-import threading
 import time
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 
-import httpx
 import numpy as np
 import pytest
 import redis
 import torch
-import uvicorn
 from rq import Queue
 
 from shared.actions import Action
-from shared.api import RedisKeys, create_app
-from shared.bench_api import bench_act, sample_act_payload
+from services.api.app import create_app
 from services.api.inference import observation_from_bars
+from shared.bench_api import bench_act, sample_act_payload
 from shared.config import Config
 from shared.data.synthetic import synthetic_bars
 from shared.env import VecTradingEnv
@@ -33,6 +31,10 @@ from shared.learning.checkpoint import load_checkpoint, save_checkpoint
 from shared.market import market_from_bars
 from shared.model.networks import StochasticMuZeroNet
 from shared.registry import Registry
+from shared.transport.keys import RedisKeys
+from tests.helpers import LiveServer, wait_for
+
+pytestmark = pytest.mark.redis
 
 REDIS_URL = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0")
 TOKEN = "test-token-0123"
@@ -41,41 +43,6 @@ NEED = 119 + 64  # warm-up of the features (2L-1) + window
 
 
 # ----------------------------------------------------------------------------- helpers
-
-
-class LiveServer:
-    """uvicorn serving `app` on a free port in a background thread."""
-
-    def __init__(self, app) -> None:
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            self.port = s.getsockname()[1]
-        self.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning"))
-        self.thread = threading.Thread(target=self.server.run, daemon=True)
-        self.url = f"http://127.0.0.1:{self.port}"
-
-    def __enter__(self) -> httpx.Client:
-        self.thread.start()
-        deadline = time.monotonic() + 30
-        while not self.server.started:
-            assert self.thread.is_alive() and time.monotonic() < deadline, "uvicorn did not start"
-            time.sleep(0.02)
-        self.client = httpx.Client(base_url=self.url, timeout=30)
-        return self.client
-
-    def __exit__(self, *exc) -> None:
-        self.client.close()
-        self.server.should_exit = True
-        self.thread.join(15)
-
-
-def wait_for(predicate, timeout: float = 10.0, every: float = 0.05):
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value or time.monotonic() > deadline:
-            return value
-        time.sleep(every)
 
 
 def bars_json(bars) -> list[dict]:
@@ -109,15 +76,12 @@ def save_tiny(tmp: Path, step: int, config: Config) -> tuple[str, str]:
 # ----------------------------------------------------------------------------- fixtures
 
 
-@pytest.fixture(scope="module")
-def env(tmp_path_factory):
-    """The main server: a registry with checkpoints A (best, validated), B, C (corrupt), D."""
-    tmp = tmp_path_factory.mktemp("api")
-    prefix = f"test-api-{uuid.uuid4().hex[:10]}:"
-    keys = RedisKeys(
-        trainer_status=prefix + "trainer:status", collector_prefix=prefix + "collector:", best_channel=prefix + "best"
-    )
-    config = make_config(tmp, "main", api_token=TOKEN, validation_queue=prefix + "validation")
+@contextlib.contextmanager
+def serving(tmp: Path) -> Iterator[dict]:
+    """A server over a registry with checkpoints A (best, validated), B, C (corrupt), D."""
+    prefix = f"test-api-{uuid.uuid4().hex[:10]}"
+    config = make_config(tmp, "main", api_token=TOKEN, validation_queue=prefix + ":validation", redis_prefix=prefix)
+    keys = RedisKeys.from_config(config)
     registry = Registry(config.pipeline.database_url)
     registry.ensure_run("test", "EURUSD", {})
     ids = {}
@@ -142,10 +106,25 @@ def env(tmp_path_factory):
             yield {"client": client, "config": config, "registry": registry, "ids": ids, "redis": r, "keys": keys,
                    "app": app, "url": f"http://127.0.0.1:{client.base_url.port}"}
     finally:
-        for key in r.scan_iter(match=prefix + "*"):
+        for key in r.scan_iter(match=prefix + ":*"):
             r.delete(key)
         Queue(config.pipeline.validation_queue, connection=r).delete(delete_jobs=True)
         r.close()
+        registry.close()
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory):
+    """The server the read-only tests share (none of them changes the best)."""
+    with serving(tmp_path_factory.mktemp("api")) as served:
+        yield served
+
+
+@pytest.fixture
+def own_env(tmp_path):
+    """A server of its own, for a test that changes the best."""
+    with serving(tmp_path) as served:
+        yield served
 
 
 def _add_validation(registry, checkpoint_id: int, score: float, metrics: dict) -> None:
@@ -358,7 +337,8 @@ def test_malformed_inputs_are_all_4xx(env):
 # ----------------------------------------------------------------------------- promotion and hot-swap
 
 
-def test_promote_and_hot_swap(env):
+def test_promote_and_hot_swap(own_env):
+    env = own_env
     client, ids, registry, r, keys = env["client"], env["ids"], env["registry"], env["redis"], env["keys"]
     payload = sample_act_payload()
     assert client.post(f"/checkpoints/{ids['B']}/promote").status_code == 401
@@ -395,6 +375,7 @@ def test_promote_and_hot_swap(env):
 def test_metrics_by_route_template(env):
     client, ids = env["client"], env["ids"]
     client.get(f"/checkpoints/{ids['A']}")
+    assert client.post("/v1/act", json={}).status_code == 422  # this test's own 422
     client.get("/no/such/path")
     text = client.get("/metrics").text
     lines = [line for line in text.splitlines() if line.startswith("microzero_api_requests_total{")]
@@ -413,8 +394,8 @@ def test_not_ready_without_model_then_polls_in_the_best(tmp_path):
     config = make_config(tmp_path, "empty")  # no api_token: promotion disabled
     registry = Registry(config.pipeline.database_url)
     registry.ensure_run("test", "EURUSD", {})
-    app = create_app(config, keys=RedisKeys(best_channel=f"test-api-{uuid.uuid4().hex}:best"),
-                     poll_interval_s=0.3, device="cpu")
+    app = create_app(config, keys=RedisKeys.with_prefix(f"test-api-{uuid.uuid4().hex}"), poll_interval_s=0.3,
+                     device="cpu")
     with LiveServer(app) as client:
         ready = client.get("/readyz")
         assert ready.status_code == 503
