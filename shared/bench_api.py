@@ -145,7 +145,7 @@ def served_untrained_model(config: Config) -> Iterator[str]:
         log_path = folder / "api.log"
         with open(log_path, "w") as log:
             server = subprocess.Popen(
-                [sys.executable, "-m", "shared.cli", "--config", str(server_config), "api", "--host", "127.0.0.1",
+                [sys.executable, "-m", "services.cli", "--config", str(server_config), "api", "--host", "127.0.0.1",
                  "--port", str(port), "--log-level", "warning"],
                 env=env, stdout=log, stderr=subprocess.STDOUT,
             )

@@ -105,18 +105,26 @@ class _Announcement:
     hooked: bool = False
 
 
-def default_checkpoint_hook(config: Config, client: redis.Redis) -> CheckpointHook | None:
+def default_checkpoint_hook(
+    config: Config,
+    client: redis.Redis,
+    registry: Registry | None = None,
+    enqueue: Callable[[redis.Redis, Config, int], object] = enqueue_validation,
+) -> CheckpointHook | None:
     """Record checkpoints in the SQL registry and enqueue their validation (RQ).
 
     None (with a log line) when the registry cannot be opened. The returned hook is safe to call again for the same checkpoint
     after a Redis failure: the registry row is written once, only the enqueue repeats.
+    `registry` (default: opened from ``pipeline.database_url``) and `enqueue` are the
+    registry and the enqueue function to use.
     """
-    try:
-        registry = Registry(config.pipeline.database_url)
-    except Exception:
-        log.exception("cannot open the registry %s: checkpoints will not be registered or validated",
-                      config.pipeline.database_url)
-        return None
+    if registry is None:
+        try:
+            registry = Registry(config.pipeline.database_url)
+        except Exception:
+            log.exception("cannot open the registry %s: checkpoints will not be registered or validated",
+                          config.pipeline.database_url)
+            return None
     run_id, ids, state = config.pipeline.run_id, {}, {"run": False}
 
     def hook(step: int, path: Path, sha256: str) -> int | None:
@@ -126,7 +134,7 @@ def default_checkpoint_hook(config: Config, client: redis.Redis) -> CheckpointHo
         key = (str(path), sha256)
         if key not in ids:
             ids[key] = registry.add_checkpoint(run_id, step, str(path), sha256)
-        enqueue_validation(client, config, ids[key])
+        enqueue(client, config, ids[key])
         return ids[key]
 
     return hook

@@ -6,10 +6,9 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import sys
+import random
 import threading
 import time
-import types
 import uuid
 from pathlib import Path
 
@@ -26,19 +25,21 @@ from shared.learning.checkpoint import (
 )
 from shared.model import ModelConfig
 from shared.model.networks import StochasticMuZeroNet
-from services.collector.loop import Collector, load_pipeline_market
+from services.collector.loop import Collector
 from shared.transport.connection import connect
 from shared.transport.streams import (
     FIELD,
     EpisodeStream,
-    collector_heartbeat_key,
     publish_model,
     read_model,
 )
 from services.trainer.loop import Trainer, default_checkpoint_hook
+from shared.market import open_market
+from shared.registry import Registry
 from shared.selfplay import SelfPlay
+from shared.transport.keys import RedisKeys
 
-pytestmark = pytest.mark.usefixtures("one_torch_thread")
+pytestmark = [pytest.mark.usefixtures("one_torch_thread"), pytest.mark.redis]
 
 REDIS_URL = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0")
 TINY_MODEL = ModelConfig(
@@ -71,6 +72,7 @@ def tiny_config(data_dir: Path, run_dir: Path, redis_url: str, prefix: str, **pi
             "heartbeat_ttl_s": 3,
             "database_url": f"sqlite:///{run_dir}/registry.db",
             "validation_queue": f"{prefix}:validation",
+            "redis_prefix": prefix,
             **pipeline,
         },
     )
@@ -134,7 +136,7 @@ def config(data_dir, tmp_path, prefix, client) -> Config:
 
 @pytest.fixture
 def market(config):
-    return load_pipeline_market(config)
+    return open_market(config, config.pipeline.symbol)
 
 
 def warmup_episodes(config: Config, market, n_batches: int = 1, run_id: str = "test-run", seed: int = 0):
@@ -162,7 +164,7 @@ def test_collectors_feed_the_trainer_which_publishes_weights_they_reload(config,
         for i in range(2)
     ]
     trainer = Trainer(config, stop_trainer, client=connect(REDIS_URL), market=market, on_checkpoint=hook,
-                      status_key=f"{prefix}:trainer:status", seed=0, record_ids=True, device="cpu")
+                      seed=0, record_ids=True, device="cpu")
     workers = [Worker(c.run, f"collector{i}") for i, c in enumerate(collectors)] + [Worker(trainer.run, "trainer")]
     for w in workers:
         w.start()
@@ -171,9 +173,9 @@ def test_collectors_feed_the_trainer_which_publishes_weights_they_reload(config,
         wait_until(lambda: all(c.stats.model_version > 0 for c in collectors), 40, "collectors to reload", workers)
         wait_until(lambda: any(v > 0 for v in trainer.stats.model_versions), 40, "episodes of a trained model", workers)
         for c in collectors:  # alive collectors keep a heartbeat with a TTL
-            beat = json.loads(client.get(collector_heartbeat_key(c.id)))
+            beat = json.loads(client.get(RedisKeys.from_config(config).collector_heartbeat(c.id)))
             assert beat["id"] == c.id and beat["episodes"] >= 0 and "env_steps_per_s" in beat
-            assert 0 < client.ttl(collector_heartbeat_key(c.id)) <= config.pipeline.heartbeat_ttl_s
+            assert 0 < client.ttl(RedisKeys.from_config(config).collector_heartbeat(c.id)) <= config.pipeline.heartbeat_ttl_s
         wait_until(lambda: client.get(f"{prefix}:trainer:status") is not None, 10, "trainer status", workers)
     finally:
         stop_collectors.set()
@@ -208,7 +210,7 @@ def test_collectors_feed_the_trainer_which_publishes_weights_they_reload(config,
     assert {"replay_positions", "episodes_received", "episodes_rejected", "episodes_duplicates",
             "learner_steps_per_s", "updated_at"} <= set(status)
     for c in collectors:  # a stopped collector removes its heartbeat
-        assert client.get(collector_heartbeat_key(c.id)) is None
+        assert client.get(RedisKeys.from_config(config).collector_heartbeat(c.id)) is None
 
 
 def test_trainer_inserts_once_and_dead_letters_what_it_refuses(config, market, client, prefix):
@@ -223,7 +225,7 @@ def test_trainer_inserts_once_and_dead_letters_what_it_refuses(config, market, c
     rejected_before = sample("microzero_episodes_rejected_total")
 
     trainer = Trainer(config, threading.Event(), client=client, market=market, on_checkpoint=None,
-                      status_key=f"{prefix}:trainer:status", record_ids=True, device="cpu")
+                      record_ids=True, device="cpu")
     for _ in range(3):
         assert trainer._redis_round()
     s = trainer.stats
@@ -290,13 +292,8 @@ def test_collector_reloads_good_weights_and_keeps_playing_on_bad_ones(config, ma
     assert collector.stats.model_version == 30 and not unchanged()
 
 
-def test_collector_holds_a_bounded_queue_while_redis_is_away(config, market):
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    dead = connect(f"redis://127.0.0.1:{port}/0", connect_timeout=0.5)
+def test_collector_holds_a_bounded_queue_while_redis_is_away(config, market, tmp_path):
+    dead = connect(f"unix://{tmp_path / 'nothing-listens-here.sock'}", connect_timeout=0.5)
     collector = Collector(config, threading.Event(), client=dead, collector_id="dropper", market=market,
                           device="cpu", max_pending=6)
     dropped_before = sample("microzero_collector_episodes_dropped_total", {"collector": "dropper"})
@@ -312,44 +309,38 @@ def test_collector_holds_a_bounded_queue_while_redis_is_away(config, market):
 # ----------------------------------------------------------------------------- hook and CLI
 
 
-@pytest.fixture
-def fake_registry(monkeypatch):
-    """Stand-ins for shared.registry / shared.pipeline.validation with the agreed signatures."""
-    calls = {"ensure_run": [], "add_checkpoint": [], "enqueue": [], "fail_enqueue": 0}
+class FakeRegistry:
+    """Records what the trainer's checkpoint hook asks of the registry."""
 
-    class Registry:
-        def __init__(self, url):
-            calls["url"] = url
+    def __init__(self) -> None:
+        self.runs: list[tuple] = []
+        self.checkpoints: list[tuple] = []
 
-        def ensure_run(self, run_id, symbol, config_dict):
-            calls["ensure_run"].append((run_id, symbol, sorted(config_dict)))
+    def ensure_run(self, run_id, symbol, config_dict):
+        self.runs.append((run_id, symbol, sorted(config_dict)))
 
-        def add_checkpoint(self, run_id, step, path, sha256):
-            calls["add_checkpoint"].append((run_id, step, path, sha256))
-            return len(calls["add_checkpoint"])
+    def add_checkpoint(self, run_id, step, path, sha256):
+        self.checkpoints.append((run_id, step, path, sha256))
+        return len(self.checkpoints)
 
-    def enqueue_validation(redis_client, config, checkpoint_id):
-        if calls["fail_enqueue"]:
-            calls["fail_enqueue"] -= 1
+
+def test_default_hook_registers_once_even_when_enqueue_is_retried(config, client):
+    registry, enqueued, failures = FakeRegistry(), [], [1]
+
+    def enqueue(redis_client, cfg, checkpoint_id):
+        if failures[0]:
+            failures[0] -= 1
             raise redis.ConnectionError("Redis went away")
-        calls["enqueue"].append(checkpoint_id)
+        enqueued.append(checkpoint_id)
 
-    monkeypatch.setitem(sys.modules, "shared.registry", types.SimpleNamespace(Registry=Registry))
-    monkeypatch.setitem(sys.modules, "shared.pipeline.validation", types.SimpleNamespace(enqueue_validation=enqueue_validation))
-    return calls
-
-
-def test_default_hook_registers_once_even_when_enqueue_is_retried(config, client, fake_registry):
-    hook = default_checkpoint_hook(config, client)
-    fake_registry["fail_enqueue"] = 1
+    hook = default_checkpoint_hook(config, client, registry=registry, enqueue=enqueue)
     with pytest.raises(redis.ConnectionError):
         hook(5, Path("/ck/ckpt-5.pt"), "a" * 64)
     assert hook(5, Path("/ck/ckpt-5.pt"), "a" * 64) == 1  # the retry does not add a second row
     assert hook(10, Path("/ck/ckpt-10.pt"), "b" * 64) == 2
-    assert fake_registry["add_checkpoint"] == [("test-run", 5, "/ck/ckpt-5.pt", "a" * 64), ("test-run", 10, "/ck/ckpt-10.pt", "b" * 64)]
-    assert fake_registry["enqueue"] == [1, 2]
-    assert len(fake_registry["ensure_run"]) == 1 and fake_registry["ensure_run"][0][:2] == ("test-run", "EURUSD")
-    assert fake_registry["url"] == config.pipeline.database_url
+    assert registry.checkpoints == [("test-run", 5, "/ck/ckpt-5.pt", "a" * 64), ("test-run", 10, "/ck/ckpt-10.pt", "b" * 64)]
+    assert enqueued == [1, 2]
+    assert len(registry.runs) == 1 and registry.runs[0][:2] == ("test-run", "EURUSD")
 
 
 def _parser():
@@ -363,7 +354,29 @@ def _parser():
     return parser
 
 
-def test_cli_entrypoints_run_collector_then_trainer(config, client, prefix, fake_registry, capsys):
+def test_cli_entrypoints_run_collector_then_trainer(config, client, prefix, capsys):
+    """The real entrypoints, the real SQLite registry and RQ queue (ids start at a random
+    offset: RQ job ids ``validate-<id>`` are global on a shared Redis)."""
+    from sqlalchemy import text
+
+    registry = Registry(config.pipeline.database_url)
+    offset = random.randrange(10**6, 10**9)
+    with registry.engine.begin() as conn:
+        conn.execute(text("INSERT INTO sqlite_sequence (name, seq) VALUES ('checkpoints', :seq)"), {"seq": offset})
+    try:
+        _run_collector_then_trainer(config, client, prefix, registry, offset, capsys)
+    finally:
+        for key in client.scan_iter(match=f"rq:*validate-{offset + 1}*"):
+            client.delete(key)
+        for key in client.scan_iter(match=f"rq:*validate-{offset + 2}*"):
+            client.delete(key)
+        client.srem("rq:queues", f"rq:queue:{config.pipeline.validation_queue}")
+        registry.close()
+
+
+def _run_collector_then_trainer(config, client, prefix, registry, offset, capsys):
+    from rq import Queue
+
     parser = _parser()
     args = parser.parse_args(["collector", "--device", "cpu", "--id", f"{prefix}-cli", "--max-episodes", "10", "--metrics-port", "0"])
     assert args.func(args, config) == 0
@@ -378,16 +391,18 @@ def test_cli_entrypoints_run_collector_then_trainer(config, client, prefix, fake
     inserted = int(out.split("trainer: step 7, ")[1].split(" episodes inserted")[0])
     # The trainer reads only as far ahead as samples-per-insert allows; the rest waits in the stream.
     assert 2 <= inserted <= 10 and stream.lag(config.pipeline.consumer_group) == 10 - inserted
-    steps = [c[1] for c in fake_registry["add_checkpoint"]]
-    assert steps == [5, 7] and fake_registry["enqueue"] == [1, 2]  # registered, validation enqueued
+    steps = [c.step for c in reversed(registry.list_checkpoints())]
+    assert steps == [5, 7]  # registered ...
+    queue = Queue(config.pipeline.validation_queue, connection=client)
+    assert sorted(queue.job_ids) == [f"validate-{offset + 1}", f"validate-{offset + 2}"]  # ... validation enqueued
     record = read_model(client, config.pipeline.model_key)
-    assert (record["version"], record["checkpoint_id"]) == (7, 2)
+    assert (record["version"], record["checkpoint_id"]) == (7, offset + 2)
     assert stream.pending_count(config.pipeline.consumer_group) == 0
 
     # Restarted, it resumes from step 7 (no new steps: max reached) and republishes nothing new.
     assert args.func(args, config) == 0
     assert "trainer: step 7" in capsys.readouterr().out
-    assert len(fake_registry["add_checkpoint"]) == 2
+    assert registry.count_checkpoints() == 2
 
 
 def test_cli_needs_a_redis_url(config, monkeypatch):
@@ -415,8 +430,8 @@ def test_bench_transport_measures_and_cleans_up(config, market, client):
 
 def test_bench_pipeline_command_reports_transport_and_act_latency(config, tmp_path, capsys):
     """`microzero bench pipeline` end to end: real Redis, a real `microzero api` process."""
+    from services.cli import build_parser
     from shared.bench import _bench_pipeline, _print_pipeline
-    from shared.cli import build_parser
     from shared.config import load_config
 
     config_file = tmp_path / "config.json"
