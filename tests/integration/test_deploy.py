@@ -22,7 +22,7 @@ import shared.observability as observability
 from shared.cli import build_parser
 from shared.config import Config, load_config
 
-from tests.helpers import REPO  # noqa: E402
+from tests.helpers import REPO
 
 ROOT = REPO
 COMPOSE = ROOT / "docker-compose.yml"

@@ -1,7 +1,7 @@
 """Faults: Redis stopped mid-run and restarted, and a trainer killed with SIGKILL.
 
-Each test starts its own ``redis-server`` on a free port with AOF (``appendfsync
-always``) in ``tmp_path``, so a restart on the same port keeps the stream, the group
+Each test starts its own ``redis-server`` on a unix socket with AOF (``appendfsync
+always``) in ``tmp_path``, so a restart on the same socket keeps the stream, the group
 and its pending entries.
 """
 
@@ -21,35 +21,37 @@ import pytest
 import redis
 
 from shared.learning.checkpoint import latest_checkpoint, load_checkpoint
-from services.collector.loop import Collector, load_pipeline_market
-from shared.transport.connection import connect
-from shared.transport.streams import TRAINER_STATUS_KEY, EpisodeStream, read_model
+from services.collector.loop import Collector
 from services.trainer.loop import Trainer
-from tests.helpers import free_port
-from tests.test_collector_trainer import Worker, sample, tiny_config, wait_until
+from shared.market import open_market
+from shared.transport.connection import connect
+from shared.transport.keys import RedisKeys
+from shared.transport.streams import EpisodeStream, read_model
+from tests.helpers import REPO
+from tests.services.test_collector_trainer import Worker, sample, tiny_config, wait_until
 
-pytestmark = pytest.mark.usefixtures("one_torch_thread")
-
-from tests.helpers import REPO  # noqa: E402
+pytestmark = [pytest.mark.usefixtures("one_torch_thread"), pytest.mark.redis, pytest.mark.slow]
 
 
 class RedisServer:
-    """A private redis-server with AOF in `directory`; stop() and start() keep the port."""
+    """A private redis-server with AOF in `directory`, on a unix socket (no TCP port to
+    pick); stop() and start() keep the socket path."""
 
     def __init__(self, directory: Path) -> None:
         self.binary = os.environ.get("REDIS_SERVER") or shutil.which("redis-server")
         assert self.binary, "redis-server is not installed"
-        self.directory, self.port, self.process = directory, free_port(), None
-        self.url = f"redis://127.0.0.1:{self.port}/0"
+        self.directory, self.process = directory, None
+        self.socket = directory / "redis.sock"
+        self.url = f"unix://{self.socket}?db=0"
 
     def start(self) -> None:
         self.process = subprocess.Popen(
-            [self.binary, "--port", str(self.port), "--bind", "127.0.0.1", "--dir", str(self.directory),
+            [self.binary, "--port", "0", "--unixsocket", str(self.socket), "--dir", str(self.directory),
              "--appendonly", "yes", "--appendfsync", "always", "--save", "", "--daemonize", "no",
              "--logfile", str(self.directory / "redis.log")],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         )
-        probe = redis.Redis(port=self.port, socket_connect_timeout=0.2)
+        probe = redis.Redis(unix_socket_path=str(self.socket), socket_connect_timeout=0.2)
         deadline = time.monotonic() + 10
         while True:
             try:
@@ -87,7 +89,7 @@ def config(data_dir, tmp_path, server):
 
 @pytest.fixture
 def market(config):
-    return load_pipeline_market(config)
+    return open_market(config, config.pipeline.symbol)
 
 
 def test_redis_restart_loses_no_episode_and_inserts_none_twice(config, market, server):
@@ -179,7 +181,7 @@ def test_trainer_killed_with_sigkill_resumes_from_its_checkpoint(config, market,
         second = _trainer_process(config_file, server, log_file)
 
         def status() -> dict:
-            raw = client.get(TRAINER_STATUS_KEY)
+            raw = client.get(RedisKeys.from_config(config).trainer_status)
             return json.loads(raw) if raw else {}
 
         wait_until(

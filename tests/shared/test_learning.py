@@ -35,7 +35,7 @@ SMALL = ModelConfig(
     window=W, tcn_channels=16, tcn_dilations=(1, 2, 4), hidden=64, residual_blocks=1,
     head_hidden=32, encoder_hidden=32, dropout=0.0,
 )
-from tests.helpers import REPO  # noqa: E402
+from tests.helpers import REPO
 
 
 # ----------------------------------------------------------------------------- fixtures

@@ -20,8 +20,10 @@ from shared.episode import Episode
 from shared.transport.codec import EpisodeDecodeError, decode_episode, encode_episode
 from shared.transport.connection import Backoff, call_with_retry, connect, embedded_redis
 from shared.transport.streams import FIELD, EpisodeStream, publish_model, read_model
+from tests.helpers import REPO
 
-from tests.helpers import REPO  # noqa: E402
+pytestmark = pytest.mark.redis
+
 REDIS_URL = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0")
 
 
@@ -74,7 +76,7 @@ def test_codec_round_trip_is_exact_and_small():
 
 
 def test_codec_never_pickles():
-    tree = ast.parse((REPO / "shared/pipeline/codec.py").read_text())
+    tree = ast.parse((REPO / "shared/transport/codec.py").read_text())
     imported = {a.name for n in ast.walk(tree) if isinstance(n, (ast.Import, ast.ImportFrom)) for a in n.names}
     imported |= {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)}
     assert not imported & {"pickle", "cPickle", "dill", "cloudpickle", "marshal"}
@@ -324,12 +326,12 @@ def test_connect_fails_fast_on_a_dead_port():
     import socket
 
     with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]  # nothing listens here once closed
-    client = connect(f"redis://127.0.0.1:{port}/0")
-    started = time.monotonic()
-    with pytest.raises(redis.ConnectionError):
-        client.ping()
+        s.bind(("127.0.0.1", 0))  # held, never listening: connections are refused
+        port = s.getsockname()[1]
+        client = connect(f"redis://127.0.0.1:{port}/0")
+        started = time.monotonic()
+        with pytest.raises(redis.ConnectionError):
+            client.ping()
     assert time.monotonic() - started < 3
     with pytest.raises(ValueError, match="no Redis URL"):
         connect("")
