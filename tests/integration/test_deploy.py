@@ -19,7 +19,7 @@ from prometheus_client.metrics import MetricWrapperBase
 from pydantic import BaseModel
 
 import shared.observability as observability
-from shared.cli import build_parser
+from services.cli import build_parser
 from shared.config import Config, load_config
 
 from tests.helpers import REPO
@@ -200,7 +200,7 @@ def test_service_command_is_a_real_microzero_subcommand(variant, service, comman
     if args is None:
         pytest.fail(
             f"{variant} compose service {service!r}: `microzero {' '.join(command)}` is rejected by "
-            f"shared.cli.build_parser() (sub-command not wired into COMMAND_MODULES, or a bad flag):\n"
+            f"services.cli.build_parser() (sub-command not wired into its COMMANDS, or a bad flag):\n"
             + capsys.readouterr().err
         )
     assert args.command == command[0]

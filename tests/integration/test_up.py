@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -22,12 +23,13 @@ import httpx
 import pytest
 
 from shared.bench_api import sample_act_payload
-from tests.helpers import free_port
+
+pytestmark = pytest.mark.slow
 
 TOKEN = "e2e-token"
 
 
-def _config(tmp_path: Path, api_port: int) -> Path:
+def _config(tmp_path: Path) -> Path:
     config = {
         "model": {"tcn_channels": 8, "hidden": 32, "head_hidden": 16, "encoder_hidden": 16, "residual_blocks": 1},
         "search": {"num_simulations": 2},
@@ -37,7 +39,7 @@ def _config(tmp_path: Path, api_port: int) -> Path:
         },
         "train": {"num_envs": 4, "checkpoint_every": 20},
         "pipeline": {
-            "api_port": api_port, "api_token": TOKEN, "validation_chunks": 4,
+            "api_port": 0, "api_token": TOKEN,  # 0: the API binds a port the OS picks "validation_chunks": 4,
             "collector_metrics_port": 0, "trainer_metrics_port": 0, "validator_metrics_port": 0,
         },
     }
@@ -66,22 +68,31 @@ def _port_open(port: int) -> bool:
 
 @pytest.mark.timeout(480)
 def test_microzero_up_trains_validates_and_serves_the_best_checkpoint(tmp_path):
-    port = free_port()
-    config_file = _config(tmp_path, port)
+    config_file = _config(tmp_path)
     env = {k: v for k, v in os.environ.items() if not k.startswith("MZ_") and k != "REDIS_URL"}  # embedded Redis
     log_path = tmp_path / "up.log"
     with open(log_path, "w") as log:
         up = subprocess.Popen(
-            [sys.executable, "-m", "shared.cli", "--config", str(config_file), "up", "--minutes", "6", "--status-every", "2"],
+            [sys.executable, "-m", "services.cli", "--config", str(config_file), "up", "--minutes", "6", "--status-every", "2"],
             cwd=tmp_path, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
         )
 
     def fail(why: str):
         pytest.fail(f"{why}\n--- microzero up log (tail) ---\n{log_path.read_text()[-6000:]}")
 
-    base = f"http://127.0.0.1:{port}"
-    client = httpx.Client(base_url=base, timeout=30)
+    port = None
+    client = httpx.Client(timeout=30)
     try:
+        deadline = time.monotonic() + 180
+        while port is None:  # the API's log says which port it bound
+            found = re.search(r"Uvicorn running on http://127\.0\.0\.1:(\d+)", log_path.read_text())
+            if found:
+                port = int(found.group(1))
+            elif up.poll() is not None or time.monotonic() > deadline:
+                fail("the API never reported its port")
+            else:
+                time.sleep(0.5)
+        client.base_url = httpx.URL(f"http://127.0.0.1:{port}")
         status, deadline = None, time.monotonic() + 360
         while time.monotonic() < deadline:
             if up.poll() is not None:
@@ -142,5 +153,5 @@ def test_microzero_up_trains_validates_and_serves_the_best_checkpoint(tmp_path):
 
     assert code == 0, log_path.read_text()[-3000:]
     assert not leftovers, f"processes still running after Ctrl-C: {leftovers}"
-    assert not _port_open(port)
+    assert port is not None and not _port_open(port)
     assert "stopping services" in log_path.read_text()

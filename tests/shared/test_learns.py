@@ -15,6 +15,7 @@ from shared.model.networks import StochasticMuZeroNet
 from shared.training import evaluate, train
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(900)
 def test_greedy_agent_beats_random_and_earns_on_held_out_bars(tmp_path):
     torch.manual_seed(0)

@@ -17,7 +17,7 @@ from sqlalchemy.exc import IntegrityError
 from shared.registry import CheckpointRecord, CheckpointRow, Registry, ValidationRecord
 
 POSTGRES_URL = os.environ.get("MZ_TEST_POSTGRES_URL")
-BACKENDS = ["sqlite"] + (["postgresql"] if POSTGRES_URL else [])
+BACKENDS = ["sqlite"] + ([pytest.param("postgresql", marks=pytest.mark.postgres)] if POSTGRES_URL else [])
 SHA = {i: f"{i:064x}" for i in range(100)}
 
 
