@@ -9,7 +9,7 @@ import logging
 import signal
 import sys
 import threading
-from typing import Callable
+from collections.abc import Callable
 
 from shared.config import Config
 
@@ -51,7 +51,9 @@ def start_metrics(requested: int | None, configured: int) -> None:
     try:
         port = serve_metrics(port)
     except OSError as exc:
-        raise CommandError(f"cannot serve metrics on port {port} ({exc.strerror}); pass --metrics-port 0 for any free port")
+        raise CommandError(
+            f"cannot serve metrics on port {port} ({exc.strerror}); pass --metrics-port 0 for any free port"
+        ) from exc
     logging.getLogger(__name__).info("metrics on http://0.0.0.0:%d/metrics", port)
 
 

@@ -38,7 +38,7 @@ def _run(args: argparse.Namespace, config: Config) -> int:
     try:
         client.ping()
     except redis.RedisError as exc:
-        raise CommandError(f"cannot reach Redis at {url}: {exc}")
+        raise CommandError(f"cannot reach Redis at {url}: {exc}") from exc
     if getattr(args, "config", None):
         # Jobs read their config with load_config(), i.e. from $MZ_CONFIG and MZ_*.
         os.environ["MZ_CONFIG"] = os.path.abspath(args.config)

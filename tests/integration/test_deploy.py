@@ -21,7 +21,6 @@ from pydantic import BaseModel
 import shared.observability as observability
 from services.cli import build_parser
 from shared.config import Config, load_config
-
 from tests.helpers import REPO
 
 ROOT = REPO

@@ -20,9 +20,9 @@ from pathlib import Path
 import pytest
 import redis
 
-from shared.learning.checkpoint import latest_checkpoint, load_checkpoint
 from services.collector.loop import Collector
 from services.trainer.loop import Trainer
+from shared.learning.checkpoint import latest_checkpoint, load_checkpoint
 from shared.market import open_market
 from shared.transport.connection import connect
 from shared.transport.keys import RedisKeys

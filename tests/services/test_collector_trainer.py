@@ -17,27 +17,27 @@ import redis
 import torch
 from prometheus_client import REGISTRY
 
+from services.collector.loop import Collector
+from services.trainer.loop import Trainer, default_checkpoint_hook
 from shared.config import Config
 from shared.learning.checkpoint import (
     latest_checkpoint,
     load_checkpoint,
     save_checkpoint,
 )
+from shared.market import open_market
 from shared.model import ModelConfig
 from shared.model.networks import StochasticMuZeroNet
-from services.collector.loop import Collector
+from shared.registry import Registry
+from shared.selfplay import SelfPlay
 from shared.transport.connection import connect
+from shared.transport.keys import RedisKeys
 from shared.transport.streams import (
     FIELD,
     EpisodeStream,
     publish_model,
     read_model,
 )
-from services.trainer.loop import Trainer, default_checkpoint_hook
-from shared.market import open_market
-from shared.registry import Registry
-from shared.selfplay import SelfPlay
-from shared.transport.keys import RedisKeys
 
 pytestmark = [pytest.mark.usefixtures("one_torch_thread"), pytest.mark.redis]
 

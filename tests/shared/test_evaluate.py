@@ -24,7 +24,12 @@ from shared.data.synthetic import synthetic_bars
 from shared.env import VecTradingEnv
 from shared.evaluation.run import evaluate_split
 from shared.evaluation.stats import (
-    NEGATIVE, NO_EVIDENCE, POSITIVE, TOO_FEW, bootstrap_mean_ci, verdict,
+    NEGATIVE,
+    NO_EVIDENCE,
+    POSITIVE,
+    TOO_FEW,
+    bootstrap_mean_ci,
+    verdict,
 )
 from shared.learning.checkpoint import save_checkpoint, write_checkpoint_bytes
 from shared.market import restrict_to_split

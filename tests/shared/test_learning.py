@@ -28,6 +28,7 @@ from shared.learning import (
 )
 from shared.market import MarketData
 from shared.model import ModelConfig, StochasticMuZeroNet
+from tests.helpers import REPO
 
 W = 16  # a short window keeps the tests fast; the code takes any W
 PENALTY = 0.01
@@ -35,8 +36,6 @@ SMALL = ModelConfig(
     window=W, tcn_channels=16, tcn_dilations=(1, 2, 4), hidden=64, residual_blocks=1,
     head_hidden=32, encoder_hidden=32, dropout=0.0,
 )
-from tests.helpers import REPO
-
 
 # ----------------------------------------------------------------------------- fixtures
 

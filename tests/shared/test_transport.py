@@ -9,7 +9,6 @@ import os
 import struct
 import time
 import uuid
-from pathlib import Path
 
 import numpy as np
 import pytest

@@ -20,9 +20,9 @@ import redis
 import torch
 from rq import Queue
 
-from shared.actions import Action
 from services.api.app import create_app
 from services.api.inference import observation_from_bars
+from shared.actions import Action
 from shared.bench_api import bench_act, sample_act_payload
 from shared.config import Config
 from shared.data.synthetic import synthetic_bars

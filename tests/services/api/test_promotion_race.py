@@ -80,12 +80,14 @@ def test_validator_and_promote_endpoint_race_to_one_agreed_best(config, tmp_path
                 barrier = threading.Barrier(2)
                 results: dict[str, object] = {}
 
-                def validator(cid: int = by_validator, s: float = score) -> None:
+                def validator(
+                    cid: int = by_validator, s: float = score, barrier: threading.Barrier = barrier, results=results
+                ) -> None:
                     barrier.wait()
                     record = validator_registry.get_checkpoint(cid)
                     results["validator"] = update_best(validator_registry, config, record, s)
 
-                def api(cid: int = by_api) -> None:
+                def api(cid: int = by_api, barrier: threading.Barrier = barrier, results=results) -> None:
                     barrier.wait()
                     results["api"] = client.post(
                         f"/checkpoints/{cid}/promote", headers={"Authorization": f"Bearer {TOKEN}"}

@@ -37,7 +37,10 @@ from rq.job import Job, JobStatus
 from rq.serializers import JSONSerializer
 from sqlalchemy import text
 
+from services.validator import job as validation
+from services.validator.job import ValidationFailed, update_best
 from services.validator.main import register
+from services.validator.scoring import quality_score
 from services.validator.worker import build_worker
 from shared.cli import CommandError
 from shared.config import Config
@@ -47,13 +50,10 @@ from shared.learning.checkpoint import load_checkpoint, save_checkpoint
 from shared.metrics import compute_metrics
 from shared.model import ModelConfig
 from shared.model.networks import StochasticMuZeroNet
-from services.validator import job as validation
-from services.validator.job import ValidationFailed, update_best
-from services.validator.scoring import quality_score
+from shared.registry import Registry
 from shared.transport.jobs import LEGACY_JOB_FUNCTIONS, enqueue_validation, validation_queue
 from shared.transport.keys import RedisKeys
 from tests.helpers import REPO
-from shared.registry import Registry
 
 TINY_MODEL = ModelConfig(
     window=16, tcn_channels=8, tcn_dilations=(1, 2, 4), hidden=32, residual_blocks=1, head_hidden=16,
