@@ -7,6 +7,7 @@ else (data, backtest, train, evaluate, ...) is registered by the library
 
 from __future__ import annotations
 
+import argparse
 import sys
 
 from shared.cli import LIBRARY_COMMANDS
@@ -23,7 +24,7 @@ SERVICE_COMMANDS = (
 COMMANDS = LIBRARY_COMMANDS + SERVICE_COMMANDS
 
 
-def build_parser():  # type: ignore[no-untyped-def]
+def build_parser() -> argparse.ArgumentParser:
     return _build_parser(COMMANDS)
 
 

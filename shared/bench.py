@@ -8,6 +8,7 @@ import json
 import re
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -187,6 +188,7 @@ def _device(name: str):
 
 
 def _run(args: argparse.Namespace, config: Config) -> int:
+    show: Callable[[dict], None]
     if args.what == "env":
         sizes = [int(b) for b in (args.batch_sizes or "1,256,4096").split(",")]
         report, show = bench_env(config, sizes, args.seconds, args.symbol), _print_env

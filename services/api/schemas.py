@@ -36,7 +36,7 @@ MAX_TS = datetime(2200, 1, 1, tzinfo=UTC)
 Price = Annotated[float, Field(gt=0, lt=MAX_PRICE, allow_inf_nan=False)]
 FiniteFloat = Annotated[float, Field(allow_inf_nan=False)]
 
-_EXAMPLE_BARS = [
+_EXAMPLE_BARS: list[Any] = [
     {"ts": "2024-03-04T10:00:00Z", "open": 1.0841, "high": 1.0852, "low": 1.0838, "close": 1.0849, "volume": 1520},
     {"ts": "2024-03-04T11:00:00Z", "open": 1.0849, "high": 1.0856, "low": 1.0843, "close": 1.0845},
     "... at least 183 bars in all (119 warm-up bars of the features + the 64-bar window)",
@@ -95,6 +95,12 @@ class Position(BaseModel):
         return self
 
 
+_ACT_EXAMPLES: list[Any] = [
+    {"bars": _EXAMPLE_BARS, "position": {"side": 1, "bars_held": 12}, "symbol": "EURUSD"},
+    {"window": [[0.5] * 9 + [0.0] * 6, "... 64 rows of 15 numbers, oldest first"]},
+]
+
+
 class ActRequest(BaseModel):
     """Either ``bars`` (raw OHLC; the API builds the observation) or ``window`` (a ready observation).
 
@@ -113,12 +119,7 @@ class ActRequest(BaseModel):
 
     model_config = ConfigDict(
         extra="forbid",
-        json_schema_extra={
-            "examples": [
-                {"bars": _EXAMPLE_BARS, "position": {"side": 1, "bars_held": 12}, "symbol": "EURUSD"},
-                {"window": [[0.5] * 9 + [0.0] * 6, "... 64 rows of 15 numbers, oldest first"]},
-            ]
-        },
+        json_schema_extra={"examples": _ACT_EXAMPLES},
     )
 
     bars: list[Bar] | None = Field(None, max_length=MAX_BARS, description="OHLC bars, oldest first")
@@ -272,7 +273,7 @@ class PromoteResponse(BaseModel):
 
 
 def _record_dict(record: Any) -> dict[str, Any]:
-    if is_dataclass(record):
+    if is_dataclass(record) and not isinstance(record, type):
         data = asdict(record)
     elif isinstance(record, dict):
         data = dict(record)

@@ -32,6 +32,7 @@ import threading
 import time
 from collections import deque
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import redis
@@ -139,7 +140,7 @@ class Collector:
         self.stats = CollectorStats(self.id, secrets.token_hex(4))
         self.device = pick_device(None if device is None else str(device))
         self.market = market or open_market(config, pipe.symbol)
-        seed = int(np.random.SeedSequence().entropy % 2**32) if seed is None else seed
+        seed = int(np.random.SeedSequence().generate_state(1)[0]) if seed is None else seed
         torch.manual_seed(seed)
         self.model = StochasticMuZeroNet(config.model).to(self.device).eval()
         self.policy = _TimedSearchPolicy(self.model, config.search, self.device, seed=seed, stop_event=stop_event, label=self.id)
@@ -151,7 +152,7 @@ class Collector:
         self._model_sha: str | None = None
         self._refused: tuple[int, str] | None = None  # published record we failed to load
         self._backlog = 0
-        self._metrics = {
+        self._metrics: dict[str, Any] = {
             "produced": EPISODES_PRODUCED.labels(self.id),
             "env_steps": ENV_STEPS.labels(self.id),
             "version": COLLECTOR_MODEL_VERSION.labels(self.id),

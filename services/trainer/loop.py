@@ -320,7 +320,7 @@ class Trainer:
         for item in self.announcements:
             if item.hooked:
                 continue
-            if self.hook is not None:
+            if callable(self.hook):
                 try:
                     item.checkpoint_id = self.hook(item.step, item.path, item.sha256)
                 except REDIS_DOWN_ERRORS:

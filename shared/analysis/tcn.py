@@ -32,6 +32,7 @@ from shared.env import VecTradingEnv
 from shared.features import FEATURE_NAMES
 from shared.market import MarketData
 from shared.model.networks import StochasticMuZeroNet
+from shared.model.tcn import CausalConvBlock
 from shared.splits import Split
 
 POSITION_NAMES = ("side", "pnl", "bars_held", "drawdown", "max_drawdown", "accumulated_drawdown")
@@ -61,7 +62,9 @@ def tcn_kernels(model: StochasticMuZeroNet) -> list[Kernel]:
     """The convolution of every TCN block, first (reads the observation) to last."""
     kernels = []
     for block in model.representation_net.tcn.blocks:
+        assert isinstance(block, CausalConvBlock)
         norm = block.norm
+        assert norm.running_var is not None  # BatchNorm tracks running statistics here
         scale = norm.weight.detach() / torch.sqrt(norm.running_var + norm.eps)
         kernels.append(Kernel(int(block.conv.dilation[0]), block.conv.weight.detach().cpu().numpy().copy(),
                               scale.cpu().numpy()))

@@ -213,7 +213,7 @@ def _layout(fmt: str, lines: list[str], first: int, source: str) -> _Layout:
     """Build the layout of an explicitly named format; ``first`` is the first non-blank line."""
     head = lines[first]
     if fmt == "generic":
-        templates = ("YYYY-MM-DD hh:mm:ss", "YYYY-MM-DDThh:mm:ss", "YYYY-MM-DD hh:mm", "YYYY-MM-DD")
+        templates: tuple[str, ...] = ("YYYY-MM-DD hh:mm:ss", "YYYY-MM-DDThh:mm:ss", "YYYY-MM-DD hh:mm", "YYYY-MM-DD")
         return _header_layout(
             fmt, lines, first, _parse_generic_ts, "ISO-8601 like 2017-01-02 13:00:00", templates, source
         )

@@ -19,6 +19,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import duckdb
 import numpy as np
@@ -100,7 +101,7 @@ def detect_timeframe(ts: np.ndarray) -> str:
     if len(ts) < 2:
         return "?"
     step = np.median(np.diff(ts.astype("datetime64[us]").astype(np.int64)))
-    return timeframe_name(step / 1e6)
+    return timeframe_name(float(step) / 1e6)
 
 
 def bars_fingerprint(bars: Bars) -> str:
@@ -189,11 +190,11 @@ class BarStore:
             con.register("incoming", incoming)
             con.execute("BEGIN TRANSACTION")
             try:
-                matched, changed = con.execute(
+                matched, changed = _one(con.execute(
                     f"SELECT count(b.ts), count(*) FILTER (WHERE b.ts IS NOT NULL AND ({differs})) "
                     "FROM incoming i LEFT JOIN bars b ON b.symbol = ? AND b.ts = i.ts::TIMESTAMP",
                     [symbol],
-                ).fetchone()
+                ))
                 updates = ", ".join(f"{c} = excluded.{c}" for c in OHLCV)
                 con.execute(
                     f"INSERT INTO bars SELECT ?, i.ts::TIMESTAMP, {', '.join('i.' + c for c in OHLCV)} "
@@ -207,9 +208,9 @@ class BarStore:
                     "INSERT INTO imports VALUES (?, ?, ?, ?, ?, ?, ?)",
                     [symbol, source, sha256, len(bars), inserted, changed, _utc_now()],
                 )
-                first, last, total = con.execute(
+                first, last, total = _one(con.execute(
                     "SELECT min(ts), max(ts), count(*) FROM bars WHERE symbol = ?", [symbol]
-                ).fetchone()
+                ))
                 con.execute("COMMIT")
             except BaseException:
                 con.execute("ROLLBACK")
@@ -252,7 +253,7 @@ class BarStore:
         symbol = _normalise_symbol(symbol)
         with self._connect(write=True) as con:
             assert con is not None
-            (count,) = con.execute("SELECT count(*) FROM bars WHERE symbol = ?", [symbol]).fetchone()
+            (count,) = _one(con.execute("SELECT count(*) FROM bars WHERE symbol = ?", [symbol]))
             con.execute("BEGIN TRANSACTION")
             con.execute("DELETE FROM bars WHERE symbol = ?", [symbol])
             con.execute("DELETE FROM imports WHERE symbol = ?", [symbol])
@@ -272,7 +273,7 @@ class BarStore:
         Raises :class:`UnknownSymbolError` naming the stored symbols if there are none.
         """
         symbol = _normalise_symbol(symbol)
-        where, params = ["symbol = ?"], [symbol]
+        where, params = ["symbol = ?"], [symbol]  # type: list[str], list[object]
         if start is not None:
             where.append("ts >= ?")
             params.append(_to_timestamp(start))
@@ -356,11 +357,18 @@ def _normalise_symbol(symbol: str) -> str:
     return symbol
 
 
+def _one(cursor: duckdb.DuckDBPyConnection) -> tuple[Any, ...]:
+    """The one row an aggregate query returns."""
+    row = cursor.fetchone()
+    assert row is not None, "an aggregate query returned no row"
+    return row
+
+
 def _has_tables(con: duckdb.DuckDBPyConnection) -> bool:
-    return con.execute(
-        "SELECT count(*) FROM information_schema.tables WHERE table_name = 'bars'"
-    ).fetchone()[0] > 0
+    row = con.execute("SELECT count(*) FROM information_schema.tables WHERE table_name = 'bars'").fetchone()
+    return row is not None and row[0] > 0
 
 
 def _has_symbol(con: duckdb.DuckDBPyConnection, symbol: str) -> bool:
-    return con.execute("SELECT count(*) FROM (SELECT 1 FROM bars WHERE symbol = ? LIMIT 1)", [symbol]).fetchone()[0] > 0
+    row = con.execute("SELECT count(*) FROM (SELECT 1 FROM bars WHERE symbol = ? LIMIT 1)", [symbol]).fetchone()
+    return row is not None and row[0] > 0

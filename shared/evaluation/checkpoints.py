@@ -62,7 +62,7 @@ def count_trials(config: Config, ckpt: Checkpoint) -> Trials:
     reason = "the checkpoint is not recorded there"
     try:
         record, registry = _find_record(url, ckpt.sha256)
-        if record is not None:
+        if record is not None and registry is not None:
             n = registry.count_checkpoints(record.run_id)
             run = registry.get_run(record.run_id)
             registry.close()

@@ -9,6 +9,7 @@ first rows summarise earlier bars' prices exactly as live trading would see them
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -52,7 +53,7 @@ def evaluate_split(
     baselines (one trial each: they were not selected) over every decision bar of `split`."""
     local, local_split = restrict_to_split(market, split)
     _check_isolated(market, split, local, local_split)
-    run = dict(window=window, drawdown_penalty=drawdown_penalty, chunks=chunks)
+    run: dict[str, Any] = dict(window=window, drawdown_penalty=drawdown_penalty, chunks=chunks)
     results = {AGENT: backtest(local, local_split, agent, n_trials=n_trials, progress="agent" if progress else False, **run)}
     for name in (*BASELINES, *REFERENCES):
         results[name] = backtest(local, local_split, make_policy(name, local, seed), **run)

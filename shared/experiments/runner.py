@@ -18,9 +18,10 @@ import hashlib
 import json
 import shutil
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from tqdm import tqdm
@@ -92,21 +93,26 @@ def _train_muzero(config: Config, market: MarketData, run_dir: Path, seed: int, 
     checkpoints = run_dir / "checkpoints"
     marker = run_dir / "trained.json"
     if not marker.exists():
-        remaining = None
+        remaining: int | None = None
         if budget.minutes is not None:
             shutil.rmtree(checkpoints, ignore_errors=True)
         else:
+            assert budget.steps is not None  # a budget is steps or minutes
             latest = latest_checkpoint(checkpoints)
             remaining = budget.steps - (load_checkpoint(latest).step if latest else 0)
         start = time.monotonic()
         if remaining is None or remaining > 0:
             result = train(config, market, run_dir, steps=remaining, minutes=budget.minutes, device=device, seed=seed, progress=False)
-            played = {"steps": result.steps, "episodes": result.episodes, "env_steps": result.episodes * config.env.episode_length}
+            played: dict[str, int | None] = {
+                "steps": result.steps, "episodes": result.episodes, "env_steps": result.episodes * config.env.episode_length
+            }
         else:  # killed between the last checkpoint and the marker
             played = {"steps": budget.steps, "episodes": None, "env_steps": None}
         _write_json(marker, played | {"train_s": time.monotonic() - start})
     model = StochasticMuZeroNet(config.model).to(pick_device(device))
-    model.load_state_dict(load_checkpoint(latest_checkpoint(checkpoints)).state_dict)
+    trained = latest_checkpoint(checkpoints)
+    assert trained is not None, f"no checkpoint in {checkpoints}"
+    model.load_state_dict(load_checkpoint(trained).state_dict)
     return model, json.loads(marker.read_text())
 
 
@@ -153,7 +159,7 @@ def _same_run(spec: dict, reuse_from: list[Path]) -> Path | None:
 
 def run_one(
     config: Config, variant: Variant, market: MarketData, run_dir: Path, seed: int, budget: Budget, device: str,
-    reuse_from: list[Path] = (),
+    reuse_from: Sequence[Path] = (),
 ) -> dict:
     """Train and evaluate one (variant, seed), or return its stored (or an identical) result."""
     spec = run_spec(config, variant, seed, budget, market)
@@ -244,7 +250,7 @@ def run_experiment(
     small: bool = False,
     device: str = "cpu",
     progress: bool = True,
-    reuse_from: list[Path] = (),
+    reuse_from: Sequence[Path] = (),
 ) -> dict:
     """Every variant x seed, then the baselines; returns the rows of the results table."""
     if not seeds:
@@ -254,7 +260,8 @@ def run_experiment(
         from shared.experiments.ppo import require_sb3
 
         require_sb3()  # fail before hours of MuZero training, not after
-    rows, markets = [], {}
+    rows: list[dict[str, Any]] = []
+    markets: dict[str, MarketData] = {}
     bar = tqdm(total=len(configs) * len(seeds), desc=f"experiment {experiment.name}", unit="run", disable=not progress)
     for variant in experiment.variants:
         cfg = configs[variant.name]
@@ -277,7 +284,7 @@ def run_experiment(
                      "summary": summarise(runs), "runs": [_brief(r) for r in runs]})
     bar.close()
     # Baselines on the same split; the split bounds depend on the window, so once per window.
-    windows = {}
+    windows: dict[int, Config] = {}
     for variant in experiment.variants:
         windows.setdefault(configs[variant.name].env.window, configs[variant.name])
     for window, cfg in windows.items():

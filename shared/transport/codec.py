@@ -65,7 +65,7 @@ def encode_episode(episode: Episode) -> bytes:
         array = np.ascontiguousarray(array, dtype=dtype)
         specs.append({"name": name, "dtype": dtype.str, "shape": list(array.shape)})
         buffers.append(array.tobytes())
-    meta = {name: str(getattr(episode, name)) for name in META_STR}
+    meta: dict[str, str | int] = {name: str(getattr(episode, name)) for name in META_STR}
     meta.update({name: int(getattr(episode, name)) for name in META_INT})
     header = json.dumps({"format": FORMAT_VERSION, "meta": meta, "arrays": specs}, separators=(",", ":")).encode()
     return b"".join([_PREFIX.pack(MAGIC, len(header)), header, *buffers])
@@ -140,7 +140,7 @@ def decode_episode(data: bytes) -> Episode:
     if (raw_masks > 1).any():
         raise EpisodeDecodeError("episode legal_masks holds bytes other than 0 and 1")
     try:
-        return Episode(**meta, **arrays)
+        return Episode(**meta, **arrays)  # type: ignore[arg-type]  # fields checked against META_* above
     except ValueError as exc:  # Episode's own consistency checks
         raise EpisodeDecodeError(f"episode is inconsistent: {exc}") from None
 

@@ -16,6 +16,7 @@ import json
 import logging
 import time
 from collections.abc import Iterable
+from typing import Any
 
 import redis
 
@@ -120,7 +121,8 @@ class EpisodeStream:
     def claim_stale(self, group: str, consumer: str, min_idle_ms: int, count: int = 64) -> list[Entry]:
         """XAUTOCLAIM entries pending for more than `min_idle_ms` on any consumer (a dead
         trainer's), up to about `count`; decoded like :meth:`read`."""
-        claimed, cursor = [], "0-0"
+        claimed: list[tuple[Any, Any]] = []
+        cursor = "0-0"
         while len(claimed) < count:
             reply = self._group_call(
                 group, lambda c=cursor: self.redis.xautoclaim(self.stream, group, consumer, min_idle_ms, c, count=count)
