@@ -17,7 +17,7 @@ so the recurrent networks see inputs on one scale at every unroll depth, and the
 scaling bounds the latent without constraining its direction. LayerNorm is used
 *inside* the trunks (after each Linear) for stable training.
 
-The search talks to the model only through :class:`SearchModel` (scalars decoded,
+The search talks to the model only through ``shared.search.SearchModel`` (scalars decoded,
 codes and actions as integer indices); the learner uses the raw-logit methods
 (``represent``, ``predict``, ``afterstate``, ``afterstate_predict``, ``dynamics``,
 ``encode_chance``). Batching, device placement and ``torch.no_grad`` are the caller's
@@ -33,7 +33,6 @@ from torch import Tensor, nn
 from shared.model.config import ModelConfig
 from shared.model.support import scalar_to_support, support_to_scalar
 from shared.model.tcn import TCN
-from shared.search.search import SearchModel  # noqa: F401  (the protocol this network implements)
 
 # ----------------------------------------------------------------------------- pieces
 

@@ -12,7 +12,6 @@ from shared.config import Config
 from shared.model import (
     TCN,
     ModelConfig,
-    SearchModel,
     StochasticMuZeroNet,
     h,
     h_inverse,
@@ -20,6 +19,7 @@ from shared.model import (
     support_to_scalar,
 )
 from shared.model.cli import register
+from shared.search import SearchModel
 
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 CFG = ModelConfig()
