@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
-import socket
+import re
 import subprocess
 import sys
 import tempfile
@@ -132,9 +132,6 @@ def served_untrained_model(config: Config) -> Iterator[str]:
         registry.ensure_run("bench", config.pipeline.symbol, {})
         registry.set_best(registry.add_checkpoint("bench", 1, str(path), sha), str(path))
         registry.close()
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port = s.getsockname()[1]
         # The server reads a config of its own: this registry, and no Redis at all (a
         # configured one could hand it another published model than the one measured).
         pipeline = config.pipeline.model_copy(
@@ -147,21 +144,25 @@ def served_untrained_model(config: Config) -> Iterator[str]:
         with open(log_path, "w") as log:
             server = subprocess.Popen(
                 [sys.executable, "-m", "services.cli", "--config", str(server_config), "api", "--host", "127.0.0.1",
-                 "--port", str(port), "--log-level", "warning"],
+                 "--port", "0", "--log-level", "info"],  # port 0: the OS picks; the log says which
                 env=env, stdout=log, stderr=subprocess.STDOUT,
             )
-        url = f"http://127.0.0.1:{port}"
+        url = None
         try:
             deadline = time.monotonic() + 120
             while True:  # ready = the model is loaded (Redis is absent on purpose: 503 for that alone)
                 if server.poll() is not None:
                     raise RuntimeError(f"the benchmark API exited: {log_path.read_text()[-2000:]}")
-                try:
-                    checks = httpx.get(f"{url}/readyz", timeout=2).json()["checks"]
-                    if checks["model"]["ok"]:
-                        break
-                except (httpx.HTTPError, KeyError, ValueError):
-                    pass
+                if url is None:
+                    found = re.search(r"Uvicorn running on (http://127\.0\.0\.1:\d+)", log_path.read_text())
+                    url = found.group(1) if found else None
+                if url is not None:
+                    try:
+                        checks = httpx.get(f"{url}/readyz", timeout=2).json()["checks"]
+                        if checks["model"]["ok"]:
+                            break
+                    except (httpx.HTTPError, KeyError, ValueError):
+                        pass
                 if time.monotonic() > deadline:
                     raise RuntimeError("the benchmark API did not load its model within 120 s")
                 time.sleep(0.2)

@@ -5,10 +5,10 @@ from __future__ import annotations
 from typing import Any
 
 from fastapi import APIRouter
-from rq import Queue
 
 from services.api import schemas as S
 from services.api.deps import State
+from shared.transport.jobs import validation_queue
 from shared.transport.status import read_heartbeats, read_trainer_status
 
 router = APIRouter()
@@ -38,7 +38,7 @@ def status(state: State) -> S.StatusResponse:
         except Exception as exc:  # noqa: BLE001
             errors["redis"] = f"{type(exc).__name__}: {exc}"
         try:
-            q = Queue(config.pipeline.validation_queue, connection=r)
+            q = validation_queue(r, config)
             out["validation_queue"] = S.QueueStatus(
                 name=config.pipeline.validation_queue, depth=q.count, failed=q.failed_job_registry.count
             )
