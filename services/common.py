@@ -35,7 +35,9 @@ def setup_logging() -> None:
 
 def add_metrics_port_argument(parser: argparse.ArgumentParser, config_field: str) -> None:
     parser.add_argument(
-        "--metrics-port", type=int, default=None,
+        "--metrics-port",
+        type=int,
+        default=None,
         help=f"Prometheus port (default pipeline.{config_field}; 0 = any free port; -1 = none)",
     )
 

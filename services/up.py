@@ -89,7 +89,12 @@ def _child_env(redis_url: str, torch_processes: int) -> dict[str, str]:
 
 
 def run_up(
-    config: Config, *, config_file: str | None, collectors: int, device: str, duration_s: float | None,
+    config: Config,
+    *,
+    config_file: str | None,
+    collectors: int,
+    device: str,
+    duration_s: float | None,
     status_every_s: float,
 ) -> int:
     from shared.data.sample import ensure_sample
@@ -122,7 +127,12 @@ def run_up(
         try:
             for name, args in plan.items():
                 child = subprocess.Popen(
-                    command + args, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1,
+                    command + args,
+                    env=env,
+                    stdout=subprocess.PIPE,
+                    stderr=subprocess.STDOUT,
+                    text=True,
+                    bufsize=1,
                     start_new_session=True,  # Ctrl-C reaches us only; we stop the children in order
                 )
                 children[name] = child
@@ -131,7 +141,10 @@ def run_up(
             while not stop.wait(status_every_s):
                 dead = [name for name, child in children.items() if child.poll() is not None]
                 if dead:
-                    print(f"[up        ] {', '.join(dead)} exited (code {children[dead[0]].returncode}); stopping", flush=True)
+                    print(
+                        f"[up        ] {', '.join(dead)} exited (code {children[dead[0]].returncode}); stopping",
+                        flush=True,
+                    )
                     return 1
                 try:
                     line = _status_line(config, redis, registry)

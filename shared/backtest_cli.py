@@ -32,7 +32,9 @@ def _run(args: argparse.Namespace, config: Config) -> int:
         )
         for name in policies
     }
-    first, last = (np.datetime_as_string(market.ts[i], unit="m") for i in (split.first_decision(config.env.window), split.stop - 1))
+    first, last = (
+        np.datetime_as_string(market.ts[i], unit="m") for i in (split.first_decision(config.env.window), split.stop - 1)
+    )
     if args.json:
         print(
             json.dumps(

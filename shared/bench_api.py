@@ -143,9 +143,23 @@ def served_untrained_model(config: Config) -> Iterator[str]:
         log_path = folder / "api.log"
         with open(log_path, "w") as log:
             server = subprocess.Popen(
-                [sys.executable, "-m", "services.cli", "--config", str(server_config), "api", "--host", "127.0.0.1",
-                 "--port", "0", "--log-level", "info"],  # port 0: the OS picks; the log says which
-                env=env, stdout=log, stderr=subprocess.STDOUT,
+                [
+                    sys.executable,
+                    "-m",
+                    "services.cli",
+                    "--config",
+                    str(server_config),
+                    "api",
+                    "--host",
+                    "127.0.0.1",
+                    "--port",
+                    "0",
+                    "--log-level",
+                    "info",
+                ],  # port 0: the OS picks; the log says which
+                env=env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
             )
         url = None
         try:

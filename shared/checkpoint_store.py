@@ -138,7 +138,10 @@ def promote(
             BEST_SCORE.set(score)
     log.info(
         "checkpoint %d (run %s step %d) is the new best%s",
-        record.id, record.run_id, record.step, "" if score is None else f": score {score:.4f} > {incumbent:.4f}",
+        record.id,
+        record.run_id,
+        record.step,
+        "" if score is None else f": score {score:.4f} > {incumbent:.4f}",
     )
     if redis is not None:
         publish_best(redis, keys or RedisKeys.from_config(config), record.id, str(target))

@@ -67,7 +67,9 @@ def restrict_to_split(market: MarketData, split: Split) -> tuple[MarketData, Spl
     Do not call ``.splits()`` on the result: it is one split, not a whole series.
     """
     if not 0 <= split.start < split.stop <= len(market):
-        raise ValueError(f"split {split.name} rows [{split.start}, {split.stop}) lie outside the market's {len(market)} rows")
+        raise ValueError(
+            f"split {split.name} rows [{split.start}, {split.stop}) lie outside the market's {len(market)} rows"
+        )
     rows = slice(split.start, split.stop)
     arrays = {name: getattr(market, name)[rows].copy() for name in ("features", "close", "ts")}
     for array in arrays.values():

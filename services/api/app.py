@@ -64,8 +64,14 @@ def create_app(
     intra-op threads (None: torch's default).
     """
     state = ApiState(
-        config, registry, redis, keys or RedisKeys.from_config(config), poll_interval_s,
-        pick_device(device), max_batch, torch_threads,
+        config,
+        registry,
+        redis,
+        keys or RedisKeys.from_config(config),
+        poll_interval_s,
+        pick_device(device),
+        max_batch,
+        torch_threads,
     )
 
     @asynccontextmanager

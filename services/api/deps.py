@@ -217,7 +217,9 @@ class ApiState:
         self._failed = key
         log.error(
             "cannot load best checkpoint %s; keeping %s: %s",
-            checkpoint_id, describe_served(self.holder.current), " | ".join(errors) or "no file recorded",
+            checkpoint_id,
+            describe_served(self.holder.current),
+            " | ".join(errors) or "no file recorded",
         )
         return False
 
@@ -295,8 +297,6 @@ def registry_call(fn, *args, **kwargs):
     except Exception as exc:
         log.warning("registry call %s failed: %s", getattr(fn, "__name__", fn), exc)
         raise HTTPException(503, f"the registry is unavailable: {type(exc).__name__}: {exc}") from exc
-
-
 
 
 # ----------------------------------------------------------------------------- dependencies

@@ -145,7 +145,10 @@ class ModelHolder:
             previous, self._current = self._current, served
         log.info(
             "serving checkpoint %s (step %d, %s) on %s",
-            served.checkpoint_id, served.step, served.path, served.device,
+            served.checkpoint_id,
+            served.step,
+            served.path,
+            served.device,
         )
         return previous
 
@@ -177,8 +180,7 @@ def observation_from_bars(bars: Bars, side: int, bars_held: int, symbol: str, co
     if n < need:
         raise ObservationError(
             ("body", "bars"),
-            f"{n} bars sent; at least {need} are needed ({need - W} warm-up bars for the features "
-            f"+ a {W}-bar window)",
+            f"{n} bars sent; at least {need} are needed ({need - W} warm-up bars for the features + a {W}-bar window)",
         )
     if side not in (-1, 0, 1):
         raise ObservationError(("body", "position", "side"), f"side must be -1, 0 or 1, got {side}")
@@ -215,8 +217,15 @@ def observation_from_bars(bars: Bars, side: int, bars_held: int, symbol: str, co
     close[pad : pad + span] = bars.close[first:]
     close[pad + span] = bars.close[-1]
     env = VecTradingEnv(
-        feat, close, num_envs=1, pip=spec.pip, spread_pips=spec.spread_pips, window=W,
-        episode_length=bars_held + 1, drawdown_penalty=config.env.drawdown_penalty, strict=True,
+        feat,
+        close,
+        num_envs=1,
+        pip=spec.pip,
+        spread_pips=spec.spread_pips,
+        window=W,
+        episode_length=bars_held + 1,
+        drawdown_penalty=config.env.drawdown_penalty,
+        strict=True,
     )
     with np.errstate(all="ignore"):
         env.reset(starts=np.array([pad + entry - first]), lengths=np.array([bars_held + 1]))
@@ -229,7 +238,9 @@ def observation_from_bars(bars: Bars, side: int, bars_held: int, symbol: str, co
     if int(env.side[0]) != side or int(env.row[0]) != pad + span - 1:
         raise AssertionError(f"replay ended holding {int(env.side[0])} at row {int(env.row[0])}")  # a bug, not input
     if not np.isfinite(obs).all():
-        raise ObservationError(("body", "bars"), "the observation built from these bars is not finite (extreme prices?)")
+        raise ObservationError(
+            ("body", "bars"), "the observation built from these bars is not finite (extreme prices?)"
+        )
     return Observation(obs=obs, side=side, legal=env.legal_mask()[0].copy())
 
 
@@ -240,8 +251,11 @@ def observation_from_window(window: list[list[float]], config: Config, side: int
         raise ObservationError(("body", "window"), f"window has {len(window)} rows; expected {W} (oldest bar first)")
     for i, row in enumerate(window):
         if len(row) != OBS_FEATURES:
-            hint = " (the 9 market features alone are not enough: send the 6 position columns too, or send bars)" \
-                if len(row) == NUM_MARKET_FEATURES else ""
+            hint = (
+                " (the 9 market features alone are not enough: send the 6 position columns too, or send bars)"
+                if len(row) == NUM_MARKET_FEATURES
+                else ""
+            )
             raise ObservationError(
                 ("body", "window", i), f"window[{i}] has {len(row)} values; expected {OBS_FEATURES}{hint}"
             )

@@ -297,6 +297,10 @@ def served_out(served: Any) -> ServedModel | None:
     if served is None:
         return None
     return ServedModel(
-        checkpoint_id=served.checkpoint_id, step=served.step, path=str(served.path), sha256=served.sha256,
-        device=str(served.device), loaded_at=served.loaded_at,
+        checkpoint_id=served.checkpoint_id,
+        step=served.step,
+        path=str(served.path),
+        sha256=served.sha256,
+        device=str(served.device),
+        loaded_at=served.loaded_at,
     )

@@ -143,10 +143,14 @@ class Collector:
         seed = int(np.random.SeedSequence().generate_state(1)[0]) if seed is None else seed
         torch.manual_seed(seed)
         self.model = StochasticMuZeroNet(config.model).to(self.device).eval()
-        self.policy = _TimedSearchPolicy(self.model, config.search, self.device, seed=seed, stop_event=stop_event, label=self.id)
+        self.policy = _TimedSearchPolicy(
+            self.model, config.search, self.device, seed=seed, stop_event=stop_event, label=self.id
+        )
         self.selfplay = SelfPlay.from_config(config, self.market, seed=seed, run_id=pipe.run_id)
         self.stream = EpisodeStream(client, self.keys.episodes, pipe.stream_maxlen)
-        self.max_lag = max_lag if max_lag is not None else min(max(2 * config.train.num_envs, 64), pipe.stream_maxlen // 2)
+        self.max_lag = (
+            max_lag if max_lag is not None else min(max(2 * config.train.num_envs, 64), pipe.stream_maxlen // 2)
+        )
         self.pending: deque[Episode] = deque()
         self.outage = Outage("collector")
         self._model_sha: str | None = None
@@ -166,8 +170,12 @@ class Collector:
     def run(self) -> CollectorStats:
         log.info(
             "collector %s (session %s) on %s: %d envs, stream %s, model key %s",
-            self.id, self.stats.session, self.device, self.config.train.num_envs,
-            self.stream.stream, self.keys.model,
+            self.id,
+            self.stats.session,
+            self.device,
+            self.config.train.num_envs,
+            self.stream.stream,
+            self.keys.model,
         )
         heartbeat_stop = threading.Event()
         heartbeat = threading.Thread(target=self._heartbeat_loop, args=(heartbeat_stop,), name="heartbeat", daemon=True)
@@ -219,7 +227,10 @@ class Collector:
             self._metrics["dropped"].inc()
             log.error(
                 "collector %s: %d episodes wait for Redis, the limit; DROPPED the oldest (%s). %d dropped so far",
-                self.id, len(self.pending) + 1, lost.episode_id, self.stats.dropped,
+                self.id,
+                len(self.pending) + 1,
+                lost.episode_id,
+                self.stats.dropped,
             )
         self.pending.append(episode)
         self._metrics["pending"].set(len(self.pending))
@@ -269,7 +280,10 @@ class Collector:
             self._refused = (version, sha)
             log.error(
                 "collector %s: cannot load published model version %d (%s); keeping version %d",
-                self.id, version, exc, self.stats.model_version,
+                self.id,
+                version,
+                exc,
+                self.stats.model_version,
             )
             return
         self._model_sha = sha
@@ -338,5 +352,9 @@ class Collector:
             pass
         log.info(
             "collector %s stopped: %d episodes played, %d pushed, %d dropped, model version %d",
-            self.id, self.stats.played, self.stats.pushed, self.stats.dropped, self.stats.model_version,
+            self.id,
+            self.stats.played,
+            self.stats.pushed,
+            self.stats.dropped,
+            self.stats.model_version,
         )

@@ -52,7 +52,9 @@ def register(subparsers) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="auto = cuda if available")
-    parser.add_argument("--id", default=None, help="collector id (default hostname-pid; must be unique among live collectors)")
+    parser.add_argument(
+        "--id", default=None, help="collector id (default hostname-pid; must be unique among live collectors)"
+    )
     parser.add_argument("--max-episodes", type=int, default=None, help="stop after pushing this many episodes")
     add_metrics_port_argument(parser, "collector_metrics_port")
     parser.set_defaults(func=_run)

@@ -59,7 +59,6 @@ class SeenIds:
             self._set.discard(self._order.popleft())
 
 
-
 class StreamIngest:
     """Reads one consumer's share of the episode stream into a replay buffer."""
 
@@ -106,11 +105,15 @@ class StreamIngest:
                 self.unacked.append(entry_id)
                 continue
             if item.split != "train":
-                self._reject(entry_id, item, f"episode {episode_id!r} was played on the {item.split!r} split, not 'train'")
+                self._reject(
+                    entry_id, item, f"episode {episode_id!r} was played on the {item.split!r} split, not 'train'"
+                )
                 continue
             if item.run_id != self.run_id:
                 self._reject(
-                    entry_id, item, f"episode {episode_id!r} belongs to run {item.run_id!r}, this trainer trains {self.run_id!r}"
+                    entry_id,
+                    item,
+                    f"episode {episode_id!r} belongs to run {item.run_id!r}, this trainer trains {self.run_id!r}",
                 )
                 continue
             try:

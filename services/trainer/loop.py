@@ -122,8 +122,10 @@ def default_checkpoint_hook(
         try:
             registry = Registry(config.pipeline.database_url)
         except Exception:
-            log.exception("cannot open the registry %s: checkpoints will not be registered or validated",
-                          config.pipeline.database_url)
+            log.exception(
+                "cannot open the registry %s: checkpoints will not be registered or validated",
+                config.pipeline.database_url,
+            )
             return None
     run_id, ids, state = config.pipeline.run_id, {}, {"run": False}
 
@@ -167,7 +169,9 @@ class Trainer:
         self.market = market or open_market(config, pipe.symbol)
         self.model = StochasticMuZeroNet(config.model).to(self.device)
         self.learner = Learner(self.model, config.learning, self.device)
-        self.replay = ReplayBuffer(self.market, config.learning, config.env.window, config.env.drawdown_penalty, seed=seed)
+        self.replay = ReplayBuffer(
+            self.market, config.learning, config.env.window, config.env.drawdown_penalty, seed=seed
+        )
         self.ratio = SamplesPerInsert.from_config(config.learning)
         self.stream = EpisodeStream(client, self.keys.episodes, pipe.stream_maxlen)
         # Absolute: the path is published to collectors and recorded in the registry.
@@ -175,7 +179,12 @@ class Trainer:
         self.hook = default_checkpoint_hook(config, client) if on_checkpoint is DEFAULT_HOOK else on_checkpoint
         self.stats = TrainerStats(inserted_ids=[] if record_ids else None)
         self.ingest = StreamIngest(
-            self.stream, self.group, self.consumer, self.replay, pipe.run_id, self.stats,
+            self.stream,
+            self.group,
+            self.consumer,
+            self.replay,
+            pipe.run_id,
+            self.stats,
             seen_capacity=max(4 * pipe.stream_maxlen, 100_000),
         )
         self.outage = Outage("trainer")
@@ -194,7 +203,12 @@ class Trainer:
         self._restore()
         log.info(
             "trainer %s on %s: stream %s group %s, checkpoints in %s, from step %d",
-            self.consumer, self.device, self.stream.stream, self.group, self.checkpoints_dir, self.learner.steps,
+            self.consumer,
+            self.device,
+            self.stream.stream,
+            self.group,
+            self.checkpoints_dir,
+            self.learner.steps,
         )
         try:
             while not self.stop_event.is_set() and not self._reached_max():
@@ -305,7 +319,12 @@ class Trainer:
         publishes exactly it (the previous process got that far)."""
         record = read_model(self.redis, self.keys.model)
         restored = self.announcements[0] if self.announcements else None
-        if record is not None and restored is not None and int(record["version"]) == restored.step and record["sha256"] == restored.sha256:
+        if (
+            record is not None
+            and restored is not None
+            and int(record["version"]) == restored.step
+            and record["sha256"] == restored.sha256
+        ):
             self.announcements.pop(0)
         self._check_published = False
 
@@ -329,9 +348,7 @@ class Trainer:
                     log.exception("checkpoint hook failed for %s; publishing it unregistered", item.path)
             item.hooked = True
         newest = self.announcements[-1]
-        publish_model(
-            self.redis, self.keys.model, newest.step, str(newest.path), newest.sha256, newest.checkpoint_id
-        )
+        publish_model(self.redis, self.keys.model, newest.step, str(newest.path), newest.sha256, newest.checkpoint_id)
         self.stats.published.append(newest.step)
         log.info("published model version %d (%s)", newest.step, newest.path)
         self.announcements = []
@@ -381,6 +398,7 @@ class Trainer:
         if self.learner.steps > self.last_saved_step:
             self._checkpoint()
         try:
+
             def finish() -> None:
                 self.ingest.ack()
                 self._announce()
@@ -392,5 +410,8 @@ class Trainer:
         self.learner.close()
         log.info(
             "trainer stopped at step %d: %d episodes inserted, %d duplicates, %d rejected",
-            self.learner.steps, self.stats.inserted, self.stats.duplicates, self.stats.rejected,
+            self.learner.steps,
+            self.stats.inserted,
+            self.stats.duplicates,
+            self.stats.rejected,
         )

@@ -56,8 +56,16 @@ log = logging.getLogger(__name__)
 
 VALIDATION_SPLIT = "validation"
 _SUMMARY = (
-    "trades", "win_rate", "expectancy", "total_pips", "profit_factor", "sqn", "amddp1_per_trade",
-    "max_drawdown_pips", "sharpe", "deflated_sharpe",
+    "trades",
+    "win_rate",
+    "expectancy",
+    "total_pips",
+    "profit_factor",
+    "sqn",
+    "amddp1_per_trade",
+    "max_drawdown_pips",
+    "sharpe",
+    "deflated_sharpe",
 )
 
 
@@ -121,7 +129,12 @@ def validate_checkpoint(checkpoint_id: int) -> dict[str, Any]:
 
     duration = time.monotonic() - started
     validation_id = registry.add_validation(
-        checkpoint_id, "ok", score=score, metrics=metrics.as_dict(), error=None, split=VALIDATION_SPLIT,
+        checkpoint_id,
+        "ok",
+        score=score,
+        metrics=metrics.as_dict(),
+        error=None,
+        split=VALIDATION_SPLIT,
         duration_s=duration,
     )
     VALIDATIONS.labels(status="ok").inc()
@@ -133,7 +146,13 @@ def validate_checkpoint(checkpoint_id: int) -> dict[str, Any]:
     is_best = update_best(registry, config, record, score)
     log.info(
         "checkpoint %d (run %s step %d): score %.4f, %d trades%s (%.1f s)",
-        checkpoint_id, record.run_id, record.step, score, metrics.trades, ", new best" if is_best else "", duration,
+        checkpoint_id,
+        record.run_id,
+        record.step,
+        score,
+        metrics.trades,
+        ", new best" if is_best else "",
+        duration,
     )
     summary = metrics.as_dict()
     return {
@@ -194,7 +213,9 @@ def _backtest(registry: Registry, config: Config, record: CheckpointRecord) -> t
     try:
         model.load_state_dict(ckpt.state_dict)
     except RuntimeError as exc:
-        raise ValidationFailed(record.id, f"checkpoint {record.path}: weights do not fit its model config ({exc})") from exc
+        raise ValidationFailed(
+            record.id, f"checkpoint {record.path}: weights do not fit its model config ({exc})"
+        ) from exc
     model.to(device).eval()
 
     run = registry.get_run(record.run_id)
@@ -210,7 +231,10 @@ def _backtest(registry: Registry, config: Config, record: CheckpointRecord) -> t
     # checkpoints of this run were tried, so the metrics are recomputed with n_trials.
     n_trials = max(1, registry.count_checkpoints(record.run_id))
     metrics = compute_metrics(
-        result.trades.net_pips, result.bar_pnl, market.bars_per_year, trade_amddp1=result.trades.amddp1,
+        result.trades.net_pips,
+        result.bar_pnl,
+        market.bars_per_year,
+        trade_amddp1=result.trades.amddp1,
         n_trials=n_trials,
     )
     return metrics, quality_score(metrics, config)

@@ -126,8 +126,12 @@ def _regex_parser(pattern: re.Pattern[str]) -> TsParser:
         g = m.groupdict()
         frac = g.get("f")
         dt = datetime(
-            int(g["Y"]), int(g["Mo"]), int(g["D"]),
-            int(g["h"] or 0), int(g["mi"] or 0), int(g.get("s") or 0),
+            int(g["Y"]),
+            int(g["Mo"]),
+            int(g["D"]),
+            int(g["h"] or 0),
+            int(g["mi"] or 0),
+            int(g.get("s") or 0),
             int((frac + "00000")[:6]) if frac else 0,
         )
         z = g.get("z")
@@ -179,8 +183,13 @@ def _sniff_delimiter(line: str, candidates: str = ",;\t") -> str:
 
 
 def _header_layout(
-    fmt: str, lines: list[str], header_idx: int, parse_ts: TsParser, ts_hint: str,
-    templates: tuple[str, ...], source: str,
+    fmt: str,
+    lines: list[str],
+    header_idx: int,
+    parse_ts: TsParser,
+    ts_hint: str,
+    templates: tuple[str, ...],
+    source: str,
 ) -> _Layout:
     header = lines[header_idx]
     delimiter = _sniff_delimiter(header)
@@ -204,8 +213,16 @@ def _header_layout(
     price_cols = tuple(names.index(c) for c in ("open", "high", "low", "close"))
     volume_col = next((names.index(n) for n in _VOLUME_NAMES if n in names), None)
     return _Layout(
-        fmt, delimiter, header_idx + 1, len(fields), ts_cols, price_cols,  # type: ignore[arg-type]
-        volume_col, parse_ts, ts_hint, templates,
+        fmt,
+        delimiter,
+        header_idx + 1,
+        len(fields),
+        ts_cols,
+        price_cols,  # type: ignore[arg-type]
+        volume_col,
+        parse_ts,
+        ts_hint,
+        templates,
     )
 
 
@@ -230,7 +247,15 @@ def _layout(fmt: str, lines: list[str], first: int, source: str) -> _Layout:
     if fmt == "histdata":
         delimiter = ";" if ";" in head or "," not in head else ","
         return _Layout(
-            fmt, delimiter, first, 6, (0,), (1, 2, 3, 4), 5, _regex_parser(_HISTDATA_RE), "YYYYMMDD HHMMSS",
+            fmt,
+            delimiter,
+            first,
+            6,
+            (0,),
+            (1, 2, 3, 4),
+            5,
+            _regex_parser(_HISTDATA_RE),
+            "YYYYMMDD HHMMSS",
             ("YYYYMMDD hhmmss",),
         )
     raise ValueError(f"unknown bar format {fmt!r}; choose one of {', '.join(FORMATS)}")
@@ -263,8 +288,10 @@ def _detect(lines: list[str], first: int, source: str) -> str:
         return "generic"
     shown = head if len(head) <= 120 else head[:117] + "..."
     raise BarImportError(
-        source, [], summary=f"cannot detect the bar format from the first line {shown!r}; "
-        f"pass --format, supported formats: {FORMAT_HELP}"
+        source,
+        [],
+        summary=f"cannot detect the bar format from the first line {shown!r}; "
+        f"pass --format, supported formats: {FORMAT_HELP}",
     )
 
 
@@ -272,7 +299,7 @@ def _detect(lines: list[str], first: int, source: str) -> str:
 def decode_bytes(data: bytes) -> str:
     """Decode a bar file: UTF-8 (with or without BOM) or UTF-16 (MT5 exports), else Latin-1."""
     if data.startswith(codecs.BOM_UTF8):
-        return data[len(codecs.BOM_UTF8):].decode("utf-8", errors="replace")
+        return data[len(codecs.BOM_UTF8) :].decode("utf-8", errors="replace")
     if data.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
         return data.decode("utf-16", errors="replace")
     sample = data[:200]
@@ -484,7 +511,9 @@ def _parse_floats(column: list[str], name: str, bad: dict[int, list[str]]) -> np
         return out
 
 
-def _report(errors: dict[int, list[str]], line_no: np.ndarray, mask: np.ndarray, describe: Callable[[int], str]) -> None:
+def _report(
+    errors: dict[int, list[str]], line_no: np.ndarray, mask: np.ndarray, describe: Callable[[int], str]
+) -> None:
     for i in np.flatnonzero(mask).tolist():
         errors.setdefault(int(line_no[i]), []).append(describe(i))
 
@@ -493,29 +522,61 @@ def _validate_values(line_no: np.ndarray, values: np.ndarray, errors: dict[int, 
     """Vectorised price/volume checks; ``values`` is [n, 5] open, high, low, close, volume."""
     finite = np.isfinite(values)
     ok = finite.all(axis=1)
-    _report(errors, line_no, ~ok, lambda i: "NaN or infinite " + ", ".join(
-        f"{name} ({float(values[i, k])!r})" for k, name in enumerate(_COLUMNS) if not finite[i, k]))
+    _report(
+        errors,
+        line_no,
+        ~ok,
+        lambda i: (
+            "NaN or infinite "
+            + ", ".join(f"{name} ({float(values[i, k])!r})" for k, name in enumerate(_COLUMNS) if not finite[i, k])
+        ),
+    )
     o, h, lo, c, v = values.T
     with np.errstate(invalid="ignore"):
-        _report(errors, line_no, ok & (values[:, :4] <= 0).any(axis=1), lambda i: "non-positive price: " + ", ".join(
-            f"{name}={float(values[i, k])!r}" for k, name in enumerate(_COLUMNS[:4]) if values[i, k] <= 0))
+        _report(
+            errors,
+            line_no,
+            ok & (values[:, :4] <= 0).any(axis=1),
+            lambda i: (
+                "non-positive price: "
+                + ", ".join(
+                    f"{name}={float(values[i, k])!r}" for k, name in enumerate(_COLUMNS[:4]) if values[i, k] <= 0
+                )
+            ),
+        )
         high_low = ok & (h < lo)
         _report(errors, line_no, high_low, lambda i: f"high {float(h[i])!r} < low {float(lo[i])!r}")
         ordered = ok & ~high_low
-        _report(errors, line_no, ordered & ((o < lo) | (o > h)),
-                lambda i: f"open {float(o[i])!r} outside [low, high] = [{float(lo[i])!r}, {float(h[i])!r}]")
-        _report(errors, line_no, ordered & ((c < lo) | (c > h)),
-                lambda i: f"close {float(c[i])!r} outside [low, high] = [{float(lo[i])!r}, {float(h[i])!r}]")
+        _report(
+            errors,
+            line_no,
+            ordered & ((o < lo) | (o > h)),
+            lambda i: f"open {float(o[i])!r} outside [low, high] = [{float(lo[i])!r}, {float(h[i])!r}]",
+        )
+        _report(
+            errors,
+            line_no,
+            ordered & ((c < lo) | (c > h)),
+            lambda i: f"close {float(c[i])!r} outside [low, high] = [{float(lo[i])!r}, {float(h[i])!r}]",
+        )
         _report(errors, line_no, ok & (v < 0), lambda i: f"negative volume {float(v[i])!r}")
 
 
 def _validate_order(line_no: np.ndarray, ts: np.ndarray, texts: list[str], errors: dict[int, list[str]]) -> None:
     """Each timestamp (UTC) must be later than the previous parsable row's."""
     step = np.diff(ts)
-    _report(errors, line_no, np.r_[False, step == np.timedelta64(0)],
-            lambda i: f"duplicate timestamp {texts[i].strip()!r} (same instant as line {line_no[i - 1]})")
-    _report(errors, line_no, np.r_[False, step < np.timedelta64(0)],
-            lambda i: f"non-increasing timestamp {texts[i].strip()!r} (line {line_no[i - 1]} has {texts[i - 1].strip()!r})")
+    _report(
+        errors,
+        line_no,
+        np.r_[False, step == np.timedelta64(0)],
+        lambda i: f"duplicate timestamp {texts[i].strip()!r} (same instant as line {line_no[i - 1]})",
+    )
+    _report(
+        errors,
+        line_no,
+        np.r_[False, step < np.timedelta64(0)],
+        lambda i: f"non-increasing timestamp {texts[i].strip()!r} (line {line_no[i - 1]} has {texts[i - 1].strip()!r})",
+    )
 
 
 def _to_utc(us: np.ndarray, offsets: np.ndarray, zone: ZoneInfo | int | None) -> np.ndarray:

@@ -174,7 +174,9 @@ class BarStore:
             con.close()
 
     # ------------------------------------------------------------------ writing
-    def import_bars(self, symbol: str, bars: Bars, source: str | None = None, sha256: str | None = None) -> ImportSummary:
+    def import_bars(
+        self, symbol: str, bars: Bars, source: str | None = None, sha256: str | None = None
+    ) -> ImportSummary:
         """Upsert ``bars`` by (symbol, ts) in one transaction.
 
         Re-importing the same bars changes nothing (all rows count as unchanged);
@@ -190,11 +192,13 @@ class BarStore:
             con.register("incoming", incoming)
             con.execute("BEGIN TRANSACTION")
             try:
-                matched, changed = _one(con.execute(
-                    f"SELECT count(b.ts), count(*) FILTER (WHERE b.ts IS NOT NULL AND ({differs})) "
-                    "FROM incoming i LEFT JOIN bars b ON b.symbol = ? AND b.ts = i.ts::TIMESTAMP",
-                    [symbol],
-                ))
+                matched, changed = _one(
+                    con.execute(
+                        f"SELECT count(b.ts), count(*) FILTER (WHERE b.ts IS NOT NULL AND ({differs})) "
+                        "FROM incoming i LEFT JOIN bars b ON b.symbol = ? AND b.ts = i.ts::TIMESTAMP",
+                        [symbol],
+                    )
+                )
                 updates = ", ".join(f"{c} = excluded.{c}" for c in OHLCV)
                 con.execute(
                     f"INSERT INTO bars SELECT ?, i.ts::TIMESTAMP, {', '.join('i.' + c for c in OHLCV)} "
@@ -208,9 +212,9 @@ class BarStore:
                     "INSERT INTO imports VALUES (?, ?, ?, ?, ?, ?, ?)",
                     [symbol, source, sha256, len(bars), inserted, changed, _utc_now()],
                 )
-                first, last, total = _one(con.execute(
-                    "SELECT min(ts), max(ts), count(*) FROM bars WHERE symbol = ?", [symbol]
-                ))
+                first, last, total = _one(
+                    con.execute("SELECT min(ts), max(ts), count(*) FROM bars WHERE symbol = ?", [symbol])
+                )
                 con.execute("COMMIT")
             except BaseException:
                 con.execute("ROLLBACK")
@@ -218,9 +222,15 @@ class BarStore:
             finally:
                 con.unregister("incoming")
         return ImportSummary(
-            symbol=symbol, source=source, rows_in_file=len(bars), rows_inserted=inserted,
-            rows_updated=changed, rows_unchanged=matched - changed,
-            first_ts=np.datetime64(first, "us"), last_ts=np.datetime64(last, "us"), total_bars=total,
+            symbol=symbol,
+            source=source,
+            rows_in_file=len(bars),
+            rows_inserted=inserted,
+            rows_updated=changed,
+            rows_unchanged=matched - changed,
+            first_ts=np.datetime64(first, "us"),
+            last_ts=np.datetime64(last, "us"),
+            total_bars=total,
         )
 
     def import_file(
@@ -307,7 +317,10 @@ class BarStore:
             ).fetchall()
         return [
             SymbolInfo(
-                symbol, np.datetime64(first, "us"), np.datetime64(last, "us"), int(count),
+                symbol,
+                np.datetime64(first, "us"),
+                np.datetime64(last, "us"),
+                int(count),
                 timeframe_name(step / 1e6 if step is not None else None),
             )
             for symbol, first, last, count, step in rows
@@ -334,16 +347,15 @@ class BarStore:
     def _unknown(self, symbol: str, con: duckdb.DuckDBPyConnection | None) -> UnknownSymbolError:
         available = (
             [r[0] for r in con.execute("SELECT DISTINCT symbol FROM bars ORDER BY symbol").fetchall()]
-            if con is not None and _has_tables(con) else []
+            if con is not None and _has_tables(con)
+            else []
         )
         if not available:
             return UnknownSymbolError(
                 f"no bars for {symbol!r}: the bar store {self.path} is empty; "
                 "run `microzero data sample` or `microzero data import PATH --symbol SYMBOL`"
             )
-        return UnknownSymbolError(
-            f"no bars for {symbol!r} in {self.path}; available symbols: {', '.join(available)}"
-        )
+        return UnknownSymbolError(f"no bars for {symbol!r} in {self.path}; available symbols: {', '.join(available)}")
 
 
 def _utc_now() -> datetime:

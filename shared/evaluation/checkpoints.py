@@ -67,8 +67,11 @@ def count_trials(config: Config, ckpt: Checkpoint) -> Trials:
             run = registry.get_run(record.run_id)
             registry.close()
             return Trials(
-                max(1, n), "registry", f"{n} checkpoint(s) of run {record.run_id!r} in the registry {registry!r}",
-                record.run_id, None if run is None else run.symbol,
+                max(1, n),
+                "registry",
+                f"{n} checkpoint(s) of run {record.run_id!r} in the registry {registry!r}",
+                record.run_id,
+                None if run is None else run.symbol,
             )
         if registry is None:
             reason = "there is no registry database"
@@ -102,6 +105,9 @@ def with_checkpoint_features(config: Config, ckpt: Checkpoint) -> Config:
     features = ckpt.features_config()
     if features is None or features == config.features:
         return config
-    print(f"note: using the checkpoint's feature settings {features.model_dump()} "
-          f"(config has {config.features.model_dump()})", file=sys.stderr)
+    print(
+        f"note: using the checkpoint's feature settings {features.model_dump()} "
+        f"(config has {config.features.model_dump()})",
+        file=sys.stderr,
+    )
     return config.model_copy(update={"features": features})

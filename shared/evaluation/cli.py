@@ -38,7 +38,10 @@ def _run(args: argparse.Namespace, config: Config) -> int:
     model_config = ckpt.model_config()
     window = model_config.window
     if window != config.env.window:
-        print(f"note: using the checkpoint's window of {window} bars (config env.window is {config.env.window})", file=sys.stderr)
+        print(
+            f"note: using the checkpoint's window of {window} bars (config env.window is {config.env.window})",
+            file=sys.stderr,
+        )
     # The search must expand as many chance codes as this network has (as the API does).
     search = config.search.model_copy(update={"num_chance_codes": model_config.chance_codes})
     config = config.model_copy(update={"search": search})
@@ -48,9 +51,15 @@ def _run(args: argparse.Namespace, config: Config) -> int:
     split = make_splits(len(market), config.splits, window)[args.split]
     device = pick_device(args.device)
     evaluation = evaluate_split(
-        market, split, greedy_policy(model.to(device), config, device),
-        window=window, drawdown_penalty=config.env.drawdown_penalty, chunks=args.chunks, seed=args.seed,
-        n_trials=trials.n, progress=not args.quiet,
+        market,
+        split,
+        greedy_policy(model.to(device), config, device),
+        window=window,
+        drawdown_penalty=config.env.drawdown_penalty,
+        chunks=args.chunks,
+        seed=args.seed,
+        n_trials=trials.n,
+        progress=not args.quiet,
     )
     interval = bootstrap_mean_ci(evaluation.results[AGENT].trades.net_pips, resamples=args.resamples, seed=args.seed)
     judged = verdict(interval)
@@ -81,11 +90,17 @@ def register(subparsers) -> None:
             "DIR/report.html (self-contained), the PNG charts, DIR/trades.csv and DIR/metrics.json."
         ),
     )
-    parser.add_argument("--checkpoint", required=True, help="checkpoint file, or 'best' (the validator's best.pt in pipeline.best_dir)")
+    parser.add_argument(
+        "--checkpoint", required=True, help="checkpoint file, or 'best' (the validator's best.pt in pipeline.best_dir)"
+    )
     parser.add_argument("--split", choices=HELD_OUT, default="test", help="held-out split (default: test)")
-    parser.add_argument("--symbol", default=None, help="symbol (default: the checkpoint's run in the registry, else config)")
+    parser.add_argument(
+        "--symbol", default=None, help="symbol (default: the checkpoint's run in the registry, else config)"
+    )
     parser.add_argument("--report", required=True, metavar="DIR", help="folder for the report files (created)")
-    parser.add_argument("--chunks", type=int, default=16, help="contiguous pieces played in parallel (default 16, as the validator)")
+    parser.add_argument(
+        "--chunks", type=int, default=16, help="contiguous pieces played in parallel (default 16, as the validator)"
+    )
     parser.add_argument("--seed", type=int, default=0, help="seed of the random baseline and the bootstrap")
     parser.add_argument("--resamples", type=int, default=10_000, help="bootstrap resamples (default 10000)")
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])

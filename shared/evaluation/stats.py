@@ -51,10 +51,12 @@ def bootstrap_mean_ci(
     if x.size == 0:
         return ExpectancyInterval(0, math.nan, math.nan, math.nan, confidence, resamples, seed)
     rng = np.random.default_rng(seed)
-    means = np.concatenate([
-        x[rng.integers(0, x.size, size=(min(_BATCH, resamples - done), x.size))].mean(axis=1)
-        for done in range(0, resamples, _BATCH)
-    ])
+    means = np.concatenate(
+        [
+            x[rng.integers(0, x.size, size=(min(_BATCH, resamples - done), x.size))].mean(axis=1)
+            for done in range(0, resamples, _BATCH)
+        ]
+    )
     tail = (1 - confidence) / 2
     low, high = np.quantile(means, [tail, 1 - tail])
     return ExpectancyInterval(int(x.size), float(x.mean()), float(low), float(high), confidence, resamples, seed)

@@ -68,8 +68,16 @@ def _run(args: argparse.Namespace, config: Config) -> int:
     start = time.monotonic()
     try:
         result = run_experiment(
-            experiment, config, lambda cfg: open_market(cfg, symbol, store=store), out, seeds=args.seeds, budget=budget,
-            small=args.small, device=args.device, progress=not args.quiet, reuse_from=[Path(p) for p in args.reuse_runs_from],
+            experiment,
+            config,
+            lambda cfg: open_market(cfg, symbol, store=store),
+            out,
+            seeds=args.seeds,
+            budget=budget,
+            small=args.small,
+            device=args.device,
+            progress=not args.quiet,
+            reuse_from=[Path(p) for p in args.reuse_runs_from],
         )
     except MissingDependency as exc:
         print(f"microzero experiment {experiment.name}: {exc}", file=sys.stderr)
@@ -109,20 +117,32 @@ def register(subparsers) -> None:
     )
     parser.add_argument("name", choices=list(EXPERIMENTS), help="which comparison")
     budget = parser.add_mutually_exclusive_group(required=True)
-    budget.add_argument("--steps", type=int, help="learner steps per run (PPO: steps x batch / samples-per-insert env steps)")
+    budget.add_argument(
+        "--steps", type=int, help="learner steps per run (PPO: steps x batch / samples-per-insert env steps)"
+    )
     budget.add_argument("--minutes", type=float, help="wall-clock training budget per run")
     parser.add_argument("--seeds", type=_seeds, default=[0, 1, 2], help="comma-separated seeds (default 0,1,2)")
-    parser.add_argument("--symbol", default=None, help="bars to use (default: the bundled EURUSD; SYNTH after `microzero data synthetic`)")
+    parser.add_argument(
+        "--symbol",
+        default=None,
+        help="bars to use (default: the bundled EURUSD; SYNTH after `microzero data synthetic`)",
+    )
     parser.add_argument("--out", default=None, help="output folder (default runs/experiments/NAME)")
     parser.add_argument(
-        "--small", action="store_true",
+        "--small",
+        action="store_true",
         help="small preset for quick runs: ~145 k-parameter model, 4 simulations, 16 envs, lr 1e-3, "
         "2 samples per insert (variant overrides still apply; listed in results.md)",
     )
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
-    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1; see the comment in cli.py)")
     parser.add_argument(
-        "--reuse-runs-from", action="append", default=[], metavar="DIR",
+        "--threads", type=int, default=1, help="torch CPU threads (default 1; see the comment in cli.py)"
+    )
+    parser.add_argument(
+        "--reuse-runs-from",
+        action="append",
+        default=[],
+        metavar="DIR",
         help="another experiment's output folder: a finished run there with identical settings (config, seed, "
         "budget, data) is copied instead of retrained, e.g. stochastic-16 = window-64 = with-time (repeatable)",
     )

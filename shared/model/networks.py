@@ -97,11 +97,11 @@ class Representation(nn.Module):
         self.trunk = Trunk(cfg.tcn_channels + cfg.input_features, cfg.hidden, cfg.residual_blocks)
 
     def forward(self, obs: Tensor) -> Tensor:
-        z = self.tcn(obs)                                   # [B, T, C]
-        weights = torch.softmax(self.score(z), dim=1)       # [B, T, 1], sums to 1 over time
-        pooled = (weights * z).sum(dim=1)                   # [B, C]
-        x = torch.cat([pooled, obs[:, -1]], dim=-1)         # [B, C + F], raw newest bar appended
-        return self.trunk(x)                                # [B, H]
+        z = self.tcn(obs)  # [B, T, C]
+        weights = torch.softmax(self.score(z), dim=1)  # [B, T, 1], sums to 1 over time
+        pooled = (weights * z).sum(dim=1)  # [B, C]
+        x = torch.cat([pooled, obs[:, -1]], dim=-1)  # [B, C + F], raw newest bar appended
+        return self.trunk(x)  # [B, H]
 
 
 class Prediction(nn.Module):
@@ -167,8 +167,12 @@ class ChanceEncoder(nn.Module):
         self.window, self.features = cfg.window, cfg.input_features
         w = cfg.encoder_hidden
         self.net = nn.Sequential(
-            nn.Linear(cfg.window * cfg.input_features, w), nn.LayerNorm(w), nn.ReLU(),
-            nn.Linear(w, w), nn.LayerNorm(w), nn.ReLU(),
+            nn.Linear(cfg.window * cfg.input_features, w),
+            nn.LayerNorm(w),
+            nn.ReLU(),
+            nn.Linear(w, w),
+            nn.LayerNorm(w),
+            nn.ReLU(),
             nn.Linear(w, cfg.chance_codes),
         )
 
@@ -177,8 +181,8 @@ class ChanceEncoder(nn.Module):
             raise ValueError(
                 f"chance encoder expects observations [B, {self.window}, {self.features}], got {list(obs.shape)}"
             )
-        probs = torch.softmax(self.net(obs.flatten(1)), dim=-1)                    # [B, K]
-        onehot = F.one_hot(probs.argmax(-1), probs.shape[-1]).to(probs.dtype)      # [B, K]
+        probs = torch.softmax(self.net(obs.flatten(1)), dim=-1)  # [B, K]
+        onehot = F.one_hot(probs.argmax(-1), probs.shape[-1]).to(probs.dtype)  # [B, K]
         code = onehot + (probs - probs.detach())  # parenthesised: the forward value stays exactly one-hot
         return code, probs
 

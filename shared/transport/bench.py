@@ -54,7 +54,11 @@ def bench_transport(
 
     # Distinct, valid episodes (warm-up play: cheap), reused under distinct ids.
     selfplay = SelfPlay.from_config(config, market, seed=0, run_id=config.pipeline.run_id, episode_length=T)
-    base = [e for _ in range(max(1, math.ceil(min(n_episodes, 4 * B) / B))) for e in selfplay.play(config.train.warmup_policy)]
+    base = [
+        e
+        for _ in range(max(1, math.ceil(min(n_episodes, 4 * B) / B)))
+        for e in selfplay.play(config.train.warmup_policy)
+    ]
     episodes = [dataclasses.replace(base[i % len(base)], episode_id=f"bench-{i}") for i in range(n_episodes)]
     replay = ReplayBuffer(market, config.learning, config.env.window, config.env.drawdown_penalty, seed=0)
 
@@ -107,9 +111,7 @@ def bench_transport(
     device = torch.device(device)
     model = StochasticMuZeroNet(config.model).to(device).eval()
     policy = SearchPolicy(model, config.search, device, seed=0)
-    short = SelfPlay.from_config(
-        config, market, seed=1, run_id=config.pipeline.run_id, episode_length=collector_steps
-    )
+    short = SelfPlay.from_config(config, market, seed=1, run_id=config.pipeline.run_id, episode_length=collector_steps)
     short.play(policy, model_version=1)  # warm-up: allocations, lazy init
     t0 = time.perf_counter()
     short.play(policy, model_version=1)
@@ -139,17 +141,19 @@ def bench_transport(
 def format_transport(report: dict) -> str:
     """Human-readable lines for ``microzero bench pipeline``."""
     stages = "  ".join(f"{k} {v:.3f}" for k, v in report["stage_ms_per_episode"].items())
-    return "\n".join([
-        f"transport: {report['n_episodes']} episodes of {report['episode_length']} steps ({report['episode_bytes']:,} bytes each)",
-        (
-            f"  encode->XADD->XREADGROUP->decode->insert->XACK  {report['transport_episodes_per_s']:10.1f} episodes/s"
-            f"  (produce {report['produce_episodes_per_s']:.0f}/s, consume {report['consume_episodes_per_s']:.0f}/s)"
-        ),
-        f"  ms per episode: {stages}",
-        (
-            f"collector: {report['collector_num_envs']} envs, {report['collector_simulations']} simulations, "
-            f"{report['collector_device']}: {report['collector_episodes_per_s']:.2f} episodes/s "
-            f"({report['collector_env_steps_per_s']:.0f} env-steps/s)"
-        ),
-        f"ratio transport / collector = {report['ratio']:.1f}  (target >= {report['target_ratio']:.0f})",
-    ])
+    return "\n".join(
+        [
+            f"transport: {report['n_episodes']} episodes of {report['episode_length']} steps ({report['episode_bytes']:,} bytes each)",
+            (
+                f"  encode->XADD->XREADGROUP->decode->insert->XACK  {report['transport_episodes_per_s']:10.1f} episodes/s"
+                f"  (produce {report['produce_episodes_per_s']:.0f}/s, consume {report['consume_episodes_per_s']:.0f}/s)"
+            ),
+            f"  ms per episode: {stages}",
+            (
+                f"collector: {report['collector_num_envs']} envs, {report['collector_simulations']} simulations, "
+                f"{report['collector_device']}: {report['collector_episodes_per_s']:.2f} episodes/s "
+                f"({report['collector_env_steps_per_s']:.0f} env-steps/s)"
+            ),
+            f"ratio transport / collector = {report['ratio']:.1f}  (target >= {report['target_ratio']:.0f})",
+        ]
+    )

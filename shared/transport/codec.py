@@ -77,7 +77,9 @@ def decode_episode(data: bytes) -> Episode:
         raise EpisodeDecodeError(f"episode message must be bytes, got {type(data).__name__}")
     data = bytes(data)
     if len(data) < _PREFIX.size:
-        raise EpisodeDecodeError(f"episode message is truncated: {len(data)} bytes, shorter than its {_PREFIX.size}-byte prefix")
+        raise EpisodeDecodeError(
+            f"episode message is truncated: {len(data)} bytes, shorter than its {_PREFIX.size}-byte prefix"
+        )
     magic, header_len = _PREFIX.unpack_from(data)
     if magic != MAGIC:
         raise EpisodeDecodeError(f"not an episode message: starts with {magic!r}, expected {MAGIC!r}")
@@ -85,7 +87,9 @@ def decode_episode(data: bytes) -> Episode:
         raise EpisodeDecodeError(f"episode header claims {header_len} bytes, more than the limit {MAX_HEADER_BYTES}")
     body_start = _PREFIX.size + header_len
     if len(data) < body_start:
-        raise EpisodeDecodeError(f"episode message is truncated inside its header: {len(data)} bytes, header ends at {body_start}")
+        raise EpisodeDecodeError(
+            f"episode message is truncated inside its header: {len(data)} bytes, header ends at {body_start}"
+        )
     try:
         header = json.loads(data[_PREFIX.size : body_start].decode("utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
@@ -94,7 +98,9 @@ def decode_episode(data: bytes) -> Episode:
         raise EpisodeDecodeError("episode header must be a JSON object")
     version = header.get("format")
     if version != FORMAT_VERSION:
-        raise EpisodeDecodeError(f"episode format version {version!r} is not supported (this build reads {FORMAT_VERSION})")
+        raise EpisodeDecodeError(
+            f"episode format version {version!r} is not supported (this build reads {FORMAT_VERSION})"
+        )
     meta = _check_meta(header.get("meta"))
     specs = header.get("arrays")
     if not isinstance(specs, list) or [s.get("name") if isinstance(s, dict) else s for s in specs] != list(ARRAYS):
@@ -114,9 +120,13 @@ def decode_episode(data: bytes) -> Episode:
         if T is None:
             T = shape[0] if shape else None
             if T is None or not 1 <= T <= MAX_STEPS:
-                raise EpisodeDecodeError(f"episode length {T!r} (from {name} shape {shape}) is outside [1, {MAX_STEPS}]")
+                raise EpisodeDecodeError(
+                    f"episode length {T!r} (from {name} shape {shape}) is outside [1, {MAX_STEPS}]"
+                )
         if tuple(shape) != (T, *tail):
-            raise EpisodeDecodeError(f"episode {name} has shape {tuple(shape)}, expected {(T, *tail)} (T={T} from actions)")
+            raise EpisodeDecodeError(
+                f"episode {name} has shape {tuple(shape)}, expected {(T, *tail)} (T={T} from actions)"
+            )
         nbytes = math.prod(shape) * dtype.itemsize
         if offset + nbytes > len(data):
             raise EpisodeDecodeError(

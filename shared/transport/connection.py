@@ -67,7 +67,9 @@ class Backoff:
     """Exponential backoff with full jitter (AWS architecture blog): the n-th delay is
     uniform in [0, min(cap, base * 2**n)], never below `floor`."""
 
-    def __init__(self, base: float = 0.1, cap: float = 5.0, floor: float = 0.02, rng: random.Random | None = None) -> None:
+    def __init__(
+        self, base: float = 0.1, cap: float = 5.0, floor: float = 0.02, rng: random.Random | None = None
+    ) -> None:
         self.base, self.cap, self.floor = base, cap, floor
         self.failures = 0
         self.rng = rng or random.Random()
@@ -109,7 +111,9 @@ class Outage:
             REDIS_RECONNECTS.labels(self.service).inc()
             log.warning(
                 "%s: Redis reachable again after %.1f s (%d failed attempts)",
-                self.service, time.monotonic() - self.down_since, self.backoff.failures,
+                self.service,
+                time.monotonic() - self.down_since,
+                self.backoff.failures,
             )
         self.down_since = None
         self.backoff.reset()
@@ -143,7 +147,9 @@ def call_with_retry(
         except REDIS_DOWN_ERRORS as exc:
             attempts += 1
             delay = outage.failed(exc)
-            if (max_attempts is not None and attempts >= max_attempts) or (stop_event is not None and stop_event.is_set()):
+            if (max_attempts is not None and attempts >= max_attempts) or (
+                stop_event is not None and stop_event.is_set()
+            ):
                 raise
             if stop_event is not None:
                 if stop_event.wait(delay):

@@ -67,7 +67,9 @@ class EpisodeStream:
     # ------------------------------------------------------------------ producer
     def publish(self, episode: Episode) -> str:
         """XADD one episode (approximate MAXLEN); returns the entry id."""
-        return _text(self.redis.xadd(self.stream, {FIELD: encode_episode(episode)}, maxlen=self.maxlen, approximate=True))
+        return _text(
+            self.redis.xadd(self.stream, {FIELD: encode_episode(episode)}, maxlen=self.maxlen, approximate=True)
+        )
 
     def publish_many(self, episodes: Iterable[Episode]) -> list[str]:
         """XADD several episodes in order in one round trip (a pipeline, not a
@@ -98,11 +100,15 @@ class EpisodeStream:
         except redis.ResponseError as exc:
             if not _is_nogroup(exc):
                 raise
-            log.warning("consumer group %s on %s is gone (%s); recreating it from the stream start", group, self.stream, exc)
+            log.warning(
+                "consumer group %s on %s is gone (%s); recreating it from the stream start", group, self.stream, exc
+            )
             self.ensure_group(group)
             return fn()
 
-    def read(self, group: str, consumer: str, count: int = 64, block_ms: int | None = None, *, pending: bool = False) -> list[Entry]:
+    def read(
+        self, group: str, consumer: str, count: int = 64, block_ms: int | None = None, *, pending: bool = False
+    ) -> list[Entry]:
         """XREADGROUP up to `count` entries never delivered to the group (or, with
         `pending`, this consumer's own delivered-but-unacked entries, e.g. after a lost
         reply). `block_ms` None or 0 = do not block.
@@ -171,7 +177,9 @@ class EpisodeStream:
                 continue
             try:
                 if payload is None:
-                    raise EpisodeDecodeError(f"entry has no {FIELD.decode()!r} field (fields: {sorted(_text(k) for k in (fields or {}))})")
+                    raise EpisodeDecodeError(
+                        f"entry has no {FIELD.decode()!r} field (fields: {sorted(_text(k) for k in (fields or {}))})"
+                    )
                 item: Episode | EpisodeDecodeError = decode_episode(payload)
             except EpisodeDecodeError as exc:
                 self.dead_letter(group, entry_id, f"undecodable: {exc}", payload)

@@ -184,7 +184,9 @@ def test_compose_file_matches_the_compose_specification(path: Path) -> None:
     assert exe.exists(), f"{exe} missing: install the test extra (pip install -e '.[test]')"
     result = subprocess.run(
         [str(exe), "--builtin-schema", "vendor.compose-spec", str(path)],
-        capture_output=True, text=True, timeout=120,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert result.returncode == 0, result.stdout + result.stderr
 
@@ -266,7 +268,7 @@ def test_app_environment_is_a_valid_config_pointing_at_the_compose_services(serv
     # Every MZ_* key names a real config field (a typo would be silently ignored).
     for key in (k for k in env if k.startswith("MZ_")):
         model: type[BaseModel] = Config
-        parts = key[len("MZ_"):].lower().split("__")
+        parts = key[len("MZ_") :].lower().split("__")
         for i, part in enumerate(parts):
             assert part in model.model_fields, f"{key}: no config field {'.'.join(parts[: i + 1])}"
             annotation = model.model_fields[part].annotation
@@ -291,7 +293,9 @@ def test_app_environment_is_a_valid_config_pointing_at_the_compose_services(serv
     postgres_env = _env(BASE["services"]["postgres"])
     assert db.scheme.startswith("postgresql") and (db.hostname, db.port) == ("postgres", 5432)
     assert (db.username, db.password, db.path.lstrip("/")) == (
-        postgres_env["POSTGRES_USER"], postgres_env["POSTGRES_PASSWORD"], postgres_env["POSTGRES_DB"],
+        postgres_env["POSTGRES_USER"],
+        postgres_env["POSTGRES_PASSWORD"],
+        postgres_env["POSTGRES_DB"],
     )
     assert pipeline.api_token == TEST_ENV["API_TOKEN"]
 
@@ -456,6 +460,12 @@ def test_deploy_doc_names_every_variable_and_url() -> None:
     doc = DEPLOY_DOC.read_text()
     for variable in _variables(COMPOSE.read_text()) | _variables(COMPOSE_GPU.read_text()):
         assert variable in doc, f"docs/DEPLOY.md does not mention ${variable}"
-    for needle in ("docker compose up -d --build", "docker-compose.gpu.yml", "--scale collector=",
-                   ":8000/docs", ":3000", ":9090"):
+    for needle in (
+        "docker compose up -d --build",
+        "docker-compose.gpu.yml",
+        "--scale collector=",
+        ":8000/docs",
+        ":3000",
+        ":9090",
+    ):
         assert needle in doc, needle

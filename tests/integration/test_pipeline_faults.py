@@ -46,10 +46,27 @@ class RedisServer:
 
     def start(self) -> None:
         self.process = subprocess.Popen(
-            [self.binary, "--port", "0", "--unixsocket", str(self.socket), "--dir", str(self.directory),
-             "--appendonly", "yes", "--appendfsync", "always", "--save", "", "--daemonize", "no",
-             "--logfile", str(self.directory / "redis.log")],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            [
+                self.binary,
+                "--port",
+                "0",
+                "--unixsocket",
+                str(self.socket),
+                "--dir",
+                str(self.directory),
+                "--appendonly",
+                "yes",
+                "--appendfsync",
+                "always",
+                "--save",
+                "",
+                "--daemonize",
+                "no",
+                "--logfile",
+                str(self.directory / "redis.log"),
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
         )
         probe = redis.Redis(unix_socket_path=str(self.socket), socket_connect_timeout=0.2)
         deadline = time.monotonic() + 10
@@ -96,10 +113,27 @@ def test_redis_restart_loses_no_episode_and_inserts_none_twice(config, market, s
     n = 100
     reconnects = {s: sample("microzero_redis_reconnects_total", {"service": s}) for s in ("collector", "trainer")}
     stop_collector, stop_trainer = threading.Event(), threading.Event()
-    collector = Collector(config, stop_collector, client=connect(server.url), collector_id="faulty", market=market,
-                          seed=1, device="cpu", max_episodes=n, max_lag=8)  # paced by the trainer
-    trainer = Trainer(config, stop_trainer, client=connect(server.url), market=market, on_checkpoint=None,
-                      seed=0, record_ids=True, device="cpu")
+    collector = Collector(
+        config,
+        stop_collector,
+        client=connect(server.url),
+        collector_id="faulty",
+        market=market,
+        seed=1,
+        device="cpu",
+        max_episodes=n,
+        max_lag=8,
+    )  # paced by the trainer
+    trainer = Trainer(
+        config,
+        stop_trainer,
+        client=connect(server.url),
+        market=market,
+        on_checkpoint=None,
+        seed=0,
+        record_ids=True,
+        device="cpu",
+    )
     collector_worker, trainer_worker = Worker(collector.run, "collector"), Worker(trainer.run, "trainer")
     workers = [collector_worker, trainer_worker]
     for w in workers:
@@ -147,7 +181,10 @@ def _trainer_process(config_file: Path, server, log_file: Path) -> subprocess.Po
     env.pop("MZ_PIPELINE__REDIS_URL", None)
     return subprocess.Popen(
         [sys.executable, "-m", "services.trainer.main", "--device", "cpu", "--metrics-port", "-1"],
-        cwd=REPO, env=env, stdout=log_file.open("ab"), stderr=subprocess.STDOUT,
+        cwd=REPO,
+        env=env,
+        stdout=log_file.open("ab"),
+        stderr=subprocess.STDOUT,
     )
 
 
@@ -160,18 +197,22 @@ def test_trainer_killed_with_sigkill_resumes_from_its_checkpoint(config, market,
     client = connect(server.url)
 
     stop_collector = threading.Event()
-    collector = Collector(config, stop_collector, client=connect(server.url), collector_id="feeder", market=market,
-                          seed=2, device="cpu")
+    collector = Collector(
+        config, stop_collector, client=connect(server.url), collector_id="feeder", market=market, seed=2, device="cpu"
+    )
     feeder = Worker(collector.run, "collector")
     feeder.start()
     first = _trainer_process(config_file, server, log_file)
     second = None
     try:
+
         def saved_step() -> int:
             latest = latest_checkpoint(folder)
             return 0 if latest is None else load_checkpoint(latest).step
 
-        wait_until(lambda: saved_step() >= 10 or first.poll() is not None, 60, "the first trainer's checkpoints", [feeder])
+        wait_until(
+            lambda: saved_step() >= 10 or first.poll() is not None, 60, "the first trainer's checkpoints", [feeder]
+        )
         assert first.poll() is None, log_file.read_text()[-3000:]
         first.send_signal(signal.SIGKILL)
         assert first.wait(10) == -signal.SIGKILL
@@ -185,8 +226,13 @@ def test_trainer_killed_with_sigkill_resumes_from_its_checkpoint(config, market,
             return json.loads(raw) if raw else {}
 
         wait_until(
-            lambda: (status().get("resumed_from") == saved and status().get("step", 0) >= saved + 5) or second.poll() is not None,
-            60, "the restarted trainer to resume and learn", [feeder],
+            lambda: (
+                (status().get("resumed_from") == saved and status().get("step", 0) >= saved + 5)
+                or second.poll() is not None
+            ),
+            60,
+            "the restarted trainer to resume and learn",
+            [feeder],
         )
         assert second.poll() is None, log_file.read_text()[-3000:]
         assert status()["resumed_from"] == saved and status()["step"] >= saved + 5  # resumed, not from 0

@@ -35,12 +35,18 @@ def _config(tmp_path: Path) -> Path:
         "search": {"num_simulations": 2},
         "env": {"episode_length": 60},
         "learning": {
-            "min_replay_positions": 300, "batch_size": 16, "samples_per_insert": 2, "samples_per_insert_tolerance": 1000,
+            "min_replay_positions": 300,
+            "batch_size": 16,
+            "samples_per_insert": 2,
+            "samples_per_insert_tolerance": 1000,
         },
         "train": {"num_envs": 4, "checkpoint_every": 20},
         "pipeline": {
-            "api_port": 0, "api_token": TOKEN,  # 0: the API binds a port the OS picks "validation_chunks": 4,
-            "collector_metrics_port": 0, "trainer_metrics_port": 0, "validator_metrics_port": 0,
+            "api_port": 0,
+            "api_token": TOKEN,  # 0: the API binds a port the OS picks "validation_chunks": 4,
+            "collector_metrics_port": 0,
+            "trainer_metrics_port": 0,
+            "validator_metrics_port": 0,
         },
     }
     path = tmp_path / "config.json"
@@ -73,8 +79,23 @@ def test_microzero_up_trains_validates_and_serves_the_best_checkpoint(tmp_path):
     log_path = tmp_path / "up.log"
     with open(log_path, "w") as log:
         up = subprocess.Popen(
-            [sys.executable, "-m", "services.cli", "--config", str(config_file), "up", "--minutes", "6", "--status-every", "2"],
-            cwd=tmp_path, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+            [
+                sys.executable,
+                "-m",
+                "services.cli",
+                "--config",
+                str(config_file),
+                "up",
+                "--minutes",
+                "6",
+                "--status-every",
+                "2",
+            ],
+            cwd=tmp_path,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
         )
 
     def fail(why: str):
@@ -101,7 +122,11 @@ def test_microzero_up_trains_validates_and_serves_the_best_checkpoint(tmp_path):
                 status = client.get("/status").json()
             except httpx.HTTPError:
                 status = None
-            if status and status.get("best_checkpoint") and (status.get("trainer") or {}).get("episodes_inserted", 0) > 0:
+            if (
+                status
+                and status.get("best_checkpoint")
+                and (status.get("trainer") or {}).get("episodes_inserted", 0) > 0
+            ):
                 break
             time.sleep(2)
         else:

@@ -43,8 +43,17 @@ pytestmark = [pytest.mark.usefixtures("one_torch_thread"), pytest.mark.redis]
 
 REDIS_URL = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0")
 TINY_MODEL = ModelConfig(
-    window=16, tcn_channels=8, tcn_dilations=(1, 2, 4), hidden=32, residual_blocks=1, head_hidden=16,
-    encoder_hidden=16, dropout=0.0, support_bins=21, support_max=30.0, chance_codes=4,
+    window=16,
+    tcn_channels=8,
+    tcn_dilations=(1, 2, 4),
+    hidden=32,
+    residual_blocks=1,
+    head_hidden=16,
+    encoder_hidden=16,
+    dropout=0.0,
+    support_bins=21,
+    support_max=30.0,
+    chance_codes=4,
 )
 
 
@@ -57,9 +66,14 @@ def tiny_config(data_dir: Path, run_dir: Path, redis_url: str, prefix: str, **pi
         model=TINY_MODEL,
         search={"num_simulations": 2, "num_chance_codes": 4, "max_considered_actions": 2},
         learning={
-            "min_replay_positions": 64, "batch_size": 8, "replay_capacity": 4000, "unroll_steps": 3, "td_steps": 5,
+            "min_replay_positions": 64,
+            "batch_size": 8,
+            "replay_capacity": 4000,
+            "unroll_steps": 3,
+            "td_steps": 5,
             # ~1 learner step per 32-step episode, so the learner keeps up with the collectors
-            "samples_per_insert": 0.25, "samples_per_insert_tolerance": 64,
+            "samples_per_insert": 0.25,
+            "samples_per_insert_tolerance": 64,
         },
         train={"num_envs": 4, "checkpoint_every": 5},
         pipeline={
@@ -159,12 +173,27 @@ def test_collectors_feed_the_trainer_which_publishes_weights_they_reload(config,
 
     stop_collectors, stop_trainer = threading.Event(), threading.Event()
     collectors = [
-        Collector(config, stop_collectors, client=connect(REDIS_URL), collector_id=f"{prefix}-c{i}", market=market,
-                  seed=i, device="cpu")
+        Collector(
+            config,
+            stop_collectors,
+            client=connect(REDIS_URL),
+            collector_id=f"{prefix}-c{i}",
+            market=market,
+            seed=i,
+            device="cpu",
+        )
         for i in range(2)
     ]
-    trainer = Trainer(config, stop_trainer, client=connect(REDIS_URL), market=market, on_checkpoint=hook,
-                      seed=0, record_ids=True, device="cpu")
+    trainer = Trainer(
+        config,
+        stop_trainer,
+        client=connect(REDIS_URL),
+        market=market,
+        on_checkpoint=hook,
+        seed=0,
+        record_ids=True,
+        device="cpu",
+    )
     workers = [Worker(c.run, f"collector{i}") for i, c in enumerate(collectors)] + [Worker(trainer.run, "trainer")]
     for w in workers:
         w.start()
@@ -175,7 +204,11 @@ def test_collectors_feed_the_trainer_which_publishes_weights_they_reload(config,
         for c in collectors:  # alive collectors keep a heartbeat with a TTL
             beat = json.loads(client.get(RedisKeys.from_config(config).collector_heartbeat(c.id)))
             assert beat["id"] == c.id and beat["episodes"] >= 0 and "env_steps_per_s" in beat
-            assert 0 < client.ttl(RedisKeys.from_config(config).collector_heartbeat(c.id)) <= config.pipeline.heartbeat_ttl_s
+            assert (
+                0
+                < client.ttl(RedisKeys.from_config(config).collector_heartbeat(c.id))
+                <= config.pipeline.heartbeat_ttl_s
+            )
         wait_until(lambda: client.get(f"{prefix}:trainer:status") is not None, 10, "trainer status", workers)
     finally:
         stop_collectors.set()
@@ -207,8 +240,14 @@ def test_collectors_feed_the_trainer_which_publishes_weights_they_reload(config,
     status = json.loads(client.get(f"{prefix}:trainer:status"))
     assert status["step"] == stats.steps and status["episodes_inserted"] == stats.inserted
     assert set(status["losses"]) >= {"total", "policy", "value", "reward", "q", "sigma", "commitment"}
-    assert {"replay_positions", "episodes_received", "episodes_rejected", "episodes_duplicates",
-            "learner_steps_per_s", "updated_at"} <= set(status)
+    assert {
+        "replay_positions",
+        "episodes_received",
+        "episodes_rejected",
+        "episodes_duplicates",
+        "learner_steps_per_s",
+        "updated_at",
+    } <= set(status)
     for c in collectors:  # a stopped collector removes its heartbeat
         assert client.get(RedisKeys.from_config(config).collector_heartbeat(c.id)) is None
 
@@ -224,8 +263,9 @@ def test_trainer_inserts_once_and_dead_letters_what_it_refuses(config, market, c
     client.xadd(stream.stream, {FIELD: b"garbage"})
     rejected_before = sample("microzero_episodes_rejected_total")
 
-    trainer = Trainer(config, threading.Event(), client=client, market=market, on_checkpoint=None,
-                      record_ids=True, device="cpu")
+    trainer = Trainer(
+        config, threading.Event(), client=client, market=market, on_checkpoint=None, record_ids=True, device="cpu"
+    )
     for _ in range(3):
         assert trainer._redis_round()
     s = trainer.stats
@@ -247,7 +287,9 @@ def test_trainer_inserts_once_and_dead_letters_what_it_refuses(config, market, c
 
 
 def test_collector_reloads_good_weights_and_keeps_playing_on_bad_ones(config, market, client, prefix, tmp_path, caplog):
-    collector = Collector(config, threading.Event(), client=client, collector_id=f"{prefix}-c", market=market, device="cpu")
+    collector = Collector(
+        config, threading.Event(), client=client, collector_id=f"{prefix}-c", market=market, device="cpu"
+    )
     key = config.pipeline.model_key
     collector._maybe_reload()
     assert collector.stats.model_version == 0  # nothing published: warm-up
@@ -294,8 +336,9 @@ def test_collector_reloads_good_weights_and_keeps_playing_on_bad_ones(config, ma
 
 def test_collector_holds_a_bounded_queue_while_redis_is_away(config, market, tmp_path):
     dead = connect(f"unix://{tmp_path / 'nothing-listens-here.sock'}", connect_timeout=0.5)
-    collector = Collector(config, threading.Event(), client=dead, collector_id="dropper", market=market,
-                          device="cpu", max_pending=6)
+    collector = Collector(
+        config, threading.Event(), client=dead, collector_id="dropper", market=market, device="cpu", max_pending=6
+    )
     dropped_before = sample("microzero_collector_episodes_dropped_total", {"collector": "dropper"})
     assert collector._sync() is False and collector.outage.down
     collector._play_batch()
@@ -338,7 +381,10 @@ def test_default_hook_registers_once_even_when_enqueue_is_retried(config, client
         hook(5, Path("/ck/ckpt-5.pt"), "a" * 64)
     assert hook(5, Path("/ck/ckpt-5.pt"), "a" * 64) == 1  # the retry does not add a second row
     assert hook(10, Path("/ck/ckpt-10.pt"), "b" * 64) == 2
-    assert registry.checkpoints == [("test-run", 5, "/ck/ckpt-5.pt", "a" * 64), ("test-run", 10, "/ck/ckpt-10.pt", "b" * 64)]
+    assert registry.checkpoints == [
+        ("test-run", 5, "/ck/ckpt-5.pt", "a" * 64),
+        ("test-run", 10, "/ck/ckpt-10.pt", "b" * 64),
+    ]
     assert enqueued == [1, 2]
     assert len(registry.runs) == 1 and registry.runs[0][:2] == ("test-run", "EURUSD")
 
@@ -378,7 +424,9 @@ def _run_collector_then_trainer(config, client, prefix, registry, offset, capsys
     from rq import Queue
 
     parser = _parser()
-    args = parser.parse_args(["collector", "--device", "cpu", "--id", f"{prefix}-cli", "--max-episodes", "10", "--metrics-port", "0"])
+    args = parser.parse_args(
+        ["collector", "--device", "cpu", "--id", f"{prefix}-cli", "--max-episodes", "10", "--metrics-port", "0"]
+    )
     assert args.func(args, config) == 0
     assert "10 episodes played, 10 pushed, 0 dropped" in capsys.readouterr().out
     stream = EpisodeStream(client, config.pipeline.episode_stream, 100)
@@ -436,7 +484,18 @@ def test_bench_pipeline_command_reports_transport_and_act_latency(config, tmp_pa
 
     config_file = tmp_path / "config.json"
     config_file.write_text(config.model_dump_json())
-    argv = ["--config", str(config_file), "bench", "pipeline", "--episodes", "16", "--requests", "12", "--concurrency", "3"]
+    argv = [
+        "--config",
+        str(config_file),
+        "bench",
+        "pipeline",
+        "--episodes",
+        "16",
+        "--requests",
+        "12",
+        "--concurrency",
+        "3",
+    ]
     args = build_parser().parse_args(argv)
     report = _bench_pipeline(args, load_config(args.config))
     transport, act = report["transport"], report["act"]

@@ -23,8 +23,18 @@ from shared.model import ModelConfig, StochasticMuZeroNet
 from tests.helpers import random_walk_market
 
 W = 16
-TINY = ModelConfig(window=W, tcn_channels=8, tcn_dilations=(1, 2, 4), hidden=32, residual_blocks=1,
-                   head_hidden=16, encoder_hidden=16, dropout=0.0, support_bins=21, support_max=20.0)
+TINY = ModelConfig(
+    window=W,
+    tcn_channels=8,
+    tcn_dilations=(1, 2, 4),
+    hidden=32,
+    residual_blocks=1,
+    head_hidden=16,
+    encoder_hidden=16,
+    dropout=0.0,
+    support_bins=21,
+    support_max=20.0,
+)
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 
@@ -49,7 +59,8 @@ def test_attention_weights_are_the_ones_the_model_pools_with():
         state_before = model.representation_net(obs)
     pooled_by_model = {}
     trunk_hook = model.representation_net.trunk.register_forward_pre_hook(
-        lambda _m, inputs: pooled_by_model.__setitem__("x", inputs[0][:, : TINY.tcn_channels].clone()))
+        lambda _m, inputs: pooled_by_model.__setitem__("x", inputs[0][:, : TINY.tcn_channels].clone())
+    )
     weights, z = attention_weights(model, obs)
     trunk_hook.remove()
 
@@ -74,7 +85,9 @@ def test_kernels_are_the_conv_weights_with_their_lags_and_batchnorm_scale():
         norm = block.norm
         with torch.no_grad():  # BatchNorm in eval: y = (x - mean) * bn_scale + beta
             x = torch.randn(3, norm.num_features, 5)
-            expected = (x - norm.running_mean[:, None]) * torch.from_numpy(kernel.bn_scale)[:, None] + norm.bias[:, None]
+            expected = (x - norm.running_mean[:, None]) * torch.from_numpy(kernel.bn_scale)[:, None] + norm.bias[
+                :, None
+            ]
             torch.testing.assert_close(norm(x), expected, rtol=1e-5, atol=1e-5)
         np.testing.assert_allclose(kernel.mean_abs_per_tap(), np.abs(kernel.weight).mean((0, 1)), rtol=1e-6)
     # Lags: an impulse at bar t0 reaches the block's output through tap j at t0 + lag_j.
@@ -123,8 +136,9 @@ def test_analyze_tcn_writes_figures_and_summary(workspace, capsys):
     digest = save_checkpoint(data, model, 42)
     write_checkpoint_bytes(workspace / "best" / "best.pt", data.read_bytes(), digest)  # what the validator keeps
     out = workspace / "analysis"
-    code = main(["analyze", "tcn", "--checkpoint", "best", "--out", str(out), "--symbol", "synth",
-                 "--samples", "3", "--quiet"])
+    code = main(
+        ["analyze", "tcn", "--checkpoint", "best", "--out", str(out), "--symbol", "synth", "--samples", "3", "--quiet"]
+    )
     printed = capsys.readouterr().out
     assert code == 0, printed
     for name in ("tcn_kernels.png", "attention_mean.png", "attention_samples.png"):

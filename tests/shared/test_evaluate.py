@@ -43,13 +43,26 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 W = 16  # a short window and a tiny network keep the search fast
 TINY = ModelConfig(
-    window=W, tcn_channels=8, tcn_dilations=(1, 2), hidden=32, residual_blocks=1, head_hidden=16,
-    encoder_hidden=16, dropout=0.0, chance_codes=8,  # not the config's 16: evaluate must adapt
+    window=W,
+    tcn_channels=8,
+    tcn_dilations=(1, 2),
+    hidden=32,
+    residual_blocks=1,
+    head_hidden=16,
+    encoder_hidden=16,
+    dropout=0.0,
+    chance_codes=8,  # not the config's 16: evaluate must adapt
 )
 BASELINE_NAMES = ("flat", "buy_hold", "random", "momentum", "oracle")
 SECTIONS = (
-    "Verdict", "Expectancy confidence interval", "Equity curve", "Drawdown", "Trade P&amp;L histogram",
-    "Action frequencies", "Metric table", "Number of trials (n_trials)",
+    "Verdict",
+    "Expectancy confidence interval",
+    "Equity curve",
+    "Drawdown",
+    "Trade P&amp;L histogram",
+    "Action frequencies",
+    "Metric table",
+    "Number of trials (n_trials)",
 )
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
@@ -197,10 +210,22 @@ def assert_informative_png(png: bytes) -> None:
 def test_report_end_to_end(workspace, capsys):
     checkpoint, _ = save_run(workspace / "run")[-1]
     out = workspace / "report"
-    code = main([
-        "evaluate", "--checkpoint", str(checkpoint), "--symbol", "synth", "--report", str(out),
-        "--chunks", "4", "--resamples", "2000", "--quiet",
-    ])
+    code = main(
+        [
+            "evaluate",
+            "--checkpoint",
+            str(checkpoint),
+            "--symbol",
+            "synth",
+            "--report",
+            str(out),
+            "--chunks",
+            "4",
+            "--resamples",
+            "2000",
+            "--quiet",
+        ]
+    )
     printed = capsys.readouterr().out
     assert code == 0
     assert "verdict:" in printed and "momentum" in printed and "oracle (reference)" in printed
@@ -254,8 +279,25 @@ def test_best_checkpoint_takes_n_trials_and_symbol_from_the_registry(workspace, 
     registry.close()
 
     out = workspace / "report"
-    assert main(["evaluate", "--checkpoint", "best", "--split", "validation", "--report", str(out), "--chunks", "8",
-                 "--resamples", "500", "--quiet"]) == 0
+    assert (
+        main(
+            [
+                "evaluate",
+                "--checkpoint",
+                "best",
+                "--split",
+                "validation",
+                "--report",
+                str(out),
+                "--chunks",
+                "8",
+                "--resamples",
+                "500",
+                "--quiet",
+            ]
+        )
+        == 0
+    )
     report = json.loads((out / "metrics.json").read_text())
     assert report["symbol"] == "SYNTH"  # from the run's record, not the config default (EURUSD)
     assert report["n_trials"]["value"] == 5 and report["n_trials"]["source"] == "registry"

@@ -27,7 +27,9 @@ from shared.selfplay import SearchPolicy
 BARS = synthetic_bars("sine", 1500, seed=0)
 # Small enough that a 20-step run takes about a second.
 TINY = {
-    "model": dict(tcn_channels=8, hidden=16, head_hidden=8, encoder_hidden=8, residual_blocks=0, support_bins=21, support_max=30.0),
+    "model": dict(
+        tcn_channels=8, hidden=16, head_hidden=8, encoder_hidden=8, residual_blocks=0, support_bins=21, support_max=30.0
+    ),
     "learning": dict(min_replay_positions=100, batch_size=16, samples_per_insert=1),
     "env": dict(episode_length=40),
     "train": dict(num_envs=4),
@@ -92,7 +94,15 @@ def test_time_features_off_zeroes_columns_5_to_8_only():
     # The observations the agent sees: same shape, time columns constant 0, the rest unchanged.
     obs = {}
     for name, market in (("on", market_on), ("off", market_off)):
-        env = VecTradingEnv(market.features, market.close, num_envs=3, pip=market.pip, spread_pips=market.spread_pips, window=64, episode_length=10)
+        env = VecTradingEnv(
+            market.features,
+            market.close,
+            num_envs=3,
+            pip=market.pip,
+            spread_pips=market.spread_pips,
+            window=64,
+            episode_length=10,
+        )
         obs[name] = env.reset(starts=np.array([100, 300, 500]))
     assert obs["off"].shape == obs["on"].shape == (3, 64, 15)
     assert np.all(obs["off"][:, :, 5:9] == 0)
@@ -120,7 +130,15 @@ def test_deterministic_variant_has_one_chance_code_and_searches():
     assert det.model.chance_codes == det.search.num_chance_codes == 1
     assert sto.model.chance_codes == sto.search.num_chance_codes == 16
     market = market_from_bars("SYNTH", BARS, det)
-    env = VecTradingEnv(market.features, market.close, num_envs=4, pip=market.pip, spread_pips=market.spread_pips, window=64, episode_length=5)
+    env = VecTradingEnv(
+        market.features,
+        market.close,
+        num_envs=4,
+        pip=market.pip,
+        spread_pips=market.spread_pips,
+        window=64,
+        episode_length=5,
+    )
     obs = env.reset(starts=np.array([100, 200, 300, 400]))
     policy = SearchPolicy(StochasticMuZeroNet(det.model), det.search, "cpu", seed=0)
     actions = policy(env, obs)
@@ -129,7 +147,10 @@ def test_deterministic_variant_has_one_chance_code_and_searches():
 
 
 def test_search_variants_set_root_and_simulations():
-    got = {(v.search.root, v.search.num_simulations) for v in (variant_config(Config(), x, small=True) for x in EXPERIMENTS["search"].variants)}
+    got = {
+        (v.search.root, v.search.num_simulations)
+        for v in (variant_config(Config(), x, small=True) for x in EXPERIMENTS["search"].variants)
+    }
     assert got == {(root, sims) for root in ("gumbel", "puct") for sims in (4, 8, 15)}
     # --small's 4 simulations do not override the variant's own count.
     assert SMALL["search"]["num_simulations"] == 4
@@ -181,7 +202,21 @@ def test_runner_writes_a_table_with_intervals_and_reuses_finished_runs(tmp_path,
 
     # Another experiment reuses identical runs (stochastic-16 = with-time) and trains the rest.
     other = tmp_path / "time"
-    assert _cli(tmp_path, "time-features", "--steps", "20", "--seeds", "0,1", "--out", str(other), "--reuse-runs-from", str(out)) == 0
+    assert (
+        _cli(
+            tmp_path,
+            "time-features",
+            "--steps",
+            "20",
+            "--seeds",
+            "0,1",
+            "--out",
+            str(other),
+            "--reuse-runs-from",
+            str(out),
+        )
+        == 0
+    )
     rows = {row["name"]: row for row in json.loads((other / "results.json").read_text())["rows"]}
     assert all(r["copied_from"] for r in rows["with-time"]["runs"])
     assert rows["with-time"]["summary"] == report["rows"][0]["summary"]

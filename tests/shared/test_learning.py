@@ -33,8 +33,14 @@ from tests.helpers import REPO
 W = 16  # a short window keeps the tests fast; the code takes any W
 PENALTY = 0.01
 SMALL = ModelConfig(
-    window=W, tcn_channels=16, tcn_dilations=(1, 2, 4), hidden=64, residual_blocks=1,
-    head_hidden=32, encoder_hidden=32, dropout=0.0,
+    window=W,
+    tcn_channels=16,
+    tcn_dilations=(1, 2, 4),
+    hidden=64,
+    residual_blocks=1,
+    head_hidden=32,
+    encoder_hidden=32,
+    dropout=0.0,
 )
 
 # ----------------------------------------------------------------------------- fixtures
@@ -56,8 +62,16 @@ def play(market: MarketData, starts, length: int, seed: int = 0):
     [B, length + 1, W, 15] (index k = before decision k; k = length after the end)."""
     rng = np.random.default_rng(seed)
     B = len(starts)
-    env = VecTradingEnv(market.features, market.close, num_envs=B, pip=market.pip, spread_pips=market.spread_pips,
-                        window=W, episode_length=length, drawdown_penalty=PENALTY)
+    env = VecTradingEnv(
+        market.features,
+        market.close,
+        num_envs=B,
+        pip=market.pip,
+        spread_pips=market.spread_pips,
+        window=W,
+        episode_length=length,
+        drawdown_penalty=PENALTY,
+    )
     observations = [env.reset(starts=np.asarray(starts)).copy()]
     actions, rewards, legal = [], [], []
     for _ in range(length):
@@ -71,12 +85,20 @@ def play(market: MarketData, starts, length: int, seed: int = 0):
     episodes = []
     for i in range(B):
         policy = rng.dirichlet(np.ones(4), size=length) * legal[i]
-        episodes.append(Episode(
-            run_id=f"test-{seed}-{i}", symbol="EURUSD", split="train", start_bar=int(starts[i]), model_version=0,
-            actions=actions[i].astype(np.uint8), rewards=rewards[i].astype(np.float32),
-            root_values=rng.normal(0, 5, length).astype(np.float32),
-            policy_targets=(policy / policy.sum(1, keepdims=True)).astype(np.float32), legal_masks=legal[i],
-        ))
+        episodes.append(
+            Episode(
+                run_id=f"test-{seed}-{i}",
+                symbol="EURUSD",
+                split="train",
+                start_bar=int(starts[i]),
+                model_version=0,
+                actions=actions[i].astype(np.uint8),
+                rewards=rewards[i].astype(np.float32),
+                root_values=rng.normal(0, 5, length).astype(np.float32),
+                policy_targets=(policy / policy.sum(1, keepdims=True)).astype(np.float32),
+                legal_masks=legal[i],
+            )
+        )
     return episodes, np.stack(observations, 1)
 
 
@@ -229,8 +251,17 @@ def test_every_sub_network_gets_gradient(replay):
     config = small_config(sigma_weight=0.0, commitment_weight=0.0)
     stochastic_muzero_loss(model, replay.sample(32).to("cpu"), config).loss.backward()
     assert sum(float(p.grad.abs().sum()) for p in model.chance_encoder.parameters()) > 0
-    assert set(out.metrics) >= {"loss", "policy_loss", "value_loss", "q_loss", "sigma_loss", "commitment_loss",
-                                "reward_loss", "code_perplexity", "codes_used"}
+    assert set(out.metrics) >= {
+        "loss",
+        "policy_loss",
+        "value_loss",
+        "q_loss",
+        "sigma_loss",
+        "commitment_loss",
+        "reward_loss",
+        "code_perplexity",
+        "codes_used",
+    }
     assert out.priorities.shape == (32,) and out.code_histogram.shape == (SMALL.chance_codes,)
 
 
@@ -351,10 +382,17 @@ def test_torch_load_is_never_called_without_weights_only():
     offenders = []
     for file in [*REPO.glob("shared/**/*.py"), *REPO.glob("services/**/*.py")]:
         for node in ast.walk(ast.parse(file.read_text(), filename=str(file))):
-            if (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr == "load"
-                    and isinstance(node.func.value, ast.Name) and node.func.value.id == "torch"):
-                ok = any(k.arg == "weights_only" and isinstance(k.value, ast.Constant) and k.value.value is True
-                         for k in node.keywords)
+            if (
+                isinstance(node, ast.Call)
+                and isinstance(node.func, ast.Attribute)
+                and node.func.attr == "load"
+                and isinstance(node.func.value, ast.Name)
+                and node.func.value.id == "torch"
+            ):
+                ok = any(
+                    k.arg == "weights_only" and isinstance(k.value, ast.Constant) and k.value.value is True
+                    for k in node.keywords
+                )
                 if not ok:
                     offenders.append(f"{file.relative_to(REPO)}:{node.lineno}")
     assert not offenders, f"torch.load without weights_only=True: {offenders}"

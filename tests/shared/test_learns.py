@@ -37,7 +37,9 @@ def test_greedy_agent_beats_random_and_earns_on_held_out_bars(tmp_path):
     agent = evaluate(model, market, config, "validation", "cpu", chunks=8).metrics
     random = backtest(market, split, RandomLegal(seed=0), chunks=8).metrics
     oracle = backtest(market, split, PerfectForesight(market.close, market.pip, market.spread_pips), chunks=8).metrics
-    print(f"agent {agent.total_pips:.0f} pips, random {random.total_pips:.0f}, perfect foresight {oracle.total_pips:.0f}")
+    print(
+        f"agent {agent.total_pips:.0f} pips, random {random.total_pips:.0f}, perfect foresight {oracle.total_pips:.0f}"
+    )
 
     assert agent.trades > 10  # it trades, rather than winning by staying flat
     assert agent.total_pips > random.total_pips + 500  # a clear margin over chance

@@ -110,9 +110,21 @@ def test_amddp1_absent_is_none_and_length_checked():
 def test_no_trades():
     m = compute_metrics([], [], H1, trade_amddp1=[])
     assert (m.trades, m.wins, m.losses, m.bars) == (0, 0, 0, 0)
-    for field in ("win_rate", "expectancy", "avg_win", "avg_loss", "best_trade",
-                  "worst_trade", "profit_factor", "sqn", "amddp1_per_trade",
-                  "sharpe", "sortino", "psr", "deflated_sharpe"):
+    for field in (
+        "win_rate",
+        "expectancy",
+        "avg_win",
+        "avg_loss",
+        "best_trade",
+        "worst_trade",
+        "profit_factor",
+        "sqn",
+        "amddp1_per_trade",
+        "sharpe",
+        "sortino",
+        "psr",
+        "deflated_sharpe",
+    ):
         assert getattr(m, field) is None, field
     assert (m.total_pips, m.gross_profit, m.gross_loss, m.amddp1_total) == (0.0, 0.0, 0.0, 0.0)
     assert (m.max_drawdown_pips, m.max_drawdown_duration_bars) == (0.0, 0)
@@ -262,9 +274,7 @@ def _dsr_expected(r, n_trials, variance):
     if variance is None:
         variance = radicand / (n - 1)
     g = 0.5772156649
-    sr_star = math.sqrt(variance) * (
-        (1 - g) * phi_inv(1 - 1 / n_trials) + g * phi_inv(1 - 1 / (n_trials * math.e))
-    )
+    sr_star = math.sqrt(variance) * ((1 - g) * phi_inv(1 - 1 / n_trials) + g * phi_inv(1 - 1 / (n_trials * math.e)))
     return phi((sr - sr_star) * math.sqrt(n - 1) / math.sqrt(radicand))
 
 

@@ -57,8 +57,9 @@ def test_support_round_trip_and_clipping(dtype):
     assert (back - x).abs().max() < 1e-4
     # beyond the range: clipped to +-300
     far = torch.tensor([-1e4, -300.5, 300.5, 1e4], dtype=dtype)
-    assert torch.allclose(support_to_scalar(scalar_to_support(far).clamp_min(1e-30).log()),
-                          far.clamp(-300, 300).to(dtype), atol=1e-4)
+    assert torch.allclose(
+        support_to_scalar(scalar_to_support(far).clamp_min(1e-30).log()), far.clamp(-300, 300).to(dtype), atol=1e-4
+    )
     # zero is the middle bin; uniform logits decode to 0
     assert scalar_to_support(torch.zeros(1))[0, BINS // 2] == 1
     assert support_to_scalar(torch.zeros(BINS)).abs() < 1e-5
@@ -78,9 +79,9 @@ def test_tcn_is_causal_in_eval_mode():
     assert out.shape == (2, W, CFG.tcn_channels)
     t = 40
     future = x.clone()
-    future[:, t + 1:] = torch.randn_like(future[:, t + 1:])
+    future[:, t + 1 :] = torch.randn_like(future[:, t + 1 :])
     assert torch.equal(tcn(future)[:, : t + 1], out[:, : t + 1])  # outputs <= t untouched
-    assert not torch.allclose(tcn(future)[:, t + 1:], out[:, t + 1:])
+    assert not torch.allclose(tcn(future)[:, t + 1 :], out[:, t + 1 :])
     for lag in (0, 1, CFG.receptive_field - 1):  # every input inside the receptive field matters
         past = x.clone()
         past[:, t - lag] += 1.0
@@ -107,8 +108,15 @@ def test_representation_shape_range_and_determinism(model):
 
 def test_parameter_count(model):
     counts = model.parameter_counts()
-    assert set(counts) == {"representation", "prediction", "afterstate_dynamics", "afterstate_prediction",
-                           "dynamics", "chance_encoder", "total"}
+    assert set(counts) == {
+        "representation",
+        "prediction",
+        "afterstate_dynamics",
+        "afterstate_prediction",
+        "dynamics",
+        "chance_encoder",
+        "total",
+    }
     assert sum(v for k, v in counts.items() if k != "total") == counts["total"]
     assert 1_000_000 <= counts["total"] <= 1_600_000
 
@@ -136,7 +144,8 @@ def test_every_sub_network_gets_gradient_through_one_unroll():
     policy2, value2 = net.predict(next_state)
     target = net.to_support(torch.full((B,), 3.0))
     loss = (
-        F.cross_entropy(policy, action) + F.cross_entropy(policy2, action)
+        F.cross_entropy(policy, action)
+        + F.cross_entropy(policy2, action)
         - (target * value.log_softmax(-1)).sum(-1).mean()
         - (target * value2.log_softmax(-1)).sum(-1).mean()
         - (target * q.log_softmax(-1)).sum(-1).mean()
@@ -178,7 +187,9 @@ def test_inference_api_shapes(device):
     with torch.no_grad():
         state, policy, value = net.initial_inference(obs)
         afterstate, chance, q = net.afterstate_inference(state, torch.tensor([0, 1, 3], device=device))
-        next_state, reward, policy2, value2 = net.recurrent_inference(afterstate, torch.tensor([0, 5, 15], device=device))
+        next_state, reward, policy2, value2 = net.recurrent_inference(
+            afterstate, torch.tensor([0, 5, 15], device=device)
+        )
     assert state.shape == afterstate.shape == next_state.shape == (B, H)
     assert policy.shape == policy2.shape == (B, A)
     assert chance.shape == (B, K)

@@ -32,8 +32,10 @@ def url(request, tmp_path):
     with admin.begin() as conn:
         conn.execute(text(f'CREATE SCHEMA "{schema}"'))
     try:
-        yield make_url(POSTGRES_URL).update_query_dict({"options": f"-csearch_path={schema}"}).render_as_string(
-            hide_password=False
+        yield (
+            make_url(POSTGRES_URL)
+            .update_query_dict({"options": f"-csearch_path={schema}"})
+            .render_as_string(hide_password=False)
         )
     finally:
         with admin.begin() as conn:
@@ -90,7 +92,14 @@ def test_checkpoints_get_list_latest_count(registry):
         ids.append(registry.add_checkpoint("b", step * 10, f"/b/{step}.pt", SHA[step + 10]))
     got = registry.get_checkpoint(ids[0])
     assert isinstance(got, CheckpointRecord)
-    assert (got.run_id, got.step, got.path, got.sha256, got.is_best, got.best_path) == ("a", 10, "/a/1.pt", SHA[1], False, None)
+    assert (got.run_id, got.step, got.path, got.sha256, got.is_best, got.best_path) == (
+        "a",
+        10,
+        "/a/1.pt",
+        SHA[1],
+        False,
+        None,
+    )
     assert _aware_utc(got.created_at) and abs(got.created_at - datetime.now(UTC)) < timedelta(minutes=5)
     assert got.latest_validation is None
     assert registry.get_checkpoint(10_000) is None
@@ -104,7 +113,11 @@ def test_checkpoints_get_list_latest_count(registry):
     assert registry.latest_checkpoint().id == ids[-1]
     assert registry.latest_checkpoint("a").step == 50 and registry.latest_checkpoint("a").run_id == "a"
     assert registry.latest_checkpoint("zzz") is None
-    assert (registry.count_checkpoints(), registry.count_checkpoints("a"), registry.count_checkpoints("zzz")) == (10, 5, 0)
+    assert (registry.count_checkpoints(), registry.count_checkpoints("a"), registry.count_checkpoints("zzz")) == (
+        10,
+        5,
+        0,
+    )
     with pytest.raises(ValueError, match="limit"):
         registry.list_checkpoints(limit=-1)
 
@@ -116,10 +129,12 @@ def test_validations_and_latest_validation_of_checkpoints(registry):
     assert registry.latest_validation() is None and registry.list_validations() == []
     metrics = {"trades": 3, "profit_factor": math.inf, "sharpe": float("nan"), "sqn": 1.5}
     v1 = registry.add_validation(c1, "ok", score=2.5, metrics=metrics, error=None, split="validation", duration_s=1.25)
-    v2 = registry.add_validation(c1, "failed", score=None, metrics=None, error="checkpoint /1.pt: boom",
-                                 split="validation", duration_s=0.5)
-    v3 = registry.add_validation(c2, "ok", score=-math.inf, metrics={"trades": 0}, error=None, split="validation",
-                                 duration_s=2.0)
+    v2 = registry.add_validation(
+        c1, "failed", score=None, metrics=None, error="checkpoint /1.pt: boom", split="validation", duration_s=0.5
+    )
+    v3 = registry.add_validation(
+        c2, "ok", score=-math.inf, metrics={"trades": 0}, error=None, split="validation", duration_s=2.0
+    )
     assert v1 < v2 < v3
 
     every = registry.list_validations()
@@ -127,7 +142,13 @@ def test_validations_and_latest_validation_of_checkpoints(registry):
     first = every[-1]
     assert isinstance(first, ValidationRecord)
     assert (first.checkpoint_id, first.status, first.score, first.error, first.split, first.duration_s) == (
-        c1, "ok", 2.5, None, "validation", 1.25)
+        c1,
+        "ok",
+        2.5,
+        None,
+        "validation",
+        1.25,
+    )
     assert first.metrics == {"trades": 3, "profit_factor": "inf", "sharpe": None, "sqn": 1.5}
     assert _aware_utc(first.created_at)
     assert every[0].score == -math.inf  # a checkpoint that never trades
@@ -188,8 +209,15 @@ def test_two_registry_objects_share_the_database(registry, url):
                     # Both writers record step 0..11: each (run, step) must get one id.
                     cid = reg.add_checkpoint("r", step, f"/{step}.pt", SHA[step])
                     assert ids.setdefault(step, cid) == cid
-                    reg.add_validation(cid, "ok", score=float(offset + step), metrics={"k": step}, error=None,
-                                       split="validation", duration_s=0.1)
+                    reg.add_validation(
+                        cid,
+                        "ok",
+                        score=float(offset + step),
+                        metrics={"k": step},
+                        error=None,
+                        split="validation",
+                        duration_s=0.1,
+                    )
                     reg.set_best(cid, f"/best-{offset}.pt")
             except BaseException as exc:  # noqa: BLE001
                 errors.append(exc)

@@ -20,8 +20,20 @@ from shared.learning.targets import n_step_targets
 from tests.helpers import random_walk_market
 
 W, PENALTY = 16, 0.01
-BUFFER_ARRAYS = ("states", "actions", "rewards", "values", "policies", "legal", "serial", "step", "length",
-                 "start", "priorities", "_p_alpha")
+BUFFER_ARRAYS = (
+    "states",
+    "actions",
+    "rewards",
+    "values",
+    "policies",
+    "legal",
+    "serial",
+    "step",
+    "length",
+    "start",
+    "priorities",
+    "_p_alpha",
+)
 
 
 def reference_insert(self: ReplayBuffer, episode: Episode) -> np.ndarray:
@@ -104,9 +116,16 @@ def make_episode(market, rng, start: int, T: int, style: str, k: int) -> Episode
     legal = legal_mask(states[:T, 0].astype(np.int64))
     policy = rng.dirichlet(np.ones(4), size=T) * rng.integers(0, 2, (T, 4))  # some rows all 0: the fallback
     return Episode(
-        run_id=f"eq-{k}", symbol="EURUSD", split="train", start_bar=start, model_version=1, actions=actions,
-        rewards=rewards.astype(np.float32), root_values=rng.normal(0, 20, T).astype(np.float32),
-        policy_targets=policy.astype(np.float32), legal_masks=legal,
+        run_id=f"eq-{k}",
+        symbol="EURUSD",
+        split="train",
+        start_bar=start,
+        model_version=1,
+        actions=actions,
+        rewards=rewards.astype(np.float32),
+        root_values=rng.normal(0, 20, T).astype(np.float32),
+        policy_targets=policy.astype(np.float32),
+        legal_masks=legal,
     )
 
 
@@ -148,7 +167,11 @@ def test_vectorised_insert_fills_the_buffer_like_the_reference(market, initial_p
         for name in BUFFER_ARRAYS:
             assert np.array_equal(getattr(fast, name), getattr(slow, name)), (name, e.run_id)
         assert (fast._head, fast._tail, list(fast._episodes), fast.max_priority) == (
-            slow._head, slow._tail, list(slow._episodes), slow.max_priority)
+            slow._head,
+            slow._tail,
+            list(slow._episodes),
+            slow.max_priority,
+        )
     assert fast.inserted > 3 * config.replay_capacity  # the ring wrapped several times
     a, b = fast.sample(64), slow.sample(64)  # the learner's inputs, observations included
     for name in a.__dataclass_fields__:

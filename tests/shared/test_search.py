@@ -126,11 +126,11 @@ def test_chance_visits_follow_sigma(device, root):
     side = torch.zeros(2, dtype=torch.long, device=device)
     out = run_search(TinyModel(), obs, legal, side, SearchConfig(num_simulations=sims, root=root), gen(0, device))
     tree = out.tree
-    chance = tree.action_children[:, ROOT, Action.HOLD]                           # [B]
+    chance = tree.action_children[:, ROOT, Action.HOLD]  # [B]
     assert tree.is_chance[torch.arange(2), chance].all()
-    kids = tree.code_children[torch.arange(2), chance]                            # [B, C]
-    visits = tree.node_visits.gather(1, kids)                                      # unexpanded: scratch, 0
-    assert (visits.sum(-1) == sims - 1).all()                                     # all but the expanding one
+    kids = tree.code_children[torch.arange(2), chance]  # [B, C]
+    visits = tree.node_visits.gather(1, kids)  # unexpanded: scratch, 0
+    assert (visits.sum(-1) == sims - 1).all()  # all but the expanding one
     fractions = visits / visits.sum(-1, keepdim=True)
     torch.testing.assert_close(fractions.cpu(), SIGMA.to(fractions.dtype).expand(2, -1), atol=0.02, rtol=0)
 
@@ -148,7 +148,7 @@ def test_backup_adds_rewards_and_discount_on_chance_edges_only(device):
     q, r, v0, v = 0.7, 0.7, 0.0, 0.0
     # node 1 = Hold's afterstate, node 2 = its most likely code's state
     assert tree.is_chance[0, 1] and not tree.is_chance[0, 2]
-    assert tree.code_children[0, 1, 0].item() == 2                                 # sigma's top code
+    assert tree.code_children[0, 1, 0].item() == 2  # sigma's top code
     torch.testing.assert_close(tree.node_values[0, 1].item(), (q + r + 0.9 * v) / 2)
     torch.testing.assert_close(out.root_value.item(), (v0 + q + (r + 0.9 * v)) / 3)
     assert tree.node_visits[0, :3].tolist() == [3.0, 2.0, 1.0]
@@ -178,7 +178,7 @@ def test_illegal_actions_never_chosen_nor_given_mass(device, root):
         torch.testing.assert_close(out.policy_target.sum(-1), ones)
         tree = out.tree
         N = tree.num_slots
-        made = torch.arange(N, device=device) <= cfg.num_simulations                  # root + expanded slots
+        made = torch.arange(N, device=device) <= cfg.num_simulations  # root + expanded slots
         decision = made & ~tree.is_chance
         # interior decision nodes: the mask follows their side; no child behind an illegal action
         interior = decision.clone()

@@ -134,8 +134,12 @@ def test_a_failure_inside_the_transaction_rolls_everything_back(store):
     "bars, message",
     [
         (make_bars(3).slice(0, 0), "no bars"),
-        (Bars.from_arrays(np.array(["2017-01-02T01", "2017-01-02T00"], "datetime64[ns]"), [1, 1], [1, 1], [1, 1], [1, 1]),
-         "strictly increasing"),
+        (
+            Bars.from_arrays(
+                np.array(["2017-01-02T01", "2017-01-02T00"], "datetime64[ns]"), [1, 1], [1, 1], [1, 1], [1, 1]
+            ),
+            "strictly increasing",
+        ),
         (Bars.from_arrays(np.array(["2017-01-02T00"], "datetime64[ns]"), [1], [np.nan], [1], [1]), "NaN"),
     ],
 )
@@ -171,8 +175,18 @@ def test_reading_a_store_that_does_not_exist_creates_nothing(tmp_path):
 
 @pytest.mark.parametrize(
     "step_minutes, name",
-    [(1, "M1"), (5, "M5"), (15, "M15"), (30, "M30"), (60, "H1"), (240, "H4"), (1440, "D1"), (10080, "W1"), (7, "7min"),
-     (120, "2h")],
+    [
+        (1, "M1"),
+        (5, "M5"),
+        (15, "M15"),
+        (30, "M30"),
+        (60, "H1"),
+        (240, "H4"),
+        (1440, "D1"),
+        (10080, "W1"),
+        (7, "7min"),
+        (120, "2h"),
+    ],
 )
 def test_info_detects_the_timeframe_from_the_median_spacing(store, step_minutes, name):
     bars = make_bars(40, step_minutes=step_minutes)
@@ -272,6 +286,8 @@ def test_console_entry_runs_data_commands(tmp_path):
     bad.write_text("nothing to see\n")
     refused = subprocess.run(
         [sys.executable, "-m", "shared.cli", "data", "import", str(bad), "--symbol", "X", "--db", db],
-        capture_output=True, text=True, timeout=120,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert refused.returncode == 2 and "cannot detect the bar format" in refused.stderr

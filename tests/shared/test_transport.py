@@ -32,12 +32,17 @@ def make_episode(T: int = 360, seed: int = 0, episode_id: str = "c1-s-0") -> Epi
     masks[:, 0] = True
     policy = rng.random((T, 4)).astype(np.float32) * masks
     return Episode(
-        run_id="run-1", symbol="EURUSD", split="train", start_bar=int(rng.integers(0, 5000)), model_version=7,
+        run_id="run-1",
+        symbol="EURUSD",
+        split="train",
+        start_bar=int(rng.integers(0, 5000)),
+        model_version=7,
         actions=rng.integers(0, 4, T).astype(np.uint8),
         rewards=rng.normal(0, 3, T).astype(np.float32),
         root_values=rng.normal(0, 10, T).astype(np.float32),
         policy_targets=(policy / policy.sum(1, keepdims=True)).astype(np.float32),
-        legal_masks=masks, episode_id=episode_id,
+        legal_masks=masks,
+        episode_id=episode_id,
     )
 
 
@@ -103,7 +108,10 @@ def _edited(edit) -> bytes:
         (encode_episode(make_episode(T=10)) + b"\x00", "1 unexpected bytes"),
         (_edited(lambda h, b: h.update(format=2)), "format version 2 is not supported"),
         (_edited(lambda h, b: h["arrays"][1].update(dtype="<f8")), "rewards has dtype '<f8', expected '<f4'"),
-        (_edited(lambda h, b: h["arrays"][3].update(shape=[10, 5])), "policy_targets has shape (10, 5), expected (10, 4)"),
+        (
+            _edited(lambda h, b: h["arrays"][3].update(shape=[10, 5])),
+            "policy_targets has shape (10, 5), expected (10, 4)",
+        ),
         (_edited(lambda h, b: h["arrays"][2].update(shape=[9])), "root_values has shape (9,)"),
         (_edited(lambda h, b: h["arrays"][0].update(shape=[0])), "episode length 0"),
         (_edited(lambda h, b: h["arrays"].reverse()), "in that order"),
@@ -133,9 +141,7 @@ def test_codec_refuses_bad_messages(message, error):
 def test_codec_refuses_bad_values(field, value, error):
     data = bytearray(encode_episode(make_episode(T=10)))
     header, _ = split_message(bytes(data))
-    offset = len(data) - sum(
-        int(np.prod(a["shape"])) * np.dtype(a["dtype"]).itemsize for a in header["arrays"]
-    )
+    offset = len(data) - sum(int(np.prod(a["shape"])) * np.dtype(a["dtype"]).itemsize for a in header["arrays"])
     for spec in header["arrays"]:
         if spec["name"] == field:
             break
@@ -311,8 +317,12 @@ def test_retry_backs_off_and_counts_one_reconnect():
     assert len(calls) == 3
     assert sample("microzero_redis_reconnects_total", {"service": "test-retry"}) - before == 1
     with pytest.raises(redis.TimeoutError):
-        call_with_retry(lambda: (_ for _ in ()).throw(redis.TimeoutError("slow")), service="test-retry",
-                        backoff=Backoff(base=0.001, cap=0.001), max_attempts=2)
+        call_with_retry(
+            lambda: (_ for _ in ()).throw(redis.TimeoutError("slow")),
+            service="test-retry",
+            backoff=Backoff(base=0.001, cap=0.001),
+            max_attempts=2,
+        )
     with pytest.raises(KeyError):  # not a Redis outage: no retry
         call_with_retry(lambda: {}["x"], service="test-retry")
     delays = [Backoff(base=0.1, cap=1.0).next_delay() for _ in range(50)]

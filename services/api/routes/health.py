@@ -18,7 +18,9 @@ def livez() -> dict[str, str]:
 
 
 @router.get(
-    "/readyz", tags=["health"], response_model=S.ReadyResponse,
+    "/readyz",
+    tags=["health"],
+    response_model=S.ReadyResponse,
     summary="200 when a model is loaded and Redis and the database answer; else 503",
     responses={503: {"model": S.ReadyResponse}},
 )

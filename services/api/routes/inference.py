@@ -33,7 +33,8 @@ router = APIRouter(tags=["inference"])
 
 
 @router.post(
-    "/v1/act", response_model=S.ActResponse,
+    "/v1/act",
+    response_model=S.ActResponse,
     summary="The best checkpoint's greedy-search action for a market state",
     responses={
         422: {"description": "malformed input; `message` says what and where"},
@@ -74,13 +75,19 @@ def build_observation(request: S.ActRequest, config: Config) -> Observation:
     assert bars is not None
     need = bars_needed(config)
     if len(bars) < need:  # checked here too so the message is the same as the replay's
-        raise ObservationError(("body", "bars"), f"{len(bars)} bars sent; at least {need} are needed "
-                               f"({need - config.env.window} warm-up bars for the features + a "
-                               f"{config.env.window}-bar window)")
+        raise ObservationError(
+            ("body", "bars"),
+            f"{len(bars)} bars sent; at least {need} are needed "
+            f"({need - config.env.window} warm-up bars for the features + a "
+            f"{config.env.window}-bar window)",
+        )
     ts = np.array([(b.ts - _EPOCH) // _MICROSECOND for b in bars], dtype="datetime64[us]").astype("datetime64[ns]")
     frame = Bars.from_arrays(
         ts,
-        [b.open for b in bars], [b.high for b in bars], [b.low for b in bars], [b.close for b in bars],
+        [b.open for b in bars],
+        [b.high for b in bars],
+        [b.low for b in bars],
+        [b.close for b in bars],
         [b.volume or 0.0 for b in bars],
     )
     symbol = (request.symbol or config.pipeline.symbol).upper()

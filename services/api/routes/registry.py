@@ -30,7 +30,8 @@ def list_checkpoints(
 
 
 @router.get(
-    "/checkpoints/{checkpoint_id}", response_model=S.CheckpointOut,
+    "/checkpoints/{checkpoint_id}",
+    response_model=S.CheckpointOut,
     responses={404: {"description": "unknown checkpoint"}},
 )
 def get_checkpoint(reg: RegistryDep, checkpoint_id: int = PathParam(ge=0, le=2**62)) -> S.CheckpointOut | None:
@@ -54,7 +55,8 @@ def list_validations(
 
 
 @router.post(
-    "/checkpoints/{checkpoint_id}/promote", response_model=S.PromoteResponse,
+    "/checkpoints/{checkpoint_id}/promote",
+    response_model=S.PromoteResponse,
     summary="Make a checkpoint the best one and serve it (Authorization: Bearer <pipeline.api_token>)",
     dependencies=[Depends(require_token)],
     responses={
@@ -83,6 +85,9 @@ def promote(state: State, checkpoint_id: int = PathParam(ge=0, le=2**62)) -> S.P
         raise HTTPException(503, f"the registry is unavailable: {type(exc).__name__}: {exc}") from exc
     log.info("promoted checkpoint %s (step %d) to %s", record.id, served.step, promotion.best_path)
     return S.PromoteResponse(
-        checkpoint_id=record.id, step=served.step, best_path=str(promotion.best_path), sha256=served.sha256,
+        checkpoint_id=record.id,
+        step=served.step,
+        best_path=str(promotion.best_path),
+        sha256=served.sha256,
         served=True,
     )

@@ -30,8 +30,11 @@ def status(state: State) -> S.StatusResponse:
             out["trainer"] = read_trainer_status(r, state.keys)
             out["collectors"] = [
                 S.CollectorStatus(
-                    id=beat.id, episodes=beat.record.get("episodes"), model_version=beat.record.get("model_version"),
-                    env_steps_per_s=beat.record.get("env_steps_per_s"), ttl_s=beat.ttl_s,
+                    id=beat.id,
+                    episodes=beat.record.get("episodes"),
+                    model_version=beat.record.get("model_version"),
+                    env_steps_per_s=beat.record.get("env_steps_per_s"),
+                    ttl_s=beat.ttl_s,
                 )
                 for beat in read_heartbeats(r, state.keys)
             ]

@@ -103,8 +103,16 @@ def serving(tmp: Path) -> Iterator[dict]:
     app = create_app(config, keys=keys, poll_interval_s=60.0, device="cpu")
     try:
         with LiveServer(app) as client:
-            yield {"client": client, "config": config, "registry": registry, "ids": ids, "redis": r, "keys": keys,
-                   "app": app, "url": f"http://127.0.0.1:{client.base_url.port}"}
+            yield {
+                "client": client,
+                "config": config,
+                "registry": registry,
+                "ids": ids,
+                "redis": r,
+                "keys": keys,
+                "app": app,
+                "url": f"http://127.0.0.1:{client.base_url.port}",
+            }
     finally:
         for key in r.scan_iter(match=prefix + ":*"):
             r.delete(key)
@@ -128,8 +136,9 @@ def own_env(tmp_path):
 
 
 def _add_validation(registry, checkpoint_id: int, score: float, metrics: dict) -> None:
-    registry.add_validation(checkpoint_id, "ok", score=score, metrics=metrics, error=None, split="validation",
-                            duration_s=1.0)
+    registry.add_validation(
+        checkpoint_id, "ok", score=score, metrics=metrics, error=None, split="validation", duration_s=1.0
+    )
 
 
 # ----------------------------------------------------------------------------- health, status, registry
@@ -143,14 +152,28 @@ def test_livez_readyz_status(env):
     assert ready.json()["ready"] and all(c["ok"] for c in ready.json()["checks"].values())
     assert set(ready.json()["checks"]) == {"model", "redis", "database"}
 
-    trainer = {"step": 1234, "losses": {"policy": 1.1}, "replay_positions": 5000, "episodes_received": 9,
-               "episodes_inserted": 8, "episodes_rejected": 1, "duplicates": 0, "learner_steps_per_s": 3.5,
-               "updated_at": time.time()}
+    trainer = {
+        "step": 1234,
+        "losses": {"policy": 1.1},
+        "replay_positions": 5000,
+        "episodes_received": 9,
+        "episodes_inserted": 8,
+        "episodes_rejected": 1,
+        "duplicates": 0,
+        "learner_steps_per_s": 3.5,
+        "updated_at": time.time(),
+    }
     r.set(keys.trainer_status, json.dumps(trainer))
-    r.set(f"{keys.collector_prefix}c1{keys.collector_suffix}",
-          json.dumps({"episodes": 7, "model_version": 3, "env_steps_per_s": 900.0}), ex=30)
-    r.set(f"{keys.collector_prefix}c2{keys.collector_suffix}",
-          json.dumps({"episodes": 1, "model_version": 0, "env_steps_per_s": 10.0}), ex=30)
+    r.set(
+        f"{keys.collector_prefix}c1{keys.collector_suffix}",
+        json.dumps({"episodes": 7, "model_version": 3, "env_steps_per_s": 900.0}),
+        ex=30,
+    )
+    r.set(
+        f"{keys.collector_prefix}c2{keys.collector_suffix}",
+        json.dumps({"episodes": 1, "model_version": 0, "env_steps_per_s": 10.0}),
+        ex=30,
+    )
     queue = Queue(env["config"].pipeline.validation_queue, connection=r)
     queue.enqueue("os.getcwd")
     queue.enqueue("os.getcwd")
@@ -203,8 +226,14 @@ def test_position_columns_match_the_environment():
     market = market_from_bars("EURUSD", bars, config)  # row i = bar 119 + i
     newest = len(market) - 2  # bar 399, the newest of bars[:400]
     for side, held in ((1, 10), (-1, 100), (0, 0)):
-        env = VecTradingEnv(market.features, market.close, num_envs=1, pip=market.pip,
-                            spread_pips=market.spread_pips, episode_length=held + 1)
+        env = VecTradingEnv(
+            market.features,
+            market.close,
+            num_envs=1,
+            pip=market.pip,
+            spread_pips=market.spread_pips,
+            episode_length=held + 1,
+        )
         env.reset(starts=np.array([newest - held]), lengths=np.array([held + 1]))
         for k in range(held):
             env.step(np.array([(Action.BUY if side == 1 else Action.SELL) if k == 0 else Action.HOLD]))
@@ -231,8 +260,9 @@ def test_act_with_bars_and_window(env):
     assert sum(body["policy"].values()) == pytest.approx(1.0)
     assert body["checkpoint_id"] == served and isinstance(body["value_pips"], float)
 
-    long = client.post("/v1/act", json={"bars": bars_json(bars), "position": {"side": 1, "bars_held": 30},
-                                        "symbol": "eurusd"})
+    long = client.post(
+        "/v1/act", json={"bars": bars_json(bars), "position": {"side": 1, "bars_held": 30}, "symbol": "eurusd"}
+    )
     assert long.status_code == 200, long.text
     assert long.json()["action"] != "BUY" and long.json()["policy"]["BUY"] == 0.0
     assert long.json()["legal_actions"] == ["HOLD", "SELL", "CLOSE"]
@@ -281,7 +311,9 @@ def test_act_messages_name_the_problem(env):
     assert "exactly one" in message({"bars": good, "window": [[0.0] * 15] * 64})
     assert "expected 64" in message({"window": [[0.0] * 15] * 63})
     assert "window[3]" in message({"window": [[0.0] * 15] * 3 + [[0.0] * 9] + [[0.0] * 15] * 60})
-    assert "window[10][2]" in message({"window": [[0.0] * 15] * 10 + [[0.0, 0.0, 7.0] + [0.0] * 12] + [[0.0] * 15] * 53})
+    assert "window[10][2]" in message(
+        {"window": [[0.0] * 15] * 10 + [[0.0, 0.0, 7.0] + [0.0] * 12] + [[0.0] * 15] * 53}
+    )
 
 
 def test_malformed_inputs_are_all_4xx(env):
@@ -289,24 +321,58 @@ def test_malformed_inputs_are_all_4xx(env):
     good = bars_json(synthetic_bars("sine", NEED, seed=4))
     bar = good[0]
     bodies = [
-        None, 0, 1.5, "text", [], {}, [1, 2], {"bars": None}, {"bars": []}, {"bars": {}}, {"bars": "x"},
-        {"bars": [1, 2, 3]}, {"bars": [[]]}, {"bars": [{}]}, {"bars": [bar] * 300},
-        {"bars": [{**bar, "open": "nan"}] + good[1:]}, {"bars": [{**bar, "close": "Infinity"}] + good[1:]},
-        {"bars": [{**bar, "close": 1e308}] + good[1:]}, {"bars": [{**bar, "open": -1}] + good[1:]},
-        {"bars": [{**bar, "open": True}] + good[1:]}, {"bars": [{**bar, "ts": "yesterday"}] + good[1:]},
-        {"bars": [{**bar, "ts": 10**30}] + good[1:]}, {"bars": [{**bar, "ts": "9999-12-31T00:00:00Z"}] + good[1:]},
-        {"bars": [{**bar, "ts": None}] + good[1:]}, {"bars": [{**bar, "volume": -5}] + good[1:]},
-        {"bars": [{**bar, "extra": 1}] + good[1:]}, {"bars": [{k: v for k, v in bar.items() if k != "close"}] + good[1:]},
-        {"bars": good, "position": {"side": 2, "bars_held": 1}}, {"bars": good, "position": {"side": "long"}},
+        None,
+        0,
+        1.5,
+        "text",
+        [],
+        {},
+        [1, 2],
+        {"bars": None},
+        {"bars": []},
+        {"bars": {}},
+        {"bars": "x"},
+        {"bars": [1, 2, 3]},
+        {"bars": [[]]},
+        {"bars": [{}]},
+        {"bars": [bar] * 300},
+        {"bars": [{**bar, "open": "nan"}] + good[1:]},
+        {"bars": [{**bar, "close": "Infinity"}] + good[1:]},
+        {"bars": [{**bar, "close": 1e308}] + good[1:]},
+        {"bars": [{**bar, "open": -1}] + good[1:]},
+        {"bars": [{**bar, "open": True}] + good[1:]},
+        {"bars": [{**bar, "ts": "yesterday"}] + good[1:]},
+        {"bars": [{**bar, "ts": 10**30}] + good[1:]},
+        {"bars": [{**bar, "ts": "9999-12-31T00:00:00Z"}] + good[1:]},
+        {"bars": [{**bar, "ts": None}] + good[1:]},
+        {"bars": [{**bar, "volume": -5}] + good[1:]},
+        {"bars": [{**bar, "extra": 1}] + good[1:]},
+        {"bars": [{k: v for k, v in bar.items() if k != "close"}] + good[1:]},
+        {"bars": good, "position": {"side": 2, "bars_held": 1}},
+        {"bars": good, "position": {"side": "long"}},
         {"bars": good, "position": {"side": 1, "bars_held": 10**40}},
-        {"bars": good, "position": {"side": 1, "bars_held": -3}}, {"bars": good, "position": {"side": 1.5}},
-        {"bars": good, "position": []}, {"bars": good, "position": {"side": 1, "bars_held": 2, "x": 0}},
-        {"bars": good, "symbol": ""}, {"bars": good, "symbol": "EUR/USD\n"}, {"bars": good, "symbol": 5},
-        {"bars": good * 30}, {"window": None}, {"window": []}, {"window": [[]] * 64}, {"window": "abc"},
-        {"window": [[0.0] * 15] * 65}, {"window": [[0.0] * 9] * 64}, {"window": [[None] * 15] * 64},
-        {"window": [["a"] * 15] * 64}, {"window": [[0.0] * 15] * 63 + [[0.5] * 15]},
-        {"window": [[0.0] * 15] * 63 + [[0.0] * 9 + [0.5] + [0.0] * 5]}, {"window": [[[0.0]] * 15] * 64},
-        {"window": [[0.0] * 1000] * 64}, {"window": [[{"a": 1}] * 15] * 64}, {"a": {"b": {"c": [[[[[]]]]]}}},
+        {"bars": good, "position": {"side": 1, "bars_held": -3}},
+        {"bars": good, "position": {"side": 1.5}},
+        {"bars": good, "position": []},
+        {"bars": good, "position": {"side": 1, "bars_held": 2, "x": 0}},
+        {"bars": good, "symbol": ""},
+        {"bars": good, "symbol": "EUR/USD\n"},
+        {"bars": good, "symbol": 5},
+        {"bars": good * 30},
+        {"window": None},
+        {"window": []},
+        {"window": [[]] * 64},
+        {"window": "abc"},
+        {"window": [[0.0] * 15] * 65},
+        {"window": [[0.0] * 9] * 64},
+        {"window": [[None] * 15] * 64},
+        {"window": [["a"] * 15] * 64},
+        {"window": [[0.0] * 15] * 63 + [[0.5] * 15]},
+        {"window": [[0.0] * 15] * 63 + [[0.0] * 9 + [0.5] + [0.0] * 5]},
+        {"window": [[[0.0]] * 15] * 64},
+        {"window": [[0.0] * 1000] * 64},
+        {"window": [[{"a": 1}] * 15] * 64},
+        {"a": {"b": {"c": [[[[[]]]]]}}},
     ]
     statuses = {}
     for i, body in enumerate(bodies):
@@ -319,8 +385,14 @@ def test_malformed_inputs_are_all_4xx(env):
         (b'{"bars": [', {"content-type": "application/json"}),
         (b'{"window": [[NaN]]}', {"content-type": "application/json"}),
         (b'{"bars": 1e999999}', {"content-type": "application/json"}),
-        (json.dumps({"window": [[0.0] * 15] * 64}).replace("0.0", "1e400", 3).encode(), {"content-type": "application/json"}),
-        (json.dumps({"bars": good}).replace('"close": 1', '"close": Infinity', 1).encode(), {"content-type": "application/json"}),
+        (
+            json.dumps({"window": [[0.0] * 15] * 64}).replace("0.0", "1e400", 3).encode(),
+            {"content-type": "application/json"},
+        ),
+        (
+            json.dumps({"bars": good}).replace('"close": 1', '"close": Infinity', 1).encode(),
+            {"content-type": "application/json"},
+        ),
         (b"\xff\xfe\x00garbage", {"content-type": "application/json"}),
         (json.dumps({"bars": good}).encode(), {"content-type": "text/plain"}),
         (json.dumps({"bars": good}).encode(), {"content-type": "application/x-www-form-urlencoded"}),
@@ -361,11 +433,15 @@ def test_promote_and_hot_swap(own_env):
 
     # The validator's announcement on the channel swaps without waiting for the poll ...
     registry.set_best(ids["D"], registry.get_checkpoint(ids["D"]).path)
-    r.publish(keys.best_channel, json.dumps({"checkpoint_id": ids["D"], "path": registry.get_checkpoint(ids["D"]).path}))
+    r.publish(
+        keys.best_channel, json.dumps({"checkpoint_id": ids["D"], "path": registry.get_checkpoint(ids["D"]).path})
+    )
     assert wait_for(lambda: client.post("/v1/act", json=payload).json()["checkpoint_id"] == ids["D"], 10)
     # ... and a corrupt new best is refused: the old model keeps serving.
     registry.set_best(ids["C"], registry.get_checkpoint(ids["C"]).path)
-    r.publish(keys.best_channel, json.dumps({"checkpoint_id": ids["C"], "path": registry.get_checkpoint(ids["C"]).path}))
+    r.publish(
+        keys.best_channel, json.dumps({"checkpoint_id": ids["C"], "path": registry.get_checkpoint(ids["C"]).path})
+    )
     state = env["app"].state.api
     assert wait_for(lambda: state._failed is not None and state._failed[0] == ids["C"], 10)  # tried and refused
     assert client.post("/v1/act", json=payload).json()["checkpoint_id"] == ids["D"]
@@ -394,8 +470,9 @@ def test_not_ready_without_model_then_polls_in_the_best(tmp_path):
     config = make_config(tmp_path, "empty")  # no api_token: promotion disabled
     registry = Registry(config.pipeline.database_url)
     registry.ensure_run("test", "EURUSD", {})
-    app = create_app(config, keys=RedisKeys.with_prefix(f"test-api-{uuid.uuid4().hex}"), poll_interval_s=0.3,
-                     device="cpu")
+    app = create_app(
+        config, keys=RedisKeys.with_prefix(f"test-api-{uuid.uuid4().hex}"), poll_interval_s=0.3, device="cpu"
+    )
     with LiveServer(app) as client:
         ready = client.get("/readyz")
         assert ready.status_code == 503

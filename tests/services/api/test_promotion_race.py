@@ -52,8 +52,13 @@ def _agreement(client, registry: Registry, best_file: Path) -> tuple:
     data = best_file.read_bytes()
     sidecar = Path(f"{best_file}.sha256").read_text().split()[0]
     served = client.get("/status").json()["served_model"] or {}
-    return best.id, best.sha256, hashlib.sha256(data).hexdigest(), sidecar, served.get("checkpoint_id"), served.get(
-        "sha256"
+    return (
+        best.id,
+        best.sha256,
+        hashlib.sha256(data).hexdigest(),
+        sidecar,
+        served.get("checkpoint_id"),
+        served.get("sha256"),
     )
 
 
@@ -75,8 +80,15 @@ def test_validator_and_promote_endpoint_race_to_one_agreed_best(config, tmp_path
                 by_validator = _checkpoint(registry, config, tmp_path, 1000 + 2 * i)
                 by_api = _checkpoint(registry, config, tmp_path, 1001 + 2 * i)
                 score = float(i + 1)  # beats the previous round's validated best
-                registry.add_validation(by_validator, "ok", score=score, metrics={"trades": 5}, error=None,
-                                        split="validation", duration_s=0.1)
+                registry.add_validation(
+                    by_validator,
+                    "ok",
+                    score=score,
+                    metrics={"trades": 5},
+                    error=None,
+                    split="validation",
+                    duration_s=0.1,
+                )
                 barrier = threading.Barrier(2)
                 results: dict[str, object] = {}
 
@@ -100,8 +112,13 @@ def test_validator_and_promote_endpoint_race_to_one_agreed_best(config, tmp_path
                     t.join(60)
                 assert results == {"validator": True, "api": 200}, results
 
-                state = wait_for(lambda: _agrees(_agreement(client, registry, best_file)) and
-                                 _agreement(client, registry, best_file), timeout=15, every=0.05)
+                state = wait_for(
+                    lambda: (
+                        _agrees(_agreement(client, registry, best_file)) and _agreement(client, registry, best_file)
+                    ),
+                    timeout=15,
+                    every=0.05,
+                )
                 assert state, f"round {i}: no agreement: {_agreement(client, registry, best_file)}"
                 assert state[0] in (by_validator, by_api)
                 winners.add("validator" if state[0] == by_validator else "api")

@@ -56,8 +56,17 @@ from shared.transport.keys import RedisKeys
 from tests.helpers import REPO
 
 TINY_MODEL = ModelConfig(
-    window=16, tcn_channels=8, tcn_dilations=(1, 2, 4), hidden=32, residual_blocks=1, head_hidden=16,
-    encoder_hidden=16, dropout=0.0, support_bins=21, support_max=30.0, chance_codes=4,
+    window=16,
+    tcn_channels=8,
+    tcn_dilations=(1, 2, 4),
+    hidden=32,
+    residual_blocks=1,
+    head_hidden=16,
+    encoder_hidden=16,
+    dropout=0.0,
+    support_bins=21,
+    support_max=30.0,
+    chance_codes=4,
 )
 # Policy logits (HOLD, BUY, SELL, CLOSE): big gaps, so the greedy search follows them.
 ALWAYS_LONG = (0.0, 40.0, -40.0, -40.0)
@@ -129,9 +138,16 @@ def env(tmp_path, monkeypatch):
         model=TINY_MODEL,
         search={"num_simulations": 2, "num_chance_codes": 4, "max_considered_actions": 2},
         pipeline={
-            "redis_url": REDIS_URL, "database_url": f"sqlite:///{tmp_path}/registry.db", "run_id": RUN,
-            "symbol": SYMBOL, "checkpoints_dir": tmp_path / "checkpoints", "best_dir": tmp_path / "best",
-            "best_history": 2, "validation_queue": queue_name, "validation_chunks": 4, "validation_retries": 2,
+            "redis_url": REDIS_URL,
+            "database_url": f"sqlite:///{tmp_path}/registry.db",
+            "run_id": RUN,
+            "symbol": SYMBOL,
+            "checkpoints_dir": tmp_path / "checkpoints",
+            "best_dir": tmp_path / "best",
+            "best_history": 2,
+            "validation_queue": queue_name,
+            "validation_chunks": 4,
+            "validation_retries": 2,
             "redis_prefix": f"mz-test-{uuid.uuid4().hex[:10]}",
         },
     )
@@ -144,8 +160,10 @@ def env(tmp_path, monkeypatch):
     # Job ids are validate-<checkpoint id>: start ids at a random offset so that
     # concurrent runs of this file on the same Redis database cannot collide.
     with registry.engine.begin() as conn:
-        conn.execute(text("INSERT INTO sqlite_sequence (name, seq) VALUES ('checkpoints', :seq)"),
-                     {"seq": random.randrange(10**6, 10**9)})
+        conn.execute(
+            text("INSERT INTO sqlite_sequence (name, seq) VALUES ('checkpoints', :seq)"),
+            {"seq": random.randrange(10**6, 10**9)},
+        )
     registry.ensure_run(RUN, SYMBOL, config.model_dump(mode="json"))
     client = redis.Redis.from_url(REDIS_URL)
     job_ids: set[str] = set()
@@ -338,8 +356,12 @@ def test_update_best_with_given_scores(env):
     assert load_checkpoint(best_dir / "best.pt").sha256 == best.sha256
     # History pruned to best_history = 2 copies (sidecars go with them).
     history = sorted(p.name for p in (best_dir / "history").iterdir())
-    assert history == [f"{RUN}-000000030.pt", f"{RUN}-000000030.pt.sha256", f"{RUN}-000000050.pt",
-                       f"{RUN}-000000050.pt.sha256"]
+    assert history == [
+        f"{RUN}-000000030.pt",
+        f"{RUN}-000000030.pt.sha256",
+        f"{RUN}-000000050.pt",
+        f"{RUN}-000000050.pt.sha256",
+    ]
     assert not list(best_dir.glob(".*.tmp"))
 
     # A file replaced after its validation is refused, and the best stays.
@@ -378,10 +400,21 @@ def test_validator_process_counts_jobs_in_its_metrics_and_stops_on_sigterm(env):
     env.enqueue(cid)
     child_env = {k: v for k, v in os.environ.items() if not k.startswith("MZ_") and k != "REDIS_URL"}
     child = subprocess.Popen(
-        [sys.executable, "-m", "services.validator.main", "--config", str(env.tmp / "config.json"),
-         "--metrics-port", "0"],
-        env=child_env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-        cwd=REPO, start_new_session=True,  # its own group: RQ's scheduler too
+        [
+            sys.executable,
+            "-m",
+            "services.validator.main",
+            "--config",
+            str(env.tmp / "config.json"),
+            "--metrics-port",
+            "0",
+        ],
+        env=child_env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        cwd=REPO,
+        start_new_session=True,  # its own group: RQ's scheduler too
     )
     lines: list[str] = []
     reader = threading.Thread(target=lambda: lines.extend(iter(child.stdout.readline, "")), daemon=True)
