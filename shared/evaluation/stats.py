@@ -11,6 +11,8 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
+from shared.jsonsafe import json_safe
+
 MIN_TRADES = 10  # below this a bootstrap of the mean says more about luck than skill
 RESAMPLES = 10_000
 CONFIDENCE = 0.95
@@ -35,7 +37,7 @@ class ExpectancyInterval:
     seed: int
 
     def as_dict(self) -> dict:
-        return {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in asdict(self).items()}
+        return {k: json_safe(v) for k, v in asdict(self).items()}
 
 
 def bootstrap_mean_ci(
