@@ -9,7 +9,7 @@ import logging
 import signal
 import sys
 import threading
-from typing import Callable
+from collections.abc import Callable
 
 from shared.config import Config
 
@@ -17,9 +17,9 @@ from shared.config import Config
 def require_redis_url(config: Config) -> str:
     """The Redis URL of the pipeline (config, else $REDIS_URL); a clear error if none."""
     from shared.cli import CommandError
-    from shared.pipeline.redis_conn import redis_url_from
+    from shared.transport.connection import resolve_redis_url
 
-    url = redis_url_from(config.pipeline.redis_url)
+    url = resolve_redis_url(config.pipeline.redis_url)
     if not url:
         raise CommandError(
             "no Redis configured: set pipeline.redis_url (MZ_PIPELINE__REDIS_URL) or REDIS_URL, "
@@ -35,7 +35,9 @@ def setup_logging() -> None:
 
 def add_metrics_port_argument(parser: argparse.ArgumentParser, config_field: str) -> None:
     parser.add_argument(
-        "--metrics-port", type=int, default=None,
+        "--metrics-port",
+        type=int,
+        default=None,
         help=f"Prometheus port (default pipeline.{config_field}; 0 = any free port; -1 = none)",
     )
 
@@ -51,7 +53,9 @@ def start_metrics(requested: int | None, configured: int) -> None:
     try:
         port = serve_metrics(port)
     except OSError as exc:
-        raise CommandError(f"cannot serve metrics on port {port} ({exc.strerror}); pass --metrics-port 0 for any free port")
+        raise CommandError(
+            f"cannot serve metrics on port {port} ({exc.strerror}); pass --metrics-port 0 for any free port"
+        ) from exc
     logging.getLogger(__name__).info("metrics on http://0.0.0.0:%d/metrics", port)
 
 

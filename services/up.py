@@ -10,7 +10,6 @@ seconds a status line says how far the pipeline has got. Ctrl-C stops everything
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import signal
 import subprocess
@@ -30,13 +29,16 @@ def _prefix_output(name: str, stream, lock: threading.Lock) -> None:
 
 
 def _status_line(config: Config, redis, registry) -> str:
-    from shared.pipeline.streams import read_model
+    from shared.transport.keys import RedisKeys
+    from shared.transport.status import read_heartbeats, read_trainer_status
+    from shared.transport.streams import read_model
 
-    trainer = json.loads(redis.get("mz:trainer:status") or "{}")
-    collectors = sum(1 for _ in redis.scan_iter("mz:collector:*:heartbeat"))
+    keys = RedisKeys.from_config(config)
+    trainer = read_trainer_status(redis, keys) or {}
+    collectors = len(read_heartbeats(redis, keys))
     latest = registry.latest_validation()
     best = registry.best_checkpoint()
-    model = read_model(redis, config.pipeline.model_key) or {}
+    model = read_model(redis, keys.model) or {}
     parts = [
         f"collectors {collectors}",
         f"episodes {trainer.get('episodes_inserted', 0)}",
@@ -87,18 +89,23 @@ def _child_env(redis_url: str, torch_processes: int) -> dict[str, str]:
 
 
 def run_up(
-    config: Config, *, config_file: str | None, collectors: int, device: str, duration_s: float | None,
+    config: Config,
+    *,
+    config_file: str | None,
+    collectors: int,
+    device: str,
+    duration_s: float | None,
     status_every_s: float,
 ) -> int:
     from shared.data.sample import ensure_sample
     from shared.data.store import BarStore
-    from shared.pipeline.redis_conn import connect, embedded_redis, redis_url_from
     from shared.registry import Registry
+    from shared.transport.connection import connect, embedded_redis, resolve_redis_url
 
     store = BarStore(config.data.db_path)
     if ensure_sample(store, config.pipeline.symbol):
         print("[up        ] imported the bundled EURUSD H1 2017 bars")
-    redis_url = redis_url_from(config.pipeline.redis_url)
+    redis_url = resolve_redis_url(config.pipeline.redis_url)
     embedded = None
     if not redis_url:
         Path("var").mkdir(exist_ok=True)
@@ -107,7 +114,7 @@ def run_up(
     env = _child_env(redis_url, torch_processes=collectors + 1)  # the validator and API mostly wait
     registry = Registry(config.pipeline.database_url)
     redis = connect(redis_url)
-    command = [sys.executable, "-m", "shared.cli"]
+    command = [sys.executable, "-m", "services.cli"]
     if config_file:  # the children read the same file (MZ_* variables reach them through the environment)
         command += ["--config", str(Path(config_file).resolve())]
     plan = {f"collector{i}": ["collector", "--device", device, "--metrics-port", "0"] for i in range(collectors)}
@@ -120,7 +127,12 @@ def run_up(
         try:
             for name, args in plan.items():
                 child = subprocess.Popen(
-                    command + args, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1,
+                    command + args,
+                    env=env,
+                    stdout=subprocess.PIPE,
+                    stderr=subprocess.STDOUT,
+                    text=True,
+                    bufsize=1,
                     start_new_session=True,  # Ctrl-C reaches us only; we stop the children in order
                 )
                 children[name] = child
@@ -129,7 +141,10 @@ def run_up(
             while not stop.wait(status_every_s):
                 dead = [name for name, child in children.items() if child.poll() is not None]
                 if dead:
-                    print(f"[up        ] {', '.join(dead)} exited (code {children[dead[0]].returncode}); stopping", flush=True)
+                    print(
+                        f"[up        ] {', '.join(dead)} exited (code {children[dead[0]].returncode}); stopping",
+                        flush=True,
+                    )
                     return 1
                 try:
                     line = _status_line(config, redis, registry)

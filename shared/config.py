@@ -69,7 +69,7 @@ class SplitConfig(BaseModel):
     test: float = Field(0.15, gt=0)
 
     @model_validator(mode="after")
-    def _sum_to_one(self) -> "SplitConfig":
+    def _sum_to_one(self) -> SplitConfig:
         total = self.train + self.validation + self.test
         if abs(total - 1.0) > 1e-9:
             raise ValueError(f"split fractions must sum to 1, got {total}")
@@ -217,6 +217,7 @@ class PipelineConfig(BaseModel):
     stream_maxlen: int = Field(20_000, ge=100, description="approximate MAXLEN of the episode stream")
     consumer_group: str = "trainers"
     model_key: str = Field("mz:model", description="key and pub/sub channel of the published weights")
+    redis_prefix: str = Field("mz", description="prefix of the fixed Redis names (status, heartbeats, best channel)")
     heartbeat_ttl_s: int = Field(15, ge=1)
     claim_idle_ms: int = Field(60_000, ge=1, description="pending entries idle this long are reclaimed")
     validation_queue: str = "validation"
@@ -251,7 +252,7 @@ class Config(BaseSettings):
     pipeline: PipelineConfig = Field(default_factory=PipelineConfig)
 
     @model_validator(mode="after")
-    def _one_window(self) -> "Config":
+    def _one_window(self) -> Config:
         if self.model.window != self.env.window:
             raise ValueError(f"model.window ({self.model.window}) must equal env.window ({self.env.window})")
         if self.search.discount != self.learning.discount:

@@ -84,7 +84,7 @@ def time_features(ts: np.ndarray) -> np.ndarray:
     """[T, 4]: dow_cos, dow_sin, hour_cos, hour_sin for UTC datetime64 timestamps."""
     ts = ts.astype("datetime64[ns]")
     week_hours = ((ts - _FX_WEEK_ORIGIN) / np.timedelta64(1, "h")) % 168.0
-    day_hours = ((ts - ts.astype("datetime64[D]")) / np.timedelta64(1, "h"))
+    day_hours = (ts - ts.astype("datetime64[D]")) / np.timedelta64(1, "h")
     dow = 2 * np.pi * week_hours / _FX_WEEK_HOURS
     hour = 2 * np.pi * day_hours / 24.0
     return np.stack([np.cos(dow), np.sin(dow), np.cos(hour), np.sin(hour)], axis=1)

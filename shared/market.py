@@ -8,6 +8,7 @@ definition, so every service rebuilds identical observations cheaply.
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -16,9 +17,15 @@ import numpy as np
 from shared.config import Config
 from shared.data.bars import Bars
 from shared.data.store import BarStore, bars_fingerprint
+from shared.features import (
+    FEATURE_VERSION,
+    compute_features,
+    warmup_bars,
+    without_time_features,
+)
 from shared.metrics import bars_per_year
-from shared.features import FEATURE_VERSION, compute_features, warmup_bars, without_time_features
 from shared.splits import Split, make_splits
+
 
 @dataclass(frozen=True)
 class MarketData:
@@ -60,7 +67,9 @@ def restrict_to_split(market: MarketData, split: Split) -> tuple[MarketData, Spl
     Do not call ``.splits()`` on the result: it is one split, not a whole series.
     """
     if not 0 <= split.start < split.stop <= len(market):
-        raise ValueError(f"split {split.name} rows [{split.start}, {split.stop}) lie outside the market's {len(market)} rows")
+        raise ValueError(
+            f"split {split.name} rows [{split.start}, {split.stop}) lie outside the market's {len(market)} rows"
+        )
     rows = slice(split.start, split.stop)
     arrays = {name: getattr(market, name)[rows].copy() for name in ("features", "close", "ts")}
     for array in arrays.values():
@@ -115,3 +124,24 @@ def load_market(config: Config, symbol: str | None = None, store: BarStore | Non
     np.save(tmp, market.features)
     tmp.replace(path)  # atomic: a concurrent reader sees no file or the whole file
     return market
+
+
+def open_market(
+    config: Config,
+    symbol: str | None = None,
+    *,
+    store: BarStore | None = None,
+    db_path: str | os.PathLike[str] | None = None,
+    on_import: Callable[[str], None] | None = None,
+) -> MarketData:
+    """This symbol's market, the way every command and service opens it: the bar store
+    (`store`, else `db_path`, else ``data.db_path``), the bundled EURUSD sample imported
+    first if the symbol is the sample's and missing (``on_import(message)`` is told),
+    then :func:`load_market` through the feature cache."""
+    from shared.data.sample import ensure_sample
+
+    symbol = (symbol or config.data.default_symbol).upper()
+    store = store or BarStore(db_path or config.data.db_path)
+    if ensure_sample(store, symbol) and on_import is not None:
+        on_import("imported the bundled EURUSD H1 2017 sample bars (gym-anytrading)")
+    return load_market(config, symbol, store)

@@ -86,6 +86,8 @@ from statistics import NormalDist
 
 import numpy as np
 
+from shared.jsonsafe import json_safe
+
 __all__ = [
     "FX_TRADING_HOURS_PER_YEAR",
     "TradingMetrics",
@@ -156,16 +158,7 @@ class TradingMetrics:
         The result passes ``json.dumps(..., allow_nan=False)`` (strict JSON has no
         Infinity; an infinite profit factor is reported as ``"inf"``).
         """
-        return {k: _json_value(v) for k, v in asdict(self).items()}
-
-
-def _json_value(v):
-    if isinstance(v, float):
-        if math.isnan(v):
-            return None
-        if math.isinf(v):
-            return "inf" if v > 0 else "-inf"
-    return v
+        return {k: json_safe(v) for k, v in asdict(self).items()}
 
 
 # --------------------------------------------------------------------------- inputs
@@ -262,9 +255,7 @@ def _sr_variance_factor(sr: float, skew: float, kurt: float) -> float:
     return 1.0 - skew * sr + (kurt - 1.0) / 4.0 * sr * sr
 
 
-def probabilistic_sharpe_ratio(
-    sr: float, n: int, skew: float, kurt: float, sr_benchmark: float = 0.0
-) -> float | None:
+def probabilistic_sharpe_ratio(sr: float, n: int, skew: float, kurt: float, sr_benchmark: float = 0.0) -> float | None:
     """PSR = Φ((SR − SR*)·sqrt(n − 1) / sqrt(1 − γ3·SR + (γ4 − 1)/4·SR²)).
 
     ``sr`` is per-bar (not annualised), ``kurt`` is non-excess kurtosis.
@@ -336,9 +327,7 @@ def compute_metrics(
     if trade_amddp1 is not None:
         a = _as_finite_1d("trade_amddp1", trade_amddp1)
         if a.size != x.size:
-            raise ValueError(
-                f"trade_amddp1 has {a.size} values but trade_pips has {x.size}"
-            )
+            raise ValueError(f"trade_amddp1 has {a.size} values but trade_pips has {x.size}")
         amddp1_total = float(a.sum())
         amddp1_per_trade = amddp1_total / a.size if a.size else None
 
@@ -434,14 +423,9 @@ def format_metrics_table(rows: dict[str, TradingMetrics]) -> str:
         f"by sqrt(bars_per_year), bars_per_year = {factor_text}; PSR/DSR per bar"
     )
     labels = [label for _, label, _ in TABLE_ROWS]
-    cells = [
-        [format_value(getattr(rows[n], field), kind) for n in names]
-        for field, _, kind in TABLE_ROWS
-    ]
+    cells = [[format_value(getattr(rows[n], field), kind) for n in names] for field, _, kind in TABLE_ROWS]
     label_w = max(len(s) for s in ["metric", *labels])
-    col_w = [
-        max([len(n)] + [len(row[j]) for row in cells]) for j, n in enumerate(names)
-    ]
+    col_w = [max([len(n)] + [len(row[j]) for row in cells]) for j, n in enumerate(names)]
     lines = [header, "metric".ljust(label_w) + "".join(f"  {n:>{w}}" for n, w in zip(names, col_w))]
     lines.append("-" * len(lines[-1]))
     for label, row in zip(labels, cells):

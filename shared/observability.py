@@ -13,14 +13,21 @@ from prometheus_client import Counter, Gauge, Histogram, start_http_server
 EPISODES_PRODUCED = Counter("microzero_episodes_produced_total", "Episodes pushed to the stream", ["collector"])
 ENV_STEPS = Counter("microzero_env_steps_total", "Environment steps played", ["collector"])
 SEARCH_LATENCY = Histogram(
-    "microzero_search_latency_seconds", "Wall time of one batched search", ["collector"],
+    "microzero_search_latency_seconds",
+    "Wall time of one batched search",
+    ["collector"],
     buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5),
 )
-COLLECTOR_MODEL_VERSION = Gauge("microzero_collector_model_version", "Weights version the collector plays", ["collector"])
+COLLECTOR_MODEL_VERSION = Gauge(
+    "microzero_collector_model_version", "Weights version the collector plays", ["collector"]
+)
 REDIS_RECONNECTS = Counter("microzero_redis_reconnects_total", "Reconnections after Redis was unreachable", ["service"])
-PENDING_EPISODES = Gauge("microzero_collector_pending_episodes", "Finished episodes held while Redis is away", ["collector"])
+PENDING_EPISODES = Gauge(
+    "microzero_collector_pending_episodes", "Finished episodes held while Redis is away", ["collector"]
+)
 EPISODES_DROPPED = Counter(
-    "microzero_collector_episodes_dropped_total", "Finished episodes discarded: Redis away and the pending queue full",
+    "microzero_collector_episodes_dropped_total",
+    "Finished episodes discarded: Redis away and the pending queue full",
     ["collector"],
 )
 
@@ -39,14 +46,17 @@ VALIDATION_SCORE = Gauge("microzero_validation_score", "Quality score of the lat
 VALIDATION_METRIC = Gauge("microzero_validation_metric", "Trading metrics of the latest validation", ["metric"])
 BEST_SCORE = Gauge("microzero_best_score", "Quality score of the best checkpoint so far")
 VALIDATION_DURATION = Histogram(
-    "microzero_validation_duration_seconds", "Wall time of one validation job",
+    "microzero_validation_duration_seconds",
+    "Wall time of one validation job",
     buckets=(1, 5, 10, 30, 60, 120, 300, 600, 1800),
 )
 
 # --- api
 API_REQUESTS = Counter("microzero_api_requests_total", "HTTP requests", ["method", "route", "status"])
 API_LATENCY = Histogram(
-    "microzero_api_request_duration_seconds", "HTTP request latency", ["method", "route"],
+    "microzero_api_request_duration_seconds",
+    "HTTP request latency",
+    ["method", "route"],
     buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5),
 )
 

@@ -71,6 +71,8 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 from sqlalchemy.pool import StaticPool
 from sqlalchemy.types import TypeDecorator
 
+from shared.jsonsafe import json_safe
+
 __all__ = ["VALIDATION_STATUSES", "CheckpointRecord", "Registry", "RunRecord", "ValidationRecord"]
 
 VALIDATION_STATUSES = ("ok", "failed")
@@ -125,8 +127,11 @@ class CheckpointRow(Base):
         UniqueConstraint("run_id", "step", name="uq_checkpoints_run_step"),
         # At most one row may carry the flag: a partial unique index on the flag itself.
         Index(
-            "uq_checkpoints_one_best", "is_best", unique=True,
-            sqlite_where=text("is_best"), postgresql_where=text("is_best"),
+            "uq_checkpoints_one_best",
+            "is_best",
+            unique=True,
+            sqlite_where=text("is_best"),
+            postgresql_where=text("is_best"),
         ),
         {"sqlite_autoincrement": True},
     )
@@ -203,34 +208,30 @@ def _run_record(row: RunRow) -> RunRecord:
 
 def _validation_record(row: ValidationRow) -> ValidationRecord:
     return ValidationRecord(
-        id=row.id, checkpoint_id=row.checkpoint_id, status=row.status, score=row.score, metrics=row.metrics,
-        error=row.error, split=row.split, duration_s=row.duration_s, created_at=row.created_at,
+        id=row.id,
+        checkpoint_id=row.checkpoint_id,
+        status=row.status,
+        score=row.score,
+        metrics=row.metrics,
+        error=row.error,
+        split=row.split,
+        duration_s=row.duration_s,
+        created_at=row.created_at,
     )
 
 
 def _checkpoint_record(row: CheckpointRow, latest: ValidationRow | None) -> CheckpointRecord:
     return CheckpointRecord(
-        id=row.id, run_id=row.run_id, step=row.step, path=row.path, sha256=row.sha256, created_at=row.created_at,
-        is_best=bool(row.is_best), best_path=row.best_path,
+        id=row.id,
+        run_id=row.run_id,
+        step=row.step,
+        path=row.path,
+        sha256=row.sha256,
+        created_at=row.created_at,
+        is_best=bool(row.is_best),
+        best_path=row.best_path,
         latest_validation=None if latest is None else _validation_record(latest),
     )
-
-
-def json_safe(value: Any) -> Any:
-    """`value` as strict JSON: NaN -> None, +-inf -> "inf"/"-inf", tuples -> lists."""
-    if isinstance(value, float):
-        if math.isnan(value):
-            return None
-        if math.isinf(value):
-            return "inf" if value > 0 else "-inf"
-        return value
-    if isinstance(value, dict):
-        return {str(k): json_safe(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [json_safe(v) for v in value]
-    if hasattr(value, "item") and callable(value.item):  # numpy scalars
-        return json_safe(value.item())
-    return value
 
 
 # --------------------------------------------------------------------------- registry
@@ -413,9 +414,14 @@ class Registry:
             if s.get(CheckpointRow, int(checkpoint_id)) is None:
                 raise ValueError(f"unknown checkpoint id {checkpoint_id}: cannot record its validation")
             row = ValidationRow(
-                checkpoint_id=int(checkpoint_id), status=status, score=None if score is None else float(score),
-                metrics=None if metrics is None else json_safe(dict(metrics)), error=error, split=split,
-                duration_s=float(duration_s), created_at=utcnow(),
+                checkpoint_id=int(checkpoint_id),
+                status=status,
+                score=None if score is None else float(score),
+                metrics=None if metrics is None else json_safe(dict(metrics)),
+                error=error,
+                split=split,
+                duration_s=float(duration_s),
+                created_at=utcnow(),
             )
             s.add(row)
             s.flush()
@@ -500,9 +506,7 @@ def _make_engine(url: str, *, echo: bool = False) -> Engine:
     memory = database in ("", ":memory:") or parsed.query.get("mode") == "memory"
     if memory:
         # One shared connection, or every pooled connection would see its own empty database.
-        engine = create_engine(
-            url, echo=echo, poolclass=StaticPool, connect_args={"check_same_thread": False}
-        )
+        engine = create_engine(url, echo=echo, poolclass=StaticPool, connect_args={"check_same_thread": False})
     else:
         Path(database).expanduser().parent.mkdir(parents=True, exist_ok=True)
         engine = create_engine(url, echo=echo, connect_args={"timeout": SQLITE_BUSY_TIMEOUT_S})

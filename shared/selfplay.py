@@ -72,7 +72,7 @@ class SelfPlay:
         run_id: str | None = None,
         num_envs: int | None = None,
         episode_length: int | None = None,
-    ) -> "SelfPlay":
+    ) -> SelfPlay:
         """Self-play on `market`'s train split with the env, train and learning settings
         of `config` (`num_envs` / `episode_length` override theirs)."""
         return cls(

@@ -12,19 +12,21 @@ from shared.config import Config
 def _run(args: argparse.Namespace, config: Config) -> int:
     from shared.backtest import backtest
     from shared.baselines import make_policy
-    from shared.data.sample import ensure_sample
-    from shared.data.store import BarStore
-    from shared.market import load_market
+    from shared.market import open_market
     from shared.metrics import format_metrics_table
     from shared.training import evaluate, train
 
     symbol = (args.symbol or config.data.default_symbol).upper()
-    store = BarStore(config.data.db_path)
-    ensure_sample(store, symbol)
-    market = load_market(config, symbol, store)
+    market = open_market(config, symbol)
     out = Path(args.out or config.train.output_dir)
     result = train(
-        config, market, out, steps=args.steps, minutes=args.minutes, device=args.device, seed=args.seed,
+        config,
+        market,
+        out,
+        steps=args.steps,
+        minutes=args.minutes,
+        device=args.device,
+        seed=args.seed,
         progress=not args.quiet,
     )
     print(f"{result.steps} learner steps, {result.episodes} episodes; checkpoint {result.checkpoints[-1]}")
@@ -39,8 +41,12 @@ def _run(args: argparse.Namespace, config: Config) -> int:
     rows = {"agent": evaluate(model, market, config, args.eval_split, "cpu").metrics}
     for name in ("flat", "random", "momentum", "oracle"):
         rows[name] = backtest(
-            market, split, make_policy(name, market, args.seed), window=config.env.window,
-            drawdown_penalty=config.env.drawdown_penalty, chunks=16,
+            market,
+            split,
+            make_policy(name, market, args.seed),
+            window=config.env.window,
+            drawdown_penalty=config.env.drawdown_penalty,
+            chunks=16,
         ).metrics
     share = rows["agent"].total_pips / rows["oracle"].total_pips if rows["oracle"].total_pips > 0 else float("nan")
     if args.json:

@@ -12,9 +12,9 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 import torch
@@ -23,6 +23,7 @@ from tqdm import tqdm
 from shared.actions import Action
 from shared.backtest import BacktestResult, backtest
 from shared.config import Config
+from shared.device import pick_device
 from shared.learning import Learner, ReplayBuffer, SamplesPerInsert
 from shared.learning.checkpoint import checkpoint_path, latest_checkpoint, load_checkpoint
 from shared.market import MarketData
@@ -42,19 +43,15 @@ class TrainResult:
     curve: list[tuple[int, int, Path]] = field(default_factory=list)  # (env steps, learner steps, checkpoint)
 
 
-def resolve_device(name: str) -> torch.device:
-    if name == "cuda" and not torch.cuda.is_available():
-        raise ValueError("--device cuda requested but CUDA is not available; use --device cpu")
-    return torch.device(name)
-
-
 def greedy_policy(model: StochasticMuZeroNet, config: Config, device: torch.device) -> SearchPolicy:
     """The evaluation policy: the search without root noise, acting on its best action."""
     search = config.search.model_copy(update={"gumbel_scale": 0.0, "dirichlet_fraction": 0.0, "temperature": 0.0})
     return SearchPolicy(model, search, device, seed=0)
 
 
-def evaluate(model: StochasticMuZeroNet, market: MarketData, config: Config, split: str, device, chunks: int = 16) -> BacktestResult:
+def evaluate(
+    model: StochasticMuZeroNet, market: MarketData, config: Config, split: str, device, chunks: int = 16
+) -> BacktestResult:
     """Greedy backtest of `model` over every decision bar of `split`."""
     return backtest(
         market,
@@ -87,7 +84,7 @@ def train(
     the points of a learning curve, ``TrainResult.curve``."""
     if steps is None and minutes is None and env_steps is None:
         raise ValueError("give a budget: steps, minutes or env_steps")
-    device = resolve_device(str(device))
+    device = pick_device(device)
     torch.manual_seed(seed)
     out_dir = Path(out_dir)
     checkpoints_dir = out_dir / "checkpoints"
@@ -112,7 +109,9 @@ def train(
         return result.episodes * config.env.episode_length
 
     def finished() -> bool:
-        return (target is not None and learner.steps >= target) or (deadline is not None and time.monotonic() >= deadline)
+        return (target is not None and learner.steps >= target) or (
+            deadline is not None and time.monotonic() >= deadline
+        )
 
     while not finished() and (env_steps is None or played() < env_steps):
         warm = len(replay) < config.learning.min_replay_positions or learner.steps == 0

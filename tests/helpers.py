@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import socket
+import threading
+import time
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -22,8 +26,54 @@ def random_walk_market(n: int = 3000, seed: int = 0, config: Config | None = Non
     return market_from_bars("EURUSD", random_walk_bars(n, seed), config or Config())
 
 
-def free_port() -> int:
-    """A TCP port nothing listens on right now (the OS picks it)."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+REPO = Path(__file__).resolve().parents[1]
+
+
+def listening_socket(host: str = "127.0.0.1") -> socket.socket:
+    """A TCP socket bound to port 0 (the OS picks a free port) and listening: hand it to
+    the server, so no other process can take the port between picking and binding."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((host, 0))
+    sock.listen(128)
+    return sock
+
+
+class LiveServer:
+    """uvicorn serving an ASGI `app` in a background thread, on a socket bound to port 0."""
+
+    def __init__(self, app: Any) -> None:
+        import uvicorn
+
+        self.sock = listening_socket()
+        self.port = self.sock.getsockname()[1]
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.server = uvicorn.Server(uvicorn.Config(app, log_level="warning"))
+        self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [self.sock]}, daemon=True)
+
+    def __enter__(self) -> Any:
+        import httpx
+
+        self.thread.start()
+        deadline = time.monotonic() + 30
+        while not self.server.started:
+            assert self.thread.is_alive() and time.monotonic() < deadline, "uvicorn did not start"
+            time.sleep(0.02)
+        self.client = httpx.Client(base_url=self.url, timeout=30)
+        return self.client
+
+    def __exit__(self, *exc: object) -> None:
+        self.client.close()
+        self.server.should_exit = True
+        self.thread.join(15)
+        self.sock.close()
+
+
+def wait_for(predicate: Any, timeout: float = 10.0, every: float = 0.05) -> Any:
+    """Poll `predicate` until it is truthy or `timeout` passes; returns its last value."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value or time.monotonic() > deadline:
+            return value
+        time.sleep(every)

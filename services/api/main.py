@@ -1,4 +1,4 @@
-"""``microzero api``: serve the HTTP API (shared.api) with uvicorn. No logic lives here."""
+"""``microzero api``: serve the HTTP API (services.api.app) with uvicorn. No logic lives here."""
 
 from __future__ import annotations
 
@@ -20,7 +20,7 @@ def register(subparsers) -> None:
 def run(args: argparse.Namespace, config) -> int:
     import uvicorn
 
-    from shared.api import create_app
+    from services.api.app import create_app
 
     host = args.host or config.pipeline.api_host
     port = config.pipeline.api_port if args.port is None else args.port

@@ -1,6 +1,6 @@
 """``microzero trainer``: episode stream -> replay -> learner -> checkpoints (ARCHITECTURE §7).
 
-A thin entrypoint: the loop is ``shared.pipeline.trainer.run_trainer``. It resumes from
+A thin entrypoint: the loop is ``services.trainer.loop.Trainer``. It resumes from
 the newest checkpoint in ``pipeline.checkpoints_dir/<run_id>``. SIGINT or SIGTERM stops
 it cleanly (a final checkpoint is saved and published).
 """
@@ -12,14 +12,20 @@ import sys
 import threading
 
 from services.common import (
-    add_metrics_port_argument, require_redis_url, run_standalone, setup_logging, start_metrics, stop_on_signals,
+    add_metrics_port_argument,
+    require_redis_url,
+    run_standalone,
+    setup_logging,
+    start_metrics,
+    stop_on_signals,
 )
 from shared.config import Config
 
 
 def _run(args: argparse.Namespace, config: Config) -> int:
-    from shared.pipeline.collector import pick_device
-    from shared.pipeline.trainer import run_trainer
+    from services.trainer.loop import Trainer
+    from shared.device import pick_device
+    from shared.transport.connection import connect
 
     url = require_redis_url(config)
     setup_logging()
@@ -27,7 +33,8 @@ def _run(args: argparse.Namespace, config: Config) -> int:
     start_metrics(args.metrics_port, config.pipeline.trainer_metrics_port)
     stop = threading.Event()
     with stop_on_signals(stop):
-        stats = run_trainer(config, stop, args.max_steps, redis_url=url, device=device)
+        trainer = Trainer(config, stop, client=connect(url), max_steps=args.max_steps, device=device)
+        stats = trainer.run()
     print(
         f"trainer: step {stats.steps}, {stats.inserted} episodes inserted, {stats.duplicates} duplicates, "
         f"{stats.rejected} rejected, {len(stats.checkpoints)} checkpoints",

@@ -1,15 +1,12 @@
 """``microzero validator``: the RQ worker that validates checkpoints (ARCHITECTURE §7).
 
-A thin entrypoint: the job is ``shared.pipeline.validation.validate_checkpoint``. It
-works the ``pipeline.validation_queue`` queue (JSON serializer) with the RQ scheduler
-on, so retries of failed jobs fire after their interval. ``--burst`` exits once the
+A thin entrypoint: the job is ``services.validator.job.validate_checkpoint``, the
+worker ``services.validator.worker.build_worker``. It works the
+``pipeline.validation_queue`` queue (JSON serializer) with the RQ scheduler on, so retries of failed jobs fire after their interval. ``--burst`` exits once the
 queue is empty. SIGINT/SIGTERM: RQ's warm shutdown (the current validation finishes;
 a second signal aborts it).
 
-Jobs run inside the worker process (``SimpleWorker``) rather than a forked child per
-job: the Prometheus metrics a job updates must live in the process that serves
-``/metrics``, and forking a process that has initialised torch's thread pools (or
-CUDA) is unsafe. The job timeout still applies (SIGALRM in the worker).
+Jobs run inside the worker process (see ``services.validator.worker``).
 """
 
 from __future__ import annotations
@@ -18,23 +15,20 @@ import argparse
 import os
 import sys
 
-from services.common import add_metrics_port_argument, require_redis_url, run_standalone, setup_logging, start_metrics
+from services.common import (
+    add_metrics_port_argument,
+    require_redis_url,
+    run_standalone,
+    setup_logging,
+    start_metrics,
+)
 from shared.config import Config
-
-
-def build_worker(config: Config, redis_client):
-    """The RQ worker of the validation queue (JSON serializer, jobs run in-process)."""
-    from rq import SimpleWorker
-    from rq.serializers import JSONSerializer
-
-    from shared.pipeline.validation import validation_queue
-
-    return SimpleWorker([validation_queue(redis_client, config)], connection=redis_client, serializer=JSONSerializer)
 
 
 def _run(args: argparse.Namespace, config: Config) -> int:
     import redis
 
+    from services.validator.worker import build_worker
     from shared.cli import CommandError
 
     url = require_redis_url(config)
@@ -44,7 +38,7 @@ def _run(args: argparse.Namespace, config: Config) -> int:
     try:
         client.ping()
     except redis.RedisError as exc:
-        raise CommandError(f"cannot reach Redis at {url}: {exc}")
+        raise CommandError(f"cannot reach Redis at {url}: {exc}") from exc
     if getattr(args, "config", None):
         # Jobs read their config with load_config(), i.e. from $MZ_CONFIG and MZ_*.
         os.environ["MZ_CONFIG"] = os.path.abspath(args.config)

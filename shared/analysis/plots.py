@@ -53,12 +53,18 @@ def attention_mean_png(stats: AttentionStats, window: int) -> bytes:
     fig = Figure(figsize=(9, 3.6))
     ax = fig.subplots()
     back = np.arange(1 - window, 1)  # bars relative to the decision bar, oldest first
-    ax.fill_between(back, np.clip(stats.mean - stats.std, 0, None), stats.mean + stats.std, alpha=0.25,
-                    label="+- 1 std")
+    ax.fill_between(
+        back, np.clip(stats.mean - stats.std, 0, None), stats.mean + stats.std, alpha=0.25, label="+- 1 std"
+    )
     ax.plot(back, stats.mean, marker=".", label=f"mean over {len(stats.rows)} windows")
     ax.axhline(1 / window, color="grey", linestyle="--", linewidth=1, label="uniform 1/W")
-    ax.axvspan(-NEWEST + 0.5, 0.5, color="orange", alpha=0.12,
-               label=f"newest {NEWEST}: {stats.newest_share.mean():.0%} of the mass")
+    ax.axvspan(
+        -NEWEST + 0.5,
+        0.5,
+        color="orange",
+        alpha=0.12,
+        label=f"newest {NEWEST}: {stats.newest_share.mean():.0%} of the mass",
+    )
     ax.set_xlabel("bar relative to the decision bar (0 = newest)")
     ax.set_ylabel("attention weight")
     ax.grid(True, alpha=0.3)

@@ -32,6 +32,7 @@ from shared.env import VecTradingEnv
 from shared.features import FEATURE_NAMES
 from shared.market import MarketData
 from shared.model.networks import StochasticMuZeroNet
+from shared.model.tcn import CausalConvBlock
 from shared.splits import Split
 
 POSITION_NAMES = ("side", "pnl", "bars_held", "drawdown", "max_drawdown", "accumulated_drawdown")
@@ -61,10 +62,13 @@ def tcn_kernels(model: StochasticMuZeroNet) -> list[Kernel]:
     """The convolution of every TCN block, first (reads the observation) to last."""
     kernels = []
     for block in model.representation_net.tcn.blocks:
+        assert isinstance(block, CausalConvBlock)
         norm = block.norm
+        assert norm.running_var is not None  # BatchNorm tracks running statistics here
         scale = norm.weight.detach() / torch.sqrt(norm.running_var + norm.eps)
-        kernels.append(Kernel(int(block.conv.dilation[0]), block.conv.weight.detach().cpu().numpy().copy(),
-                              scale.cpu().numpy()))
+        kernels.append(
+            Kernel(int(block.conv.dilation[0]), block.conv.weight.detach().cpu().numpy().copy(), scale.cpu().numpy())
+        )
     return kernels
 
 
@@ -91,8 +95,15 @@ def flat_observations(market: MarketData, rows: np.ndarray, window: int) -> np.n
     """[N, W, 15] observations at decision rows `rows`, position state flat: the
     environment's first observation of an episode starting there."""
     rows = np.asarray(rows, dtype=np.int64)
-    env = VecTradingEnv(market.features, market.close, num_envs=len(rows), pip=market.pip,
-                        spread_pips=market.spread_pips, window=window, episode_length=1)
+    env = VecTradingEnv(
+        market.features,
+        market.close,
+        num_envs=len(rows),
+        pip=market.pip,
+        spread_pips=market.spread_pips,
+        window=window,
+        episode_length=1,
+    )
     return env.reset(starts=rows, lengths=np.ones(len(rows), np.int64))
 
 
@@ -107,8 +118,13 @@ class AttentionStats:
 
 
 def split_attention(
-    model: StochasticMuZeroNet, market: MarketData, split: Split, window: int,
-    max_windows: int = 4096, batch: int = 256, progress: bool = False,
+    model: StochasticMuZeroNet,
+    market: MarketData,
+    split: Split,
+    window: int,
+    max_windows: int = 4096,
+    batch: int = 256,
+    progress: bool = False,
 ) -> AttentionStats:
     """Attention over up to `max_windows` decision rows evenly spread over `split`."""
     first, n = split.first_decision(window), split.decisions(window)
@@ -116,8 +132,9 @@ def split_attention(
         raise ValueError(f"the {split.name} split has no decision bar for a {window}-bar window")
     rows = np.unique(np.linspace(first, first + n - 1, min(n, max_windows)).round().astype(np.int64))
     parts = []
-    for i in tqdm(range(0, len(rows), batch), desc=f"attention over {split.name}", unit="batch",
-                  disable=not progress, leave=False):
+    for i in tqdm(
+        range(0, len(rows), batch), desc=f"attention over {split.name}", unit="batch", disable=not progress, leave=False
+    ):
         obs = torch.from_numpy(flat_observations(market, rows[i : i + batch], window))
         parts.append(attention_weights(model, obs)[0].double().numpy())
     w = np.concatenate(parts)  # [N, W]
@@ -137,7 +154,10 @@ def summarise(kernels: list[Kernel], stats: AttentionStats, window: int) -> dict
     return {
         "kernels": [
             {
-                "block": i + 1, "dilation": k.dilation, "shape": list(k.weight.shape), "lags": k.lags,
+                "block": i + 1,
+                "dilation": k.dilation,
+                "shape": list(k.weight.shape),
+                "lags": k.lags,
                 "weight_norm": float(np.linalg.norm(k.weight)),
                 "mean_abs_per_tap": [float(x) for x in k.mean_abs_per_tap()],
                 "bn_folded_mean_abs_per_tap": [float(x) for x in k.mean_abs_per_tap(folded=True)],
@@ -176,8 +196,11 @@ def interpret(summary: dict, window: int) -> str:
         f"of at most {att['entropy_nats_uniform']:.2f}, i.e. about {att['effective_bars']:.1f} effective bars per "
         f"window, and the most attended bar lies a median {att['median_argmax_lag']:.0f} bars back "
         f"(over {att['windows']} windows). "
-        + ("The pooling concentrates on recent bars. " if share > 2 * NEWEST / window else
-           "The pooling spreads over the window rather than favouring recent bars. ")
+        + (
+            "The pooling concentrates on recent bars. "
+            if share > 2 * NEWEST / window
+            else "The pooling spreads over the window rather than favouring recent bars. "
+        )
         + "Strongest tap per block after folding BatchNorm (share of the block's mean |w|): "
         + "; ".join(taps)
         + ". Market features the first block weighs most (mean |w|): "

@@ -36,11 +36,11 @@ class Bars:
     def __len__(self) -> int:
         return len(self.ts)
 
-    def slice(self, start: int, stop: int) -> "Bars":
+    def slice(self, start: int, stop: int) -> Bars:
         return Bars(*(getattr(self, f)[start:stop] for f in ("ts", *OHLCV)))
 
     @classmethod
-    def from_arrays(cls, ts, open, high, low, close, volume=None) -> "Bars":
+    def from_arrays(cls, ts, open, high, low, close, volume=None) -> Bars:
         """Build bars from array-likes, converting dtypes (volume defaults to zeros)."""
         close = np.asarray(close, dtype=np.float64)
         if volume is None:

@@ -61,16 +61,22 @@ def _child(path: str, db: str) -> None:
     before = peak_rss_mib()
     stages: dict[str, float] = {}
     started = time.perf_counter()
-    summary = BarStore(db).import_file(path, "BENCH", on_stage=lambda name: stages.setdefault(name, time.perf_counter()))
+    summary = BarStore(db).import_file(
+        path, "BENCH", on_stage=lambda name: stages.setdefault(name, time.perf_counter())
+    )
     ended = time.perf_counter()
     marks = [stages["read"], stages["parse"], stages["store"], ended]
-    print(json.dumps({
-        "rows": summary.rows_inserted,
-        "seconds": ended - started,
-        "stage_seconds": {name: b - a for name, a, b in zip(("read", "parse", "store"), marks, marks[1:])},
-        "peak_rss_mib": peak_rss_mib(),
-        "rss_after_imports_mib": before,
-    }))
+    print(
+        json.dumps(
+            {
+                "rows": summary.rows_inserted,
+                "seconds": ended - started,
+                "stage_seconds": {name: b - a for name, a, b in zip(("read", "parse", "store"), marks, marks[1:])},
+                "peak_rss_mib": peak_rss_mib(),
+                "rss_after_imports_mib": before,
+            }
+        )
+    )
 
 
 def bench_import(rows: int = 1_000_000, seed: int = 0) -> dict:
@@ -80,13 +86,18 @@ def bench_import(rows: int = 1_000_000, seed: int = 0) -> dict:
         size = path.stat().st_size
         done = subprocess.run(
             [sys.executable, "-m", "shared.data.bench", str(path), str(db)],
-            capture_output=True, text=True, check=False,
+            capture_output=True,
+            text=True,
+            check=False,
         )
         if done.returncode != 0:
             raise RuntimeError(f"the import child failed:\n{done.stderr[-2000:]}")
     report = json.loads(done.stdout.strip().splitlines()[-1])
-    return report | {"file_mib": size / 2**20, "rows_per_s": report["rows"] / report["seconds"],
-                     "memory": "VmHWM of a child process that only imports"}
+    return report | {
+        "file_mib": size / 2**20,
+        "rows_per_s": report["rows"] / report["seconds"],
+        "memory": "VmHWM of a child process that only imports",
+    }
 
 
 def format_import(r: dict) -> str:

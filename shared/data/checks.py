@@ -12,7 +12,7 @@ from __future__ import annotations
 import csv
 import math
 from collections.abc import Callable, Sequence
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import numpy as np
 
@@ -47,7 +47,7 @@ def bars_or_refuse(scan: Scan, zone, source: str, fetch: Fetch) -> Bars:
     if len(scan.line) == 0:
         raise BarImportError(source, [], summary=f"no data rows (read as {layout.format})")
     ts = to_utc(scan, zone)
-    latest = np.datetime64(datetime.now(timezone.utc).replace(tzinfo=None), "us") + FUTURE_SLACK
+    latest = np.datetime64(datetime.now(UTC).replace(tzinfo=None), "us") + FUTURE_SLACK
     early, late = scan.ts_ok & (ts < EARLIEST), scan.ts_ok & (ts > latest)
     # Order: each readable timestamp against the previous readable one.
     readable = np.flatnonzero(scan.ts_ok)
@@ -70,7 +70,8 @@ def bars_or_refuse(scan: Scan, zone, source: str, fetch: Fetch) -> Bars:
         reasons = [fields] if isinstance(fields, str) else []
         if not scan.ok[i] and not reasons:
             reasons = explain(fields, layout, bool(scan.ts_ok[i])) or [
-                f"cannot be read as {layout.format} fields (a quoted delimiter?)"]
+                f"cannot be read as {layout.format} fields (a quoted delimiter?)"
+            ]
         text = _ts_text(fields, layout)
         if early[i]:
             reasons.append(f"timestamp {text!r} is before 1970-01-01 ({_utc(ts[i])} UTC)")

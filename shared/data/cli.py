@@ -18,7 +18,8 @@ from shared.data.synthetic import KINDS, synthetic_bars
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     data = subparsers.add_parser(
-        "data", help="import and inspect market bars",
+        "data",
+        help="import and inspect market bars",
         description="Import bar files, load the bundled sample, inspect the bar store.",
     )
     commands = data.add_subparsers(dest="data_command", required=True, metavar="ACTION")
@@ -34,12 +35,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     imp.add_argument("--symbol", required=True, help="symbol to store the bars under, e.g. EURUSD")
     imp.add_argument("--format", choices=FORMATS, default="auto", help=f"file format (default: auto). {FORMAT_HELP}")
     imp.add_argument(
-        "--tz", default="UTC",
+        "--tz",
+        default="UTC",
         help="timezone the file's timestamps are in (default UTC), e.g. Europe/Berlin, +02:00; "
         "HistData files are EST without DST: use Etc/GMT+5",
     )
     imp.add_argument(
-        "--columns", default=None, metavar="ROLE=NAME,...",
+        "--columns",
+        default=None,
+        metavar="ROLE=NAME,...",
         help=f"the header's names for odd headers, e.g. ts=Date,open=O,high=H,low=L,close=C,volume=Vol "
         f"(roles: {', '.join(ROLES)})",
     )
@@ -47,13 +51,20 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     sample = add("sample", "import the bundled EURUSD H1 2017 sample (idempotent)", cmd_sample)
     sample.add_argument("--symbol", default=SAMPLE_SYMBOL, help=f"symbol to store it under (default {SAMPLE_SYMBOL})")
     synth = add("synthetic", "generate bars with a learnable structure and import them", cmd_synthetic)
-    synth.add_argument("--kind", choices=KINDS, default="sine", help="sine: periodic drift plus noise; mean_reverting: an Ornstein-Uhlenbeck price; regime: trends that "
-        "flip at random; random_walk: no edge (a control)")
+    synth.add_argument(
+        "--kind",
+        choices=KINDS,
+        default="sine",
+        help="sine: periodic drift plus noise; mean_reverting: an Ornstein-Uhlenbeck price; regime: trends that "
+        "flip at random; random_walk: no edge (a control)",
+    )
     synth.add_argument("--symbol", default="SYNTH", help="symbol to store them under (default SYNTH)")
     synth.add_argument("--bars", type=int, default=20_000, help="number of bars (default 20000)")
     synth.add_argument("--seed", type=int, default=0)
     synth.add_argument("--period", type=float, default=48.0, help="sine period in bars (default 48)")
-    synth.add_argument("--drift-pips", type=float, help="sine: peak drift, regime: trend, per bar in pips (per-kind default)")
+    synth.add_argument(
+        "--drift-pips", type=float, help="sine: peak drift, regime: trend, per bar in pips (per-kind default)"
+    )
     synth.add_argument("--noise-pips", type=float, help="noise per bar in pips (per-kind default)")
     synth.add_argument("--theta", type=float, default=0.05, help="mean_reverting: pull back per bar (default 0.05)")
     synth.add_argument("--regime-bars", type=float, default=150.0, help="regime: mean bars per trend (default 150)")
@@ -136,7 +147,11 @@ def cmd_info(args: argparse.Namespace, config: Config) -> int:
     rows = [(i.symbol, _fmt(i.first_ts), _fmt(i.last_ts), str(i.bars), i.timeframe) for i in infos]
     widths = [max(len(r[k]) for r in (header, *rows)) for k in range(len(header))]
     for row in (header, *rows):
-        print("  ".join(cell.rjust(w) if k == 3 else cell.ljust(w) for k, (cell, w) in enumerate(zip(row, widths))).rstrip())
+        print(
+            "  ".join(
+                cell.rjust(w) if k == 3 else cell.ljust(w) for k, (cell, w) in enumerate(zip(row, widths))
+            ).rstrip()
+        )
     return 0
 
 

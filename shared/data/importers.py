@@ -96,7 +96,11 @@ class BarImportError(ValueError):
     Parquet files the numbers are rows: ``unit`` says which."""
 
     def __init__(
-        self, source: str, errors: Sequence[tuple[int, str]], summary: str | None = None, unit: str = "line",
+        self,
+        source: str,
+        errors: Sequence[tuple[int, str]],
+        summary: str | None = None,
+        unit: str = "line",
         bad_count: int | None = None,
     ) -> None:
         self.source = source
@@ -132,8 +136,9 @@ def parse_columns(spec: str | Mapping[str, str] | None) -> dict[str, str] | None
             pairs[role.strip().lower()] = name.strip()
     unknown = sorted(set(pairs) - set(ROLES))
     if unknown:
-        raise ValueError(f"unknown column role{'s' if len(unknown) > 1 else ''} {', '.join(unknown)}; "
-                         f"roles are {', '.join(ROLES)}")
+        raise ValueError(
+            f"unknown column role{'s' if len(unknown) > 1 else ''} {', '.join(unknown)}; roles are {', '.join(ROLES)}"
+        )
     if "ts" in pairs and ("date" in pairs or "time" in pairs):
         raise ValueError("map either ts or date + time, not both")
     if ("date" in pairs) != ("time" in pairs):
@@ -183,8 +188,12 @@ def _regex_parser(pattern: re.Pattern[str]) -> TsParser:
         g = m.groupdict()
         frac = g.get("f")
         dt = datetime(
-            int(g["Y"]), int(g["Mo"]), int(g["D"]),
-            int(g["h"] or 0), int(g["mi"] or 0), int(g.get("s") or 0),
+            int(g["Y"]),
+            int(g["Mo"]),
+            int(g["D"]),
+            int(g["h"] or 0),
+            int(g["mi"] or 0),
+            int(g.get("s") or 0),
             int((frac + "00000")[:6]) if frac else 0,
         )
         z = g.get("z")
@@ -252,13 +261,18 @@ def _default_ts(names: list[str], refuse: Callable[[str], Exception], shown: str
     if found is None and names and names[0] == "":  # pandas' unnamed index column
         found = ""
     if found is None:
-        raise refuse(f"no timestamp column (one of {', '.join(_TS_NAMES)}, or an unnamed first column; "
-                     f"or pass --columns ts=NAME) in {shown}")
+        raise refuse(
+            f"no timestamp column (one of {', '.join(_TS_NAMES)}, or an unnamed first column; "
+            f"or pass --columns ts=NAME) in {shown}"
+        )
     return (names.index(found),)
 
 
 def find_columns(
-    names: Sequence[str], columns: Mapping[str, str] | None, refuse: Callable[[str], Exception], shown: str,
+    names: Sequence[str],
+    columns: Mapping[str, str] | None,
+    refuse: Callable[[str], Exception],
+    shown: str,
 ) -> tuple[tuple[int, ...], tuple[int, int, int, int], int | None]:
     """(timestamp columns, price columns, volume column) among a header's normalised
     ``names``; ``columns`` maps roles to names, unmapped roles keep their usual names."""
@@ -273,8 +287,10 @@ def find_columns(
 
     missing = [r for r in ("open", "high", "low", "close") if _normalise(columns.get(r, r)) not in names]
     if missing and not any(r in columns for r in missing):
-        raise refuse(f"missing column{'s' if len(missing) > 1 else ''} {', '.join(missing)} in {shown} "
-                     "(map other names with --columns, e.g. open=O)")
+        raise refuse(
+            f"missing column{'s' if len(missing) > 1 else ''} {', '.join(missing)} in {shown} "
+            "(map other names with --columns, e.g. open=O)"
+        )
     if "date" in columns:
         ts = (index("date"), index("time"))
     else:
@@ -288,8 +304,16 @@ def find_columns(
 
 
 def _header_layout(
-    fmt: str, lines: list[str], header_idx: int, pattern: re.Pattern[str], parse_ts: TsParser, ts_hint: str,
-    source: str, columns: Mapping[str, str] | None, fast: tuple[str, ...], epoch: bool = False,
+    fmt: str,
+    lines: list[str],
+    header_idx: int,
+    pattern: re.Pattern[str],
+    parse_ts: TsParser,
+    ts_hint: str,
+    source: str,
+    columns: Mapping[str, str] | None,
+    fast: tuple[str, ...],
+    epoch: bool = False,
 ) -> Layout:
     header = lines[header_idx]
     delimiter = _sniff_delimiter(header)
@@ -300,46 +324,93 @@ def _header_layout(
         return BarImportError(source, [(line_no, reason)], summary=f"bad header ({reason})")
 
     ts_cols, prices, volume = find_columns([_normalise(f) for f in fields], columns, refuse, repr(header.strip()))
-    return Layout(fmt, delimiter, header_idx + 1, len(fields), ts_cols, prices, volume, pattern, parse_ts, ts_hint,
-                  epoch, fast)
+    return Layout(
+        fmt, delimiter, header_idx + 1, len(fields), ts_cols, prices, volume, pattern, parse_ts, ts_hint, epoch, fast
+    )
 
 
 def _layout(fmt: str, lines: list[str], first: int, source: str, columns: Mapping[str, str] | None = None) -> Layout:
     """Build the layout of an explicitly named format; ``first`` is the first non-blank line."""
     head = lines[first]
     if fmt in ("generic", "pandas"):
-        return _header_layout(fmt, lines, first, _ISO_RE, _parse_generic_ts, "ISO-8601 like 2017-01-02 13:00:00",
-                              source, columns, _ISO_FAST, epoch=True)
+        return _header_layout(
+            fmt,
+            lines,
+            first,
+            _ISO_RE,
+            _parse_generic_ts,
+            "ISO-8601 like 2017-01-02 13:00:00",
+            source,
+            columns,
+            _ISO_FAST,
+            epoch=True,
+        )
     if fmt == "dukascopy":
-        return _header_layout(fmt, lines, first, _DUKASCOPY_RE, _regex_parser(_DUKASCOPY_RE),
-                              "dd.mm.yyyy HH:MM:SS.fff", source, columns, ("%d.%m.%Y %H:%M:%S.%g", "%d.%m.%Y %H:%M:%S"))
+        return _header_layout(
+            fmt,
+            lines,
+            first,
+            _DUKASCOPY_RE,
+            _regex_parser(_DUKASCOPY_RE),
+            "dd.mm.yyyy HH:MM:SS.fff",
+            source,
+            columns,
+            ("%d.%m.%Y %H:%M:%S.%g", "%d.%m.%Y %H:%M:%S"),
+        )
     headerless = fmt == "histdata" or (fmt == "metatrader" and "<" not in head)
     if headerless and columns:
         raise ValueError(f"--columns needs a file with a header; {fmt} files without one have fixed columns")
     if fmt == "metatrader":
         parse, fast = _regex_parser(_METATRADER_RE), ("%Y.%m.%d %H:%M", "%Y.%m.%d %H:%M:%S")
         if not headerless and _normalise(head.split("\t")[0].split(",")[0]) == "date":
-            return _header_layout(fmt, lines, first, _METATRADER_RE, parse, "YYYY.MM.DD + HH:MM[:SS]", source, columns,
-                                  fast)
-        return Layout(fmt, ",", first, 7, (0, 1), (2, 3, 4, 5), 6, _METATRADER_RE, parse, "YYYY.MM.DD,HH:MM",
-                      fast_formats=fast)
+            return _header_layout(
+                fmt, lines, first, _METATRADER_RE, parse, "YYYY.MM.DD + HH:MM[:SS]", source, columns, fast
+            )
+        return Layout(
+            fmt, ",", first, 7, (0, 1), (2, 3, 4, 5), 6, _METATRADER_RE, parse, "YYYY.MM.DD,HH:MM", fast_formats=fast
+        )
     if fmt == "histdata":
         delimiter = ";" if ";" in head or "," not in head else ","
-        return Layout(fmt, delimiter, first, 6, (0,), (1, 2, 3, 4), 5, _HISTDATA_RE, _regex_parser(_HISTDATA_RE),
-                      "YYYYMMDD HHMMSS", fast_formats=("%Y%m%d %H%M%S",))
+        return Layout(
+            fmt,
+            delimiter,
+            first,
+            6,
+            (0,),
+            (1, 2, 3, 4),
+            5,
+            _HISTDATA_RE,
+            _regex_parser(_HISTDATA_RE),
+            "YYYYMMDD HHMMSS",
+            fast_formats=("%Y%m%d %H%M%S",),
+        )
     raise ValueError(f"unknown bar format {fmt!r}; choose one of {', '.join(FORMATS)}")
 
 
 def parquet_layout(names: Sequence[str], source: str, columns: Mapping[str, str] | None) -> Layout:
     """A layout over a Parquet file's columns; text timestamps are read as ``generic``'s."""
+
     def refuse(reason: str) -> BarImportError:
         return BarImportError(source, [], summary=f"bad columns ({reason})")
 
     normalised = [_normalise(n) for n in names]
     ts_cols, prices, volume = find_columns(normalised, columns, refuse, f"columns {list(names)}")
-    return Layout("parquet", "", 0, len(names), ts_cols, prices, volume, _ISO_RE, _parse_generic_ts,
-                  "a Parquet timestamp or ISO-8601 text", epoch=True, fast_formats=_ISO_FAST, unit="row",
-                  names=tuple(names))
+    return Layout(
+        "parquet",
+        "",
+        0,
+        len(names),
+        ts_cols,
+        prices,
+        volume,
+        _ISO_RE,
+        _parse_generic_ts,
+        "a Parquet timestamp or ISO-8601 text",
+        epoch=True,
+        fast_formats=_ISO_FAST,
+        unit="row",
+        names=tuple(names),
+    )
 
 
 _MT4_START = re.compile(r"\d{4}\.\d{2}\.\d{2},\d{2}:\d{2}")
@@ -371,8 +442,10 @@ def _detect(lines: list[str], first: int, source: str, columns: Mapping[str, str
         return "generic"
     shown = head if len(head) <= 120 else head[:117] + "..."
     raise BarImportError(
-        source, [], summary=f"cannot detect the bar format from the first line {shown!r}; "
-        f"pass --format, supported formats: {FORMAT_HELP}"
+        source,
+        [],
+        summary=f"cannot detect the bar format from the first line {shown!r}; "
+        f"pass --format, supported formats: {FORMAT_HELP}",
     )
 
 
@@ -489,15 +562,20 @@ def _utf8(path: Path, encoding: str) -> Iterator[Path]:
         return
     with tempfile.TemporaryDirectory(prefix="mz-import-") as folder:
         copy = Path(folder) / "utf8.csv"
-        with open(path, encoding=encoding, errors="replace", newline="") as src, \
-                open(copy, "w", encoding="utf-8", newline="") as dst:
+        with (
+            open(path, encoding=encoding, errors="replace", newline="") as src,
+            open(copy, "w", encoding="utf-8", newline="") as dst,
+        ):
             shutil.copyfileobj(src, dst, 1 << 20)
         yield copy
 
 
 def parse_bars(
-    path: str | os.PathLike[str], format: str = "auto", tz: str | None = "UTC",
-    columns: str | Mapping[str, str] | None = None, source_name: str | None = None,
+    path: str | os.PathLike[str],
+    format: str = "auto",
+    tz: str | None = "UTC",
+    columns: str | Mapping[str, str] | None = None,
+    source_name: str | None = None,
 ) -> Bars:
     """Read a bar file (see the module docstring) into UTC :class:`Bars`.
 
@@ -534,7 +612,10 @@ def parse_bars(
 
 
 def parse_bars_text(
-    text: str, format: str = "auto", tz: str | None = "UTC", source_name: str = "<text>",
+    text: str,
+    format: str = "auto",
+    tz: str | None = "UTC",
+    source_name: str = "<text>",
     columns: str | Mapping[str, str] | None = None,
 ) -> Bars:
     """Parse the text of a bar file; see :func:`parse_bars` (the text goes through a

@@ -153,8 +153,12 @@ def _run(sql: str, layout: Layout, source: str) -> Scan:
         cols = {k: np.asarray(v)[order] for k, v in cols.items()}
         line = line[order]
     return Scan(
-        layout, line, np.asarray(cols["us"], dtype=np.int64), np.asarray(cols["explicit"], dtype=bool),
-        np.asarray(cols["ts_ok"], dtype=bool), np.asarray(cols["ok"], dtype=bool),
+        layout,
+        line,
+        np.asarray(cols["us"], dtype=np.int64),
+        np.asarray(cols["explicit"], dtype=bool),
+        np.asarray(cols["ts_ok"], dtype=bool),
+        np.asarray(cols["ok"], dtype=bool),
         {c: np.ascontiguousarray(cols[c], dtype=np.float64) for c in COLUMNS},
     )
 
@@ -176,7 +180,9 @@ def scan_csv(path: Path, layout: Layout, source: str) -> Scan:
         f"FROM ({_lines_sql(path)}) WHERE n > {layout.data_start} AND line IS NOT NULL "
         f"AND trim(line, {_literal(_BLANKS)}) <> '')"
     )
-    shaped = f"len(p) = {layout.n_fields} AND (NOT q OR NOT list_bool_or(list_transform(p, lambda x: contains(x, '\"'))))"
+    shaped = (
+        f"len(p) = {layout.n_fields} AND (NOT q OR NOT list_bool_or(list_transform(p, lambda x: contains(x, '\"'))))"
+    )
     typed = f"SELECT n, {shaped} AS shaped, {ts} AS t, {values} FROM ({split})"
     return _run(_checked_sql(typed, layout, text_ts=True), layout, source)
 
@@ -202,7 +208,9 @@ def scan_parquet(path: Path, source: str, columns: Mapping[str, str] | None) -> 
     try:
         described = con.execute(f"DESCRIBE SELECT * FROM read_parquet({_literal(str(path))})").fetchall()
     except duckdb.Error as exc:
-        raise BarImportError(source, [], summary=f"DuckDB cannot read it as Parquet: {str(exc).splitlines()[0]}") from None
+        raise BarImportError(
+            source, [], summary=f"DuckDB cannot read it as Parquet: {str(exc).splitlines()[0]}"
+        ) from None
     finally:
         con.close()
     names, types = [row[0] for row in described], {row[0]: row[1].upper() for row in described}

@@ -17,8 +17,9 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import duckdb
 import numpy as np
@@ -100,7 +101,7 @@ def detect_timeframe(ts: np.ndarray) -> str:
     if len(ts) < 2:
         return "?"
     step = np.median(np.diff(ts.astype("datetime64[us]").astype(np.int64)))
-    return timeframe_name(step / 1e6)
+    return timeframe_name(float(step) / 1e6)
 
 
 def bars_fingerprint(bars: Bars) -> str:
@@ -119,7 +120,7 @@ def _to_timestamp(value: TimeLike) -> datetime:
     if isinstance(value, str):
         value = datetime.fromisoformat(value.strip().replace("Z", "+00:00"))
     if value.tzinfo is not None:
-        value = value.astimezone(timezone.utc).replace(tzinfo=None)
+        value = value.astimezone(UTC).replace(tzinfo=None)
     return value
 
 
@@ -173,7 +174,9 @@ class BarStore:
             con.close()
 
     # ------------------------------------------------------------------ writing
-    def import_bars(self, symbol: str, bars: Bars, source: str | None = None, sha256: str | None = None) -> ImportSummary:
+    def import_bars(
+        self, symbol: str, bars: Bars, source: str | None = None, sha256: str | None = None
+    ) -> ImportSummary:
         """Upsert ``bars`` by (symbol, ts) in one transaction.
 
         Re-importing the same bars changes nothing (all rows count as unchanged);
@@ -189,11 +192,13 @@ class BarStore:
             con.register("incoming", incoming)
             con.execute("BEGIN TRANSACTION")
             try:
-                matched, changed = con.execute(
-                    f"SELECT count(b.ts), count(*) FILTER (WHERE b.ts IS NOT NULL AND ({differs})) "
-                    "FROM incoming i LEFT JOIN bars b ON b.symbol = ? AND b.ts = i.ts::TIMESTAMP",
-                    [symbol],
-                ).fetchone()
+                matched, changed = _one(
+                    con.execute(
+                        f"SELECT count(b.ts), count(*) FILTER (WHERE b.ts IS NOT NULL AND ({differs})) "
+                        "FROM incoming i LEFT JOIN bars b ON b.symbol = ? AND b.ts = i.ts::TIMESTAMP",
+                        [symbol],
+                    )
+                )
                 updates = ", ".join(f"{c} = excluded.{c}" for c in OHLCV)
                 con.execute(
                     f"INSERT INTO bars SELECT ?, i.ts::TIMESTAMP, {', '.join('i.' + c for c in OHLCV)} "
@@ -207,9 +212,9 @@ class BarStore:
                     "INSERT INTO imports VALUES (?, ?, ?, ?, ?, ?, ?)",
                     [symbol, source, sha256, len(bars), inserted, changed, _utc_now()],
                 )
-                first, last, total = con.execute(
-                    "SELECT min(ts), max(ts), count(*) FROM bars WHERE symbol = ?", [symbol]
-                ).fetchone()
+                first, last, total = _one(
+                    con.execute("SELECT min(ts), max(ts), count(*) FROM bars WHERE symbol = ?", [symbol])
+                )
                 con.execute("COMMIT")
             except BaseException:
                 con.execute("ROLLBACK")
@@ -217,9 +222,15 @@ class BarStore:
             finally:
                 con.unregister("incoming")
         return ImportSummary(
-            symbol=symbol, source=source, rows_in_file=len(bars), rows_inserted=inserted,
-            rows_updated=changed, rows_unchanged=matched - changed,
-            first_ts=np.datetime64(first, "us"), last_ts=np.datetime64(last, "us"), total_bars=total,
+            symbol=symbol,
+            source=source,
+            rows_in_file=len(bars),
+            rows_inserted=inserted,
+            rows_updated=changed,
+            rows_unchanged=matched - changed,
+            first_ts=np.datetime64(first, "us"),
+            last_ts=np.datetime64(last, "us"),
+            total_bars=total,
         )
 
     def import_file(
@@ -254,7 +265,7 @@ class BarStore:
         symbol = _normalise_symbol(symbol)
         with self._connect(write=True) as con:
             assert con is not None
-            (count,) = con.execute("SELECT count(*) FROM bars WHERE symbol = ?", [symbol]).fetchone()
+            (count,) = _one(con.execute("SELECT count(*) FROM bars WHERE symbol = ?", [symbol]))
             con.execute("BEGIN TRANSACTION")
             con.execute("DELETE FROM bars WHERE symbol = ?", [symbol])
             con.execute("DELETE FROM imports WHERE symbol = ?", [symbol])
@@ -274,7 +285,7 @@ class BarStore:
         Raises :class:`UnknownSymbolError` naming the stored symbols if there are none.
         """
         symbol = _normalise_symbol(symbol)
-        where, params = ["symbol = ?"], [symbol]
+        where, params = ["symbol = ?"], [symbol]  # type: list[str], list[object]
         if start is not None:
             where.append("ts >= ?")
             params.append(_to_timestamp(start))
@@ -308,7 +319,10 @@ class BarStore:
             ).fetchall()
         return [
             SymbolInfo(
-                symbol, np.datetime64(first, "us"), np.datetime64(last, "us"), int(count),
+                symbol,
+                np.datetime64(first, "us"),
+                np.datetime64(last, "us"),
+                int(count),
                 timeframe_name(step / 1e6 if step is not None else None),
             )
             for symbol, first, last, count, step in rows
@@ -335,20 +349,19 @@ class BarStore:
     def _unknown(self, symbol: str, con: duckdb.DuckDBPyConnection | None) -> UnknownSymbolError:
         available = (
             [r[0] for r in con.execute("SELECT DISTINCT symbol FROM bars ORDER BY symbol").fetchall()]
-            if con is not None and _has_tables(con) else []
+            if con is not None and _has_tables(con)
+            else []
         )
         if not available:
             return UnknownSymbolError(
                 f"no bars for {symbol!r}: the bar store {self.path} is empty; "
                 "run `microzero data sample` or `microzero data import PATH --symbol SYMBOL`"
             )
-        return UnknownSymbolError(
-            f"no bars for {symbol!r} in {self.path}; available symbols: {', '.join(available)}"
-        )
+        return UnknownSymbolError(f"no bars for {symbol!r} in {self.path}; available symbols: {', '.join(available)}")
 
 
 def _utc_now() -> datetime:
-    return datetime.now(timezone.utc).replace(tzinfo=None)
+    return datetime.now(UTC).replace(tzinfo=None)
 
 
 def _normalise_symbol(symbol: str) -> str:
@@ -358,11 +371,18 @@ def _normalise_symbol(symbol: str) -> str:
     return symbol
 
 
+def _one(cursor: duckdb.DuckDBPyConnection) -> tuple[Any, ...]:
+    """The one row an aggregate query returns."""
+    row = cursor.fetchone()
+    assert row is not None, "an aggregate query returned no row"
+    return row
+
+
 def _has_tables(con: duckdb.DuckDBPyConnection) -> bool:
-    return con.execute(
-        "SELECT count(*) FROM information_schema.tables WHERE table_name = 'bars'"
-    ).fetchone()[0] > 0
+    row = con.execute("SELECT count(*) FROM information_schema.tables WHERE table_name = 'bars'").fetchone()
+    return row is not None and row[0] > 0
 
 
 def _has_symbol(con: duckdb.DuckDBPyConnection, symbol: str) -> bool:
-    return con.execute("SELECT count(*) FROM (SELECT 1 FROM bars WHERE symbol = ? LIMIT 1)", [symbol]).fetchone()[0] > 0
+    row = con.execute("SELECT count(*) FROM (SELECT 1 FROM bars WHERE symbol = ? LIMIT 1)", [symbol]).fetchone()
+    return row is not None and row[0] > 0

@@ -9,10 +9,10 @@ from pathlib import Path
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import SQLAlchemyError
 
+from shared.checkpoint_store import BEST_FILE
 from shared.config import Config
 from shared.learning.checkpoint import Checkpoint, CheckpointError, load_checkpoint
 from shared.model.networks import StochasticMuZeroNet
-from shared.pipeline.validation import BEST_FILE
 from shared.registry import CheckpointRecord, Registry
 
 BEST = "best"
@@ -62,13 +62,16 @@ def count_trials(config: Config, ckpt: Checkpoint) -> Trials:
     reason = "the checkpoint is not recorded there"
     try:
         record, registry = _find_record(url, ckpt.sha256)
-        if record is not None:
+        if record is not None and registry is not None:
             n = registry.count_checkpoints(record.run_id)
             run = registry.get_run(record.run_id)
             registry.close()
             return Trials(
-                max(1, n), "registry", f"{n} checkpoint(s) of run {record.run_id!r} in the registry {registry!r}",
-                record.run_id, None if run is None else run.symbol,
+                max(1, n),
+                "registry",
+                f"{n} checkpoint(s) of run {record.run_id!r} in the registry {registry!r}",
+                record.run_id,
+                None if run is None else run.symbol,
             )
         if registry is None:
             reason = "there is no registry database"
@@ -102,6 +105,9 @@ def with_checkpoint_features(config: Config, ckpt: Checkpoint) -> Config:
     features = ckpt.features_config()
     if features is None or features == config.features:
         return config
-    print(f"note: using the checkpoint's feature settings {features.model_dump()} "
-          f"(config has {config.features.model_dump()})", file=sys.stderr)
+    print(
+        f"note: using the checkpoint's feature settings {features.model_dump()} "
+        f"(config has {config.features.model_dump()})",
+        file=sys.stderr,
+    )
     return config.model_copy(update={"features": features})

@@ -14,16 +14,20 @@ HELD_OUT = tuple(name for name in SPLIT_NAMES if name != "train")  # never score
 
 def _run(args: argparse.Namespace, config: Config) -> int:
     # Heavy imports here, so `microzero --help` stays fast.
-    from shared.data.sample import ensure_sample
-    from shared.data.store import BarStore
-    from shared.evaluation.checkpoints import count_trials, load_model, resolve_checkpoint, with_checkpoint_features
+    from shared.device import pick_device
+    from shared.evaluation.checkpoints import (
+        count_trials,
+        load_model,
+        resolve_checkpoint,
+        with_checkpoint_features,
+    )
     from shared.evaluation.report import ReportInputs, column_label, write_report
     from shared.evaluation.run import AGENT, evaluate_split
     from shared.evaluation.stats import bootstrap_mean_ci, verdict
-    from shared.market import load_market
+    from shared.market import open_market
     from shared.metrics import format_metrics_table
     from shared.splits import make_splits
-    from shared.training import greedy_policy, resolve_device
+    from shared.training import greedy_policy
 
     if args.chunks < 1 or args.resamples < 1:
         raise ValueError("--chunks and --resamples must be >= 1")
@@ -34,21 +38,28 @@ def _run(args: argparse.Namespace, config: Config) -> int:
     model_config = ckpt.model_config()
     window = model_config.window
     if window != config.env.window:
-        print(f"note: using the checkpoint's window of {window} bars (config env.window is {config.env.window})", file=sys.stderr)
+        print(
+            f"note: using the checkpoint's window of {window} bars (config env.window is {config.env.window})",
+            file=sys.stderr,
+        )
     # The search must expand as many chance codes as this network has (as the API does).
     search = config.search.model_copy(update={"num_chance_codes": model_config.chance_codes})
     config = config.model_copy(update={"search": search})
     trials = count_trials(config, ckpt)
     symbol = (args.symbol or trials.symbol or config.data.default_symbol).upper()
-    store = BarStore(config.data.db_path)
-    ensure_sample(store, symbol)
-    market = load_market(config, symbol, store)
+    market = open_market(config, symbol)
     split = make_splits(len(market), config.splits, window)[args.split]
-    device = resolve_device(args.device)
+    device = pick_device(args.device)
     evaluation = evaluate_split(
-        market, split, greedy_policy(model.to(device), config, device),
-        window=window, drawdown_penalty=config.env.drawdown_penalty, chunks=args.chunks, seed=args.seed,
-        n_trials=trials.n, progress=not args.quiet,
+        market,
+        split,
+        greedy_policy(model.to(device), config, device),
+        window=window,
+        drawdown_penalty=config.env.drawdown_penalty,
+        chunks=args.chunks,
+        seed=args.seed,
+        n_trials=trials.n,
+        progress=not args.quiet,
     )
     interval = bootstrap_mean_ci(evaluation.results[AGENT].trades.net_pips, resamples=args.resamples, seed=args.seed)
     judged = verdict(interval)
@@ -79,11 +90,17 @@ def register(subparsers) -> None:
             "DIR/report.html (self-contained), the PNG charts, DIR/trades.csv and DIR/metrics.json."
         ),
     )
-    parser.add_argument("--checkpoint", required=True, help="checkpoint file, or 'best' (the validator's best.pt in pipeline.best_dir)")
+    parser.add_argument(
+        "--checkpoint", required=True, help="checkpoint file, or 'best' (the validator's best.pt in pipeline.best_dir)"
+    )
     parser.add_argument("--split", choices=HELD_OUT, default="test", help="held-out split (default: test)")
-    parser.add_argument("--symbol", default=None, help="symbol (default: the checkpoint's run in the registry, else config)")
+    parser.add_argument(
+        "--symbol", default=None, help="symbol (default: the checkpoint's run in the registry, else config)"
+    )
     parser.add_argument("--report", required=True, metavar="DIR", help="folder for the report files (created)")
-    parser.add_argument("--chunks", type=int, default=16, help="contiguous pieces played in parallel (default 16, as the validator)")
+    parser.add_argument(
+        "--chunks", type=int, default=16, help="contiguous pieces played in parallel (default 16, as the validator)"
+    )
     parser.add_argument("--seed", type=int, default=0, help="seed of the random baseline and the bootstrap")
     parser.add_argument("--resamples", type=int, default=10_000, help="bootstrap resamples (default 10000)")
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])

@@ -92,7 +92,10 @@ def actions_png(ts: np.ndarray, actions: np.ndarray, block: int) -> bytes:
     fig = Figure(figsize=_SIZE)
     ax = fig.subplots()
     ax.stackplot(
-        at, share.T, step="post", labels=[a.name.title() for a in ACTION_COLOURS],
+        at,
+        share.T,
+        step="post",
+        labels=[a.name.title() for a in ACTION_COLOURS],
         colors=list(ACTION_COLOURS.values()),
     )
     ax.set_ylim(0, 1)

@@ -16,12 +16,26 @@ from shared.evaluation import plots
 from shared.evaluation.checkpoints import Trials
 from shared.evaluation.run import AGENT, Evaluation
 from shared.evaluation.stats import ExpectancyInterval
-from shared.metrics import TABLE_ROWS, format_value  # the table formatting of format_metrics_table
-from shared.registry import json_safe
+from shared.jsonsafe import json_safe
+from shared.metrics import (  # the table formatting of format_metrics_table
+    TABLE_ROWS,
+    format_value,
+)
 
 TRADE_COLUMNS = (
-    "trade", "chunk", "side", "entry_bar", "entry_time", "exit_bar", "exit_time", "entry_price", "exit_price",
-    "net_pips", "amddp1", "accumulated_drawdown_pips", "bars_held",
+    "trade",
+    "chunk",
+    "side",
+    "entry_bar",
+    "entry_time",
+    "exit_bar",
+    "exit_time",
+    "entry_price",
+    "exit_price",
+    "net_pips",
+    "amddp1",
+    "accumulated_drawdown_pips",
+    "bars_held",
 )
 
 
@@ -69,30 +83,43 @@ def write_trades_csv(path: Path, e: Evaluation) -> int:
         writer.writerow(TRADE_COLUMNS)
         for i in range(len(t)):
             entry, exit_ = int(t.entry_row[i]), int(t.exit_row[i])
-            writer.writerow([
-                i + 1, int(t.env[i]), "long" if t.side[i] > 0 else "short",
-                m.bar_offset + entry, _time(m.ts[entry]), m.bar_offset + exit_, _time(m.ts[exit_]),
-                f"{m.close[entry]:.6f}", f"{m.close[exit_]:.6f}", f"{t.net_pips[i]:.3f}", f"{t.amddp1[i]:.3f}",
-                f"{t.accumulated_drawdown[i]:.3f}", exit_ - entry,
-            ])
+            writer.writerow(
+                [
+                    i + 1,
+                    int(t.env[i]),
+                    "long" if t.side[i] > 0 else "short",
+                    m.bar_offset + entry,
+                    _time(m.ts[entry]),
+                    m.bar_offset + exit_,
+                    _time(m.ts[exit_]),
+                    f"{m.close[entry]:.6f}",
+                    f"{m.close[exit_]:.6f}",
+                    f"{t.net_pips[i]:.3f}",
+                    f"{t.amddp1[i]:.3f}",
+                    f"{t.accumulated_drawdown[i]:.3f}",
+                    exit_ - entry,
+                ]
+            )
     return len(t)
 
 
 def metrics_payload(r: ReportInputs) -> dict:
     e = r.evaluation
-    return json_safe({
-        "symbol": e.market.symbol,
-        "pip": e.market.pip,
-        "spread_pips": e.market.spread_pips,
-        "checkpoint": {"path": str(r.checkpoint_path), "sha256": r.checkpoint_sha256, "step": r.checkpoint_step},
-        "split": split_bounds(e),
-        "seed": r.seed,
-        "n_trials": {"value": r.trials.n, "source": r.trials.source, "detail": r.trials.detail},
-        "policies": {name: result.metrics.as_dict() for name, result in e.results.items()},
-        "references": list(REFERENCES),
-        "expectancy_ci": r.interval.as_dict(),
-        "verdict": r.verdict,
-    })
+    return json_safe(
+        {
+            "symbol": e.market.symbol,
+            "pip": e.market.pip,
+            "spread_pips": e.market.spread_pips,
+            "checkpoint": {"path": str(r.checkpoint_path), "sha256": r.checkpoint_sha256, "step": r.checkpoint_step},
+            "split": split_bounds(e),
+            "seed": r.seed,
+            "n_trials": {"value": r.trials.n, "source": r.trials.source, "detail": r.trials.detail},
+            "policies": {name: result.metrics.as_dict() for name, result in e.results.items()},
+            "references": list(REFERENCES),
+            "expectancy_ci": r.interval.as_dict(),
+            "verdict": r.verdict,
+        }
+    )
 
 
 def _img(png: bytes, alt: str) -> str:
@@ -123,15 +150,16 @@ def render_html(r: ReportInputs, figures: dict[str, bytes]) -> str:
     ci_text = (
         f"mean {ci.mean:.2f} pips per trade over {ci.trades} trades; {ci.confidence:.0%} interval "
         f"[{ci.low:.2f}, {ci.high:.2f}] pips (percentile bootstrap, {ci.resamples} resamples, seed {ci.seed})"
-        if ci.trades else "no trades: the expectancy is undefined"
+        if ci.trades
+        else "no trades: the expectancy is undefined"
     )
     return f"""<!DOCTYPE html>
-<html lang="en"><head><meta charset="utf-8"><title>microzero evaluation: {esc(e.market.symbol)} {esc(b['name'])}</title>
+<html lang="en"><head><meta charset="utf-8"><title>microzero evaluation: {esc(e.market.symbol)} {esc(b["name"])}</title>
 <style>{_CSS}</style></head><body>
-<h1>Evaluation of {esc(r.checkpoint_path.name)} on {esc(e.market.symbol)}, {esc(b['name'])} split</h1>
+<h1>Evaluation of {esc(r.checkpoint_path.name)} on {esc(e.market.symbol)}, {esc(b["name"])} split</h1>
 <p>Checkpoint <code>{esc(str(r.checkpoint_path))}</code> (step {r.checkpoint_step}, sha256 <code>{esc(r.checkpoint_sha256)}</code>).<br>
-{b['decisions']} decision bars from {esc(b['first_decision'])} to {esc(b['last_bar'])} (window from {esc(b['first_bar'])});
-feature rows [{b['feature_rows'][0]}, {b['feature_rows'][1]}) of the series, stored bars [{b['stored_bars'][0]}, {b['stored_bars'][1]}).
+{b["decisions"]} decision bars from {esc(b["first_decision"])} to {esc(b["last_bar"])} (window from {esc(b["first_bar"])});
+feature rows [{b["feature_rows"][0]}, {b["feature_rows"][1]}) of the series, stored bars [{b["stored_bars"][0]}, {b["stored_bars"][1]}).
 Only these bars were given to the agent, the baselines and the oracle (their features are causal: each summarises its bar and earlier bars, as live trading would see them). Spread {e.market.spread_pips:g} pips per round trip,
 {e.chunks} contiguous chunk(s) played in parallel (each starts flat and is closed at its end), random-baseline seed {r.seed}.</p>
 <h2 id="verdict">Verdict</h2>
@@ -139,16 +167,16 @@ Only these bars were given to the agent, the baselines and the oracle (their fea
 <h2 id="confidence-interval">Expectancy confidence interval</h2>
 <p>{esc(ci_text)}.</p>
 <h2 id="equity">Equity curve</h2>
-{_img(figures['equity'], 'equity curves')}
+{_img(figures["equity"], "equity curves")}
 <p class="note">Cumulative net pips of the agent and every baseline. The oracle (perfect foresight) is a
 reference ceiling, not a strategy: it is left off this chart because its scale would flatten the others;
 see its column in the metric table.</p>
 <h2 id="drawdown">Drawdown</h2>
-{_img(figures['drawdown'], 'agent drawdown')}
+{_img(figures["drawdown"], "agent drawdown")}
 <h2 id="trade-histogram">Trade P&amp;L histogram</h2>
-{_img(figures['trade_histogram'], 'histogram of net pips per trade')}
+{_img(figures["trade_histogram"], "histogram of net pips per trade")}
 <h2 id="action-frequencies">Action frequencies</h2>
-{_img(figures['actions'], 'share of actions over time')}
+{_img(figures["actions"], "share of actions over time")}
 <h2 id="metrics">Metric table</h2>
 {_metrics_table(e)}
 <h2 id="n-trials">Number of trials (n_trials)</h2>

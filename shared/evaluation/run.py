@@ -9,6 +9,7 @@ first rows summarise earlier bars' prices exactly as live trading would see them
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -52,8 +53,10 @@ def evaluate_split(
     baselines (one trial each: they were not selected) over every decision bar of `split`."""
     local, local_split = restrict_to_split(market, split)
     _check_isolated(market, split, local, local_split)
-    run = dict(window=window, drawdown_penalty=drawdown_penalty, chunks=chunks)
-    results = {AGENT: backtest(local, local_split, agent, n_trials=n_trials, progress="agent" if progress else False, **run)}
+    run: dict[str, Any] = dict(window=window, drawdown_penalty=drawdown_penalty, chunks=chunks)
+    results = {
+        AGENT: backtest(local, local_split, agent, n_trials=n_trials, progress="agent" if progress else False, **run)
+    }
     for name in (*BASELINES, *REFERENCES):
         results[name] = backtest(local, local_split, make_policy(name, local, seed), **run)
     for name, result in results.items():
@@ -61,7 +64,9 @@ def evaluate_split(
         if rows.size and not (0 <= rows.min() and rows.max() < len(local)):
             raise AssertionError(f"{name} traded at a row outside the {split.name} split")
         if len(result.bar_pnl) != local_split.decisions(window):
-            raise AssertionError(f"{name} played {len(result.bar_pnl)} bars, not the split's {local_split.decisions(window)}")
+            raise AssertionError(
+                f"{name} played {len(result.bar_pnl)} bars, not the split's {local_split.decisions(window)}"
+            )
     return Evaluation(local, local_split, split, window, chunks, results)
 
 

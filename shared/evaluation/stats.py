@@ -11,6 +11,8 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
+from shared.jsonsafe import json_safe
+
 MIN_TRADES = 10  # below this a bootstrap of the mean says more about luck than skill
 RESAMPLES = 10_000
 CONFIDENCE = 0.95
@@ -35,7 +37,7 @@ class ExpectancyInterval:
     seed: int
 
     def as_dict(self) -> dict:
-        return {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in asdict(self).items()}
+        return {k: json_safe(v) for k, v in asdict(self).items()}
 
 
 def bootstrap_mean_ci(
@@ -51,10 +53,12 @@ def bootstrap_mean_ci(
     if x.size == 0:
         return ExpectancyInterval(0, math.nan, math.nan, math.nan, confidence, resamples, seed)
     rng = np.random.default_rng(seed)
-    means = np.concatenate([
-        x[rng.integers(0, x.size, size=(min(_BATCH, resamples - done), x.size))].mean(axis=1)
-        for done in range(0, resamples, _BATCH)
-    ])
+    means = np.concatenate(
+        [
+            x[rng.integers(0, x.size, size=(min(_BATCH, resamples - done), x.size))].mean(axis=1)
+            for done in range(0, resamples, _BATCH)
+        ]
+    )
     tail = (1 - confidence) / 2
     low, high = np.quantile(means, [tail, 1 - tail])
     return ExpectancyInterval(int(x.size), float(x.mean()), float(low), float(high), confidence, resamples, seed)

@@ -59,18 +59,18 @@ def _run(args: argparse.Namespace, config: Config) -> int:
 
     from shared.data.sample import ensure_sample
     from shared.data.store import BarStore
+    from shared.device import pick_device
     from shared.experiments.ppo import MissingDependency
     from shared.experiments.report import write_results
     from shared.experiments.runner import Budget, run_experiment
     from shared.experiments.variants import get_experiment
-    from shared.market import load_market
-    from shared.training import resolve_device
+    from shared.market import open_market
 
     # One thread by default: measured on the shared 2-core box, a small model trained
     # 8x slower with 2 threads than with 1 once other processes held the cores (the
     # threads spin waiting for each other). Run experiments side by side instead.
     torch.set_num_threads(args.threads)
-    resolve_device(args.device)
+    pick_device(args.device)
     experiment = get_experiment(args.name)
     if args.curve and args.name != "ppo":
         raise ValueError("--curve draws MuZero against PPO: use it with `experiment ppo`")
@@ -89,8 +89,16 @@ def _run(args: argparse.Namespace, config: Config) -> int:
     start = time.monotonic()
     try:
         result = run_experiment(
-            experiment, config, lambda cfg: load_market(cfg, symbol, store), out, seeds=args.seeds, budget=budget,
-            small=args.small, device=args.device, progress=not args.quiet, reuse_from=[Path(p) for p in args.reuse_runs_from],
+            experiment,
+            config,
+            lambda cfg: open_market(cfg, symbol, store=store),
+            out,
+            seeds=args.seeds,
+            budget=budget,
+            small=args.small,
+            device=args.device,
+            progress=not args.quiet,
+            reuse_from=[Path(p) for p in args.reuse_runs_from],
         )
     except MissingDependency as exc:
         print(f"microzero experiment {experiment.name}: {exc}", file=sys.stderr)
@@ -127,8 +135,16 @@ def _run_curve(args: argparse.Namespace, config: Config, symbol: str, store, out
     config = apply_overrides(config, SMALL) if args.small else config
     start = time.monotonic()
     try:
-        report = run_curves(config, load_market(config, symbol, store), out, seeds=args.seeds, milestones=args.curve,
-                            split=args.split, device=args.device, progress=not args.quiet)
+        report = run_curves(
+            config,
+            load_market(config, symbol, store),
+            out,
+            seeds=args.seeds,
+            milestones=args.curve,
+            split=args.split,
+            device=args.device,
+            progress=not args.quiet,
+        )
     except MissingDependency as exc:
         print(f"microzero experiment ppo: {exc}", file=sys.stderr)
         return 2
@@ -157,28 +173,46 @@ def register(subparsers) -> None:
     )
     parser.add_argument("name", choices=list(EXPERIMENTS), help="which comparison")
     budget = parser.add_mutually_exclusive_group(required=False)
-    budget.add_argument("--steps", type=int, help="learner steps per run (PPO: steps x batch / samples-per-insert env steps)")
+    budget.add_argument(
+        "--steps", type=int, help="learner steps per run (PPO: steps x batch / samples-per-insert env steps)"
+    )
     budget.add_argument("--minutes", type=float, help="wall-clock training budget per run")
     budget.add_argument(
-        "--curve", type=_milestones, metavar="N1,N2,...",
+        "--curve",
+        type=_milestones,
+        metavar="N1,N2,...",
         help="ppo only: a learning curve, MuZero and PPO trained to the largest env-step count, each checkpoint "
         "at every count backtested on --split; writes curve.png, curve.md, curve.json",
     )
-    parser.add_argument("--split", default="validation", choices=["validation", "test"],
-                        help="--curve: the split the checkpoints are scored on (choose settings on validation; "
-                        "read test once, for the report)")
+    parser.add_argument(
+        "--split",
+        default="validation",
+        choices=["validation", "test"],
+        help="--curve: the split the checkpoints are scored on (choose settings on validation; "
+        "read test once, for the report)",
+    )
     parser.add_argument("--seeds", type=_seeds, default=[0, 1, 2], help="comma-separated seeds (default 0,1,2)")
-    parser.add_argument("--symbol", default=None, help="bars to use (default: the bundled EURUSD; SYNTH after `microzero data synthetic`)")
+    parser.add_argument(
+        "--symbol",
+        default=None,
+        help="bars to use (default: the bundled EURUSD; SYNTH after `microzero data synthetic`)",
+    )
     parser.add_argument("--out", default=None, help="output folder (default runs/experiments/NAME)")
     parser.add_argument(
-        "--small", action="store_true",
+        "--small",
+        action="store_true",
         help="small preset for quick runs: ~145 k-parameter model, 4 simulations, 16 envs, lr 1e-3, "
         "2 samples per insert (variant overrides still apply; listed in results.md)",
     )
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
-    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1; see the comment in cli.py)")
     parser.add_argument(
-        "--reuse-runs-from", action="append", default=[], metavar="DIR",
+        "--threads", type=int, default=1, help="torch CPU threads (default 1; see the comment in cli.py)"
+    )
+    parser.add_argument(
+        "--reuse-runs-from",
+        action="append",
+        default=[],
+        metavar="DIR",
         help="another experiment's output folder: a finished run there with identical settings (config, seed, "
         "budget, data) is copied instead of retrained, e.g. stochastic-16 = window-64 = with-time (repeatable)",
     )

@@ -32,45 +32,82 @@ AGENTS = ("muzero", "ppo")
 
 def _pips(policy, config: Config, market: MarketData, split: str) -> dict:
     result = backtest(
-        market, market.splits(config)[split], policy, window=config.env.window,
-        drawdown_penalty=config.env.drawdown_penalty, chunks=CHUNKS,
+        market,
+        market.splits(config)[split],
+        policy,
+        window=config.env.window,
+        drawdown_penalty=config.env.drawdown_penalty,
+        chunks=CHUNKS,
     )
     return {"total_pips": float(result.metrics.total_pips), "trades": int(result.metrics.trades)}
 
 
-def _muzero_points(config: Config, market: MarketData, run_dir: Path, seed: int, milestones: list[int],
-                   split: str, device: str) -> list[dict]:
+def _muzero_points(
+    config: Config, market: MarketData, run_dir: Path, seed: int, milestones: list[int], split: str, device: str
+) -> list[dict]:
+    from shared.device import pick_device
     from shared.learning.checkpoint import load_checkpoint
     from shared.model.networks import StochasticMuZeroNet
-    from shared.training import greedy_policy, resolve_device, train
+    from shared.training import greedy_policy, train
 
     start = time.monotonic()
-    result = train(config, market, run_dir, env_steps=max(milestones), milestones=milestones, device=device,
-                   seed=seed, progress=False)
+    result = train(
+        config,
+        market,
+        run_dir,
+        env_steps=max(milestones),
+        milestones=milestones,
+        device=device,
+        seed=seed,
+        progress=False,
+    )
     train_s = time.monotonic() - start
     points = []
     for env_steps, learner_steps, path in result.curve:
-        model = StochasticMuZeroNet(config.model).to(resolve_device(device))
+        model = StochasticMuZeroNet(config.model).to(pick_device(device))
         model.load_state_dict(load_checkpoint(path).state_dict)
-        points.append({"env_steps": env_steps, "learner_steps": learner_steps,
-                       **_pips(greedy_policy(model, config, model.device), config, market, split)})
+        points.append(
+            {
+                "env_steps": env_steps,
+                "learner_steps": learner_steps,
+                **_pips(greedy_policy(model, config, model.device), config, market, split),
+            }
+        )
     return [dict(p, train_s=train_s) for p in points]
 
 
-def _ppo_points(config: Config, market: MarketData, run_dir: Path, seed: int, milestones: list[int],
-                split: str, device: str) -> list[dict]:
+def _ppo_points(
+    config: Config, market: MarketData, run_dir: Path, seed: int, milestones: list[int], split: str, device: str
+) -> list[dict]:
     from shared.experiments.ppo import PPOPolicy, load_ppo, train_ppo
 
     start = time.monotonic()
-    saved = train_ppo(config, market, run_dir, timesteps=max(milestones), seed=seed, device=device,
-                      milestones=milestones)
+    saved = train_ppo(
+        config, market, run_dir, timesteps=max(milestones), seed=seed, device=device, milestones=milestones
+    )
     train_s = time.monotonic() - start
-    return [{"env_steps": steps, "learner_steps": None, "train_s": train_s,
-             **_pips(PPOPolicy(load_ppo(path, device)), config, market, split)} for steps, path in saved]
+    return [
+        {
+            "env_steps": steps,
+            "learner_steps": None,
+            "train_s": train_s,
+            **_pips(PPOPolicy(load_ppo(path, device)), config, market, split),
+        }
+        for steps, path in saved
+    ]
 
 
-def run_curves(config: Config, market: MarketData, out_dir: Path, *, seeds: list[int], milestones: list[int],
-               split: str = "validation", device: str = "cpu", progress: bool = True) -> dict:
+def run_curves(
+    config: Config,
+    market: MarketData,
+    out_dir: Path,
+    *,
+    seeds: list[int],
+    milestones: list[int],
+    split: str = "validation",
+    device: str = "cpu",
+    progress: bool = True,
+) -> dict:
     """Every agent x seed (resumable), then the baselines; returns the report dict."""
     from shared.experiments.ppo import require_sb3
 
@@ -89,8 +126,11 @@ def run_curves(config: Config, market: MarketData, out_dir: Path, *, seeds: list
                 done.write_text(json.dumps({"milestones": milestones, "split": split, "points": points}, indent=2))
             runs[agent].append(points)
             if progress:
-                print(f"{agent} seed {seed}: " + ", ".join(f"{p['env_steps']:,} steps {p['total_pips']:,.0f} pips"
-                                                        for p in points), flush=True)
+                print(
+                    f"{agent} seed {seed}: "
+                    + ", ".join(f"{p['env_steps']:,} steps {p['total_pips']:,.0f} pips" for p in points),
+                    flush=True,
+                )
     oracle = _pips(PerfectForesight(market.close, market.pip, market.spread_pips), config, market, split)
     baselines = {
         "perfect foresight": oracle["total_pips"],
@@ -98,9 +138,15 @@ def run_curves(config: Config, market: MarketData, out_dir: Path, *, seeds: list
         "buy & hold": _pips(buy_and_hold, config, market, split)["total_pips"],
         "random legal": float(np.mean([_pips(RandomLegal(s), config, market, split)["total_pips"] for s in seeds])),
     }
-    return {"split": split, "seeds": seeds, "milestones": milestones, "symbol": market.symbol,
-            "curves": {agent: summarise_curve(points) for agent, points in runs.items()},
-            "runs": runs, "baselines": baselines}
+    return {
+        "split": split,
+        "seeds": seeds,
+        "milestones": milestones,
+        "symbol": market.symbol,
+        "curves": {agent: summarise_curve(points) for agent, points in runs.items()},
+        "runs": runs,
+        "baselines": baselines,
+    }
 
 
 def summarise_curve(runs: list[list[dict]]) -> list[dict]:
@@ -108,9 +154,13 @@ def summarise_curve(runs: list[list[dict]]) -> list[dict]:
     out = []
     for i in range(min(len(points) for points in runs)):
         column = [points[i] for points in runs]
-        out.append({"env_steps": float(np.mean([p["env_steps"] for p in column])),
-                    "total_pips": t_interval([p["total_pips"] for p in column]).as_dict(),
-                    "trades": float(np.mean([p["trades"] for p in column]))})
+        out.append(
+            {
+                "env_steps": float(np.mean([p["env_steps"] for p in column])),
+                "total_pips": t_interval([p["total_pips"] for p in column]).as_dict(),
+                "trades": float(np.mean([p["trades"] for p in column])),
+            }
+        )
     return out
 
 
@@ -147,15 +197,21 @@ def plot_curves(report: dict, path: Path) -> Path:
 def curve_table(report: dict) -> str:
     """Markdown: one row per milestone, both agents' mean [95% CI] and % of perfect foresight."""
     pf = report["baselines"]["perfect foresight"]
-    lines = ["| env steps (MuZero / PPO) | MuZero pips [95% CI] | PPO pips [95% CI] | MuZero % of PF | PPO % of PF |",
-             "|---|---|---|---|---|"]
+    lines = [
+        "| env steps (MuZero / PPO) | MuZero pips [95% CI] | PPO pips [95% CI] | MuZero % of PF | PPO % of PF |",
+        "|---|---|---|---|---|",
+    ]
     for mz, ppo in zip(report["curves"]["muzero"], report["curves"]["ppo"]):
+
         def cell(p: dict) -> str:
             t = p["total_pips"]
             band = f" [{t['low']:,.0f}, {t['high']:,.0f}]" if t["low"] is not None else ""
             return f"{t['mean']:,.0f}{band}"
-        lines.append(f"| {mz['env_steps']:,.0f} / {ppo['env_steps']:,.0f} | {cell(mz)} | {cell(ppo)} | "
-                     f"{100 * mz['total_pips']['mean'] / pf:.0f} % | {100 * ppo['total_pips']['mean'] / pf:.0f} % |")
+
+        lines.append(
+            f"| {mz['env_steps']:,.0f} / {ppo['env_steps']:,.0f} | {cell(mz)} | {cell(ppo)} | "
+            f"{100 * mz['total_pips']['mean'] / pf:.0f} % | {100 * ppo['total_pips']['mean'] / pf:.0f} % |"
+        )
     lines.append("")
     lines += [f"- {name}: {pips:,.0f} pips" for name, pips in report["baselines"].items()]
     return "\n".join(lines)

@@ -35,7 +35,7 @@ def _num(x: float | None, digits: int = 1) -> str:
 
 
 def _interval(d: dict, digits: int = 1, runs: int | None = None) -> str:
-    """"mean [low, high]"; "(n=k)" added when fewer values than runs went in (a run
+    """ "mean [low, high]"; "(n=k)" added when fewer values than runs went in (a run
     without trades has no expectancy or SQN)."""
     if d["mean"] is None:
         return "—"
@@ -68,7 +68,9 @@ def table(rows: list[dict]) -> str:
 def _decisions(rows: list[dict]) -> str:
     """The validation bars each row was scored on: one number, or one per row when the
     window (which sets where the split's first decision is) differs between rows."""
-    counts = {row["name"]: row["summary"]["decisions"] for row in rows if row["kind"] == "variant"}  # baselines: the same per window
+    counts = {
+        row["name"]: row["summary"]["decisions"] for row in rows if row["kind"] == "variant"
+    }  # baselines: the same per window
     if len(set(counts.values())) == 1:
         return f"{next(iter(counts.values())):,}"
     return "(" + ", ".join(f"{name}: {n:,}" for name, n in counts.items()) + ")"

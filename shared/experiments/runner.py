@@ -18,9 +18,10 @@ import hashlib
 import json
 import shutil
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Any
 
 import numpy as np
 from tqdm import tqdm
@@ -71,12 +72,20 @@ def _fingerprint(market: MarketData) -> str:
 
 def run_spec(config: Config, variant: Variant, seed: int, budget: Budget, market: MarketData) -> dict:
     """Everything that determines a run's result; a stored run is reused only if equal."""
-    sections = config.model_dump(mode="json", include={"features", "splits", "env", "model", "search", "learning", "train"})
+    sections = config.model_dump(
+        mode="json", include={"features", "splits", "env", "model", "search", "learning", "train"}
+    )
     sections["train"].pop("output_dir", None)
     sections["train"].pop("checkpoint_every", None)  # when to save does not change the result
     spec = {
-        "variant": variant.name, "agent": variant.agent, "seed": seed, "steps": budget.steps,
-        "minutes": budget.minutes, "symbol": market.symbol, "market": _fingerprint(market), "config": sections,
+        "variant": variant.name,
+        "agent": variant.agent,
+        "seed": seed,
+        "steps": budget.steps,
+        "minutes": budget.minutes,
+        "symbol": market.symbol,
+        "market": _fingerprint(market),
+        "config": sections,
     }
     if variant.agent == "ppo":
         spec["ppo_timesteps"] = budget.ppo_timesteps(config)
@@ -84,28 +93,45 @@ def run_spec(config: Config, variant: Variant, seed: int, budget: Budget, market
 
 
 def _train_muzero(config: Config, market: MarketData, run_dir: Path, seed: int, budget: Budget, device: str):
+    from shared.device import pick_device
     from shared.learning.checkpoint import latest_checkpoint, load_checkpoint
     from shared.model.networks import StochasticMuZeroNet
-    from shared.training import resolve_device, train
+    from shared.training import train
 
     checkpoints = run_dir / "checkpoints"
     marker = run_dir / "trained.json"
     if not marker.exists():
-        remaining = None
+        remaining: int | None = None
         if budget.minutes is not None:
             shutil.rmtree(checkpoints, ignore_errors=True)
         else:
+            assert budget.steps is not None  # a budget is steps or minutes
             latest = latest_checkpoint(checkpoints)
             remaining = budget.steps - (load_checkpoint(latest).step if latest else 0)
         start = time.monotonic()
         if remaining is None or remaining > 0:
-            result = train(config, market, run_dir, steps=remaining, minutes=budget.minutes, device=device, seed=seed, progress=False)
-            played = {"steps": result.steps, "episodes": result.episodes, "env_steps": result.episodes * config.env.episode_length}
+            result = train(
+                config,
+                market,
+                run_dir,
+                steps=remaining,
+                minutes=budget.minutes,
+                device=device,
+                seed=seed,
+                progress=False,
+            )
+            played: dict[str, int | None] = {
+                "steps": result.steps,
+                "episodes": result.episodes,
+                "env_steps": result.episodes * config.env.episode_length,
+            }
         else:  # killed between the last checkpoint and the marker
             played = {"steps": budget.steps, "episodes": None, "env_steps": None}
         _write_json(marker, played | {"train_s": time.monotonic() - start})
-    model = StochasticMuZeroNet(config.model).to(resolve_device(device))
-    model.load_state_dict(load_checkpoint(latest_checkpoint(checkpoints)).state_dict)
+    model = StochasticMuZeroNet(config.model).to(pick_device(device))
+    trained = latest_checkpoint(checkpoints)
+    assert trained is not None, f"no checkpoint in {checkpoints}"
+    model.load_state_dict(load_checkpoint(trained).state_dict)
     return model, json.loads(marker.read_text())
 
 
@@ -122,7 +148,13 @@ def _train_ppo(config: Config, market: MarketData, run_dir: Path, seed: int, bud
     if not marker.exists():
         start = time.monotonic()
         model = train_ppo(
-            config, market, run_dir, timesteps=budget.ppo_timesteps(config), minutes=budget.minutes, seed=seed, device=device
+            config,
+            market,
+            run_dir,
+            timesteps=budget.ppo_timesteps(config),
+            minutes=budget.minutes,
+            seed=seed,
+            device=device,
         )
         played = {"steps": None, "episodes": None, "env_steps": int(model.num_timesteps)}
         _write_json(marker, played | {"train_s": time.monotonic() - start})
@@ -132,14 +164,19 @@ def _train_ppo(config: Config, market: MarketData, run_dir: Path, seed: int, bud
 def greedy_backtest(policy, config: Config, market: MarketData) -> BacktestResult:
     """The evaluation every row of a table gets: the whole validation split, 16 chunks."""
     return backtest(
-        market, market.splits(config)[EVAL_SPLIT], policy, window=config.env.window,
-        drawdown_penalty=config.env.drawdown_penalty, chunks=EVAL_CHUNKS,
+        market,
+        market.splits(config)[EVAL_SPLIT],
+        policy,
+        window=config.env.window,
+        drawdown_penalty=config.env.drawdown_penalty,
+        chunks=EVAL_CHUNKS,
     )
 
 
 def _same_run(spec: dict, reuse_from: list[Path]) -> Path | None:
     """A finished run in another experiment folder with the same settings (config,
     seed, budget, data, agent; only the variant's name may differ), or None."""
+
     def key(s: dict) -> dict:
         return {k: v for k, v in s.items() if k != "variant"}
 
@@ -151,8 +188,14 @@ def _same_run(spec: dict, reuse_from: list[Path]) -> Path | None:
 
 
 def run_one(
-    config: Config, variant: Variant, market: MarketData, run_dir: Path, seed: int, budget: Budget, device: str,
-    reuse_from: list[Path] = (),
+    config: Config,
+    variant: Variant,
+    market: MarketData,
+    run_dir: Path,
+    seed: int,
+    budget: Budget,
+    device: str,
+    reuse_from: Sequence[Path] = (),
 ) -> dict:
     """Train and evaluate one (variant, seed), or return its stored (or an identical) result."""
     spec = run_spec(config, variant, seed, budget, market)
@@ -160,7 +203,9 @@ def run_one(
     run_dir.mkdir(parents=True, exist_ok=True)
     spec_path = run_dir / "spec.json"
     if spec_path.exists() and json.loads(spec_path.read_text()) != spec:
-        raise ValueError(f"{run_dir} holds a run with other settings (see its spec.json); use another --out or delete it")
+        raise ValueError(
+            f"{run_dir} holds a run with other settings (see its spec.json); use another --out or delete it"
+        )
     _write_json(spec_path, spec)
     if result_path.exists():
         return json.loads(result_path.read_text()) | {"reused": True}
@@ -217,6 +262,7 @@ def baseline_results(config: Config, market: MarketData, seeds: list[int]) -> di
     """Random legal actions (one run per seed), the momentum rule and buy & hold
     (deterministic: one run each). Buy & hold is there because an undertrained agent
     often collapses to "always long" in every chunk, which then scores exactly it."""
+
     def one(policy) -> dict:
         evaluation = greedy_backtest(policy, config, market)
         return {
@@ -243,7 +289,7 @@ def run_experiment(
     small: bool = False,
     device: str = "cpu",
     progress: bool = True,
-    reuse_from: list[Path] = (),
+    reuse_from: Sequence[Path] = (),
 ) -> dict:
     """Every variant x seed, then the baselines; returns the rows of the results table."""
     if not seeds:
@@ -253,7 +299,8 @@ def run_experiment(
         from shared.experiments.ppo import require_sb3
 
         require_sb3()  # fail before hours of MuZero training, not after
-    rows, markets = [], {}
+    rows: list[dict[str, Any]] = []
+    markets: dict[str, MarketData] = {}
     bar = tqdm(total=len(configs) * len(seeds), desc=f"experiment {experiment.name}", unit="run", disable=not progress)
     for variant in experiment.variants:
         cfg = configs[variant.name]
@@ -272,18 +319,32 @@ def run_experiment(
                 f"{variant.name} seed {seed}: {m['total_pips']:.1f} pips, {m['trades']} trades"
                 + (" (reused)" if runs[-1]["reused"] else ""),
             )
-        rows.append({"name": variant.name, "kind": "variant", "agent": variant.agent, "overrides": variant.overrides,
-                     "summary": summarise(runs), "runs": [_brief(r) for r in runs]})
+        rows.append(
+            {
+                "name": variant.name,
+                "kind": "variant",
+                "agent": variant.agent,
+                "overrides": variant.overrides,
+                "summary": summarise(runs),
+                "runs": [_brief(r) for r in runs],
+            }
+        )
     bar.close()
     # Baselines on the same split; the split bounds depend on the window, so once per window.
-    windows = {}
+    windows: dict[int, Config] = {}
     for variant in experiment.variants:
         windows.setdefault(configs[variant.name].env.window, configs[variant.name])
     for window, cfg in windows.items():
         suffix = f" (window {window})" if len(windows) > 1 else ""
         for name, runs in baseline_results(cfg, markets[cfg.features.model_dump_json()], seeds).items():
-            rows.append({"name": f"{name}{suffix}", "kind": "baseline", "summary": summarise(runs),
-                         "runs": [_brief(r) for r in runs]})
+            rows.append(
+                {
+                    "name": f"{name}{suffix}",
+                    "kind": "baseline",
+                    "summary": summarise(runs),
+                    "runs": [_brief(r) for r in runs],
+                }
+            )
     reused = any(run.get("reused") for row in rows for run in row["runs"])
     return {"rows": rows, "reused_runs": reused}
 
@@ -292,6 +353,10 @@ def _brief(result: dict) -> dict:
     """What results.json keeps of a run (its trades stay in the run's result.json)."""
     out = {k: result["metrics"][k] for k in ("total_pips", "trades", "expectancy", "sqn")}
     if "spec" in result:
-        out |= {"seed": result["spec"]["seed"], "reused": result["reused"], "copied_from": result.get("copied_from"),
-                "run_s": result.get("run_s")}
+        out |= {
+            "seed": result["spec"]["seed"],
+            "reused": result["reused"],
+            "copied_from": result.get("copied_from"),
+            "run_s": result.get("run_s"),
+        }
     return out

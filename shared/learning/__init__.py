@@ -1,5 +1,6 @@
 """Learning part of Stochastic MuZero (ARCHITECTURE.md §6): replay, targets, loss, learner, checkpoints."""
 
+from shared.config import LearningConfig
 from shared.learning.checkpoint import (
     Checkpoint,
     CheckpointError,
@@ -8,7 +9,6 @@ from shared.learning.checkpoint import (
     load_checkpoint,
     save_checkpoint,
 )
-from shared.config import LearningConfig
 from shared.learning.learner import Learner, SamplesPerInsert
 from shared.learning.losses import LossOutput, stochastic_muzero_loss
 from shared.learning.replay import Batch, ReplayBuffer

@@ -99,6 +99,14 @@ def bench_train(config: Config, market: MarketData, device: str = "cpu", steps: 
     learner_peak = _peak_mib(device)
     fresh_rate = _timed(lambda: fresh.step(replay.sample(batch_size), fresh_replay), steps, device)
     return TrainBench(
-        str(device), batch_size, learner_rate, bare_rate, learner_rate / bare_rate, learner_peak, bare_peak,
-        fresh_rate, fresh_rate / learner_rate, fresh.reanalysed_roots / max(fresh.steps, 1),
+        str(device),
+        batch_size,
+        learner_rate,
+        bare_rate,
+        learner_rate / bare_rate,
+        learner_peak,
+        bare_peak,
+        fresh_rate,
+        fresh_rate / learner_rate,
+        fresh.reanalysed_roots / max(fresh.steps, 1),
     )

@@ -52,7 +52,9 @@ class Checkpoint:
     step: int
     state_dict: dict[str, torch.Tensor]
     optimizer: dict[str, Any] | None
-    config: dict[str, Any]  # {"model": ModelConfig dict, "learning": ..., "features": FeatureConfig dict} (dicts or None)
+    config: dict[
+        str, Any
+    ]  # {"model": ModelConfig dict, "learning": ..., "features": FeatureConfig dict} (dicts or None)
     format_version: int
     sha256: str
 
@@ -168,9 +170,13 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
         # weights_only=True: tensors and plain containers only, never arbitrary objects.
         payload = torch.load(io.BytesIO(data), map_location=map_location, weights_only=True)
     except Exception as exc:  # noqa: BLE001 -- any unpickling failure means "not a checkpoint"
-        raise CheckpointError(f"checkpoint {path}: not a loadable torch checkpoint ({type(exc).__name__}: {exc})") from exc
+        raise CheckpointError(
+            f"checkpoint {path}: not a loadable torch checkpoint ({type(exc).__name__}: {exc})"
+        ) from exc
     if not isinstance(payload, dict) or not {"format_version", "step", "state_dict", "config"} <= payload.keys():
-        raise CheckpointError(f"checkpoint {path}: not a microzero checkpoint (missing format_version/step/state_dict/config)")
+        raise CheckpointError(
+            f"checkpoint {path}: not a microzero checkpoint (missing format_version/step/state_dict/config)"
+        )
     version = payload["format_version"]
     if not isinstance(version, int) or version > FORMAT_VERSION:
         raise CheckpointError(f"checkpoint {path}: format_version {version!r} is not supported (<= {FORMAT_VERSION})")
@@ -196,9 +202,7 @@ def latest_checkpoint(directory: str | Path) -> Path | None:
     directory = Path(directory)
     if not directory.is_dir():
         return None
-    found = sorted(
-        ((int(m.group(1)), p) for p in directory.iterdir() if (m := _NAME.match(p.name))), reverse=True
-    )
+    found = sorted(((int(m.group(1)), p) for p in directory.iterdir() if (m := _NAME.match(p.name))), reverse=True)
     for _, path in found:
         try:
             _verified_bytes(path)

@@ -11,8 +11,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from shared.learning.checkpoint import Checkpoint, save_checkpoint
 from shared.config import FeatureConfig, LearningConfig, SearchConfig
+from shared.learning.checkpoint import Checkpoint, save_checkpoint
 from shared.learning.losses import stochastic_muzero_loss
 from shared.learning.reanalyse import refresh_targets
 from shared.learning.replay import Batch, ReplayBuffer
@@ -35,7 +35,7 @@ class SamplesPerInsert:
         self.ratio, self.min_size, self.tolerance = ratio, min_size, tolerance
 
     @classmethod
-    def from_config(cls, config: LearningConfig) -> "SamplesPerInsert":
+    def from_config(cls, config: LearningConfig) -> SamplesPerInsert:
         return cls(config.samples_per_insert, config.min_replay_positions, config.samples_per_insert_tolerance)
 
     def can_sample(self, inserted: int, sampled: int, batch_size: int = 1) -> bool:
@@ -92,8 +92,12 @@ class Learner:
             self.sync_target()
         started = time.perf_counter()
         batch, searched = refresh_targets(
-            self.target, batch.to(self.device), bootstrap=cfg.value_bootstrap == "network",
-            fraction=cfg.reanalyse_fraction, search=self.search, generator=self.generator,
+            self.target,
+            batch.to(self.device),
+            bootstrap=cfg.value_bootstrap == "network",
+            fraction=cfg.reanalyse_fraction,
+            search=self.search,
+            generator=self.generator,
         )
         refresh_s = time.perf_counter() - started
         self.reanalysed_roots += searched
@@ -108,8 +112,11 @@ class Learner:
         if replay is not None:
             replay.update_priorities(batch.indices, out.priorities)
         metrics = dict(
-            out.metrics, grad_norm=float(grad_norm), lr=self.optimizer.param_groups[0]["lr"],
-            reanalysed_roots=float(searched), target_refresh_s=refresh_s,
+            out.metrics,
+            grad_norm=float(grad_norm),
+            lr=self.optimizer.param_groups[0]["lr"],
+            reanalysed_roots=float(searched),
+            target_refresh_s=refresh_s,
         )
         if self.writer is not None:
             for name, value in metrics.items():
@@ -123,7 +130,11 @@ class Learner:
         """Checkpoint model, optimizer and step count atomically; returns the file's sha256.
         `features_config` records the inputs the model was trained on."""
         return save_checkpoint(
-            path, self.model, self.steps, learning_config=self.config, features_config=features_config,
+            path,
+            self.model,
+            self.steps,
+            learning_config=self.config,
+            features_config=features_config,
             optimizer=self.optimizer,
         )
 

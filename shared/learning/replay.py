@@ -34,10 +34,10 @@ import numpy as np
 import torch
 
 from shared.actions import LEGAL_BY_SIDE, NUM_ACTIONS, Action, legal_mask
+from shared.config import LearningConfig
 from shared.env import NUM_POSITION_FEATURES
 from shared.env.vector import POSITION_SCALE
 from shared.episode import Episode
-from shared.config import LearningConfig
 from shared.learning.targets import n_step_returns, n_step_targets
 from shared.market import MarketData
 
@@ -64,7 +64,7 @@ class Batch:
     # unless sampled with bootstrap_obs=True).
     bootstrap_obs: np.ndarray | None = None
 
-    def to(self, device: torch.device | str) -> "Batch":
+    def to(self, device: torch.device | str) -> Batch:
         """The same batch as torch tensors on `device`."""
         moved = {f.name: getattr(self, f.name) for f in fields(self)}
         return replace(self, **{k: None if v is None else torch.as_tensor(v, device=device) for k, v in moved.items()})
@@ -229,7 +229,9 @@ class ReplayBuffer:
         discounts = np.where(inside, self.config.discount ** m.astype(np.float64), 0.0)
         sums = np.where(inside, self.reward_sums[at], 0.0)
         # Stored bootstrap: the root value at t+k+m; at the cut (t+k+m = T) the last one's.
-        stored = self.root_values[(first[:, None] + np.minimum(beta, length[:, None] - 1)) % self.config.replay_capacity]
+        stored = self.root_values[
+            (first[:, None] + np.minimum(beta, length[:, None] - 1)) % self.config.replay_capacity
+        ]
 
         probs = self._p_alpha[rows] / cdf[-1]
         weights = (len(self) * probs) ** -self.config.priority_beta

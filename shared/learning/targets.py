@@ -30,10 +30,10 @@ def n_step_returns(rewards: np.ndarray, td_steps: int, discount: float) -> tuple
     if td_steps < 1:
         raise ValueError(f"td_steps must be >= 1, got {td_steps}")
     T, n = len(rewards), td_steps
-    powers = discount ** np.arange(n)                                   # [n]
-    padded = np.concatenate([rewards, np.zeros(n)])                     # [T + n], zeros past the end
-    sums = sliding_window_view(padded, n)[:T] @ powers                  # [T]
-    offsets = np.minimum(n, T - np.arange(T))                           # [T]
+    powers = discount ** np.arange(n)  # [n]
+    padded = np.concatenate([rewards, np.zeros(n)])  # [T + n], zeros past the end
+    sums = sliding_window_view(padded, n)[:T] @ powers  # [T]
+    offsets = np.minimum(n, T - np.arange(T))  # [T]
     return sums, offsets
 
 

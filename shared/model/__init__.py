@@ -9,7 +9,6 @@ from importlib import import_module
 from shared.model.config import ModelConfig
 
 _LAZY = {
-    "SearchModel": "networks",
     "StochasticMuZeroNet": "networks",
     "TCN": "tcn",
     "h": "support",

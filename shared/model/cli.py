@@ -15,24 +15,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     summary.set_defaults(func=summary_command)
 
 
-def resolve_device(name: str):
-    """The torch device for `name`, with a clear error when CUDA is asked for but absent."""
-    import torch  # here, not at module level: the CLI should start without torch
-
-    if name == "cuda" and not torch.cuda.is_available():
-        raise ValueError(
-            f"--device cuda requested but CUDA is not available (torch {torch.__version__}); use --device cpu"
-        )
-    return torch.device(name)
-
-
 def summary_command(args: argparse.Namespace, config) -> int:
     import torch
 
     from shared.model.networks import StochasticMuZeroNet
 
     cfg: ModelConfig = config.model
-    device = resolve_device(args.device)
+    from shared.device import pick_device
+
+    device = pick_device(args.device)
     model = StochasticMuZeroNet(cfg).to(device).eval()
 
     counts = model.parameter_counts()

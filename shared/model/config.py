@@ -27,7 +27,9 @@ class ModelConfig(BaseModel):
     hidden: int = Field(256, ge=1, description="size of states and afterstates")
     residual_blocks: int = Field(3, ge=0, description="residual blocks of the representation")
     dynamics_blocks: int = Field(1, ge=0, description="residual blocks of each of the two dynamics functions")
-    head_hidden: int = Field(96, ge=1, description="hidden width of the policy/value/reward/sigma/Q heads (sets the total near 1.3 M)")
+    head_hidden: int = Field(
+        96, ge=1, description="hidden width of the policy/value/reward/sigma/Q heads (sets the total near 1.3 M)"
+    )
     encoder_hidden: int = Field(128, ge=1, description="hidden width of the chance encoder MLP")
 
     # Discrete spaces.

@@ -17,7 +17,7 @@ so the recurrent networks see inputs on one scale at every unroll depth, and the
 scaling bounds the latent without constraining its direction. LayerNorm is used
 *inside* the trunks (after each Linear) for stable training.
 
-The search talks to the model only through :class:`SearchModel` (scalars decoded,
+The search talks to the model only through ``shared.search.SearchModel`` (scalars decoded,
 codes and actions as integer indices); the learner uses the raw-logit methods
 (``represent``, ``predict``, ``afterstate``, ``afterstate_predict``, ``dynamics``,
 ``encode_chance``). Batching, device placement and ``torch.no_grad`` are the caller's
@@ -26,7 +26,6 @@ business; call ``model.eval()`` before searching (see tcn.py on BatchNorm).
 
 from __future__ import annotations
 
-
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -34,8 +33,6 @@ from torch import Tensor, nn
 from shared.model.config import ModelConfig
 from shared.model.support import scalar_to_support, support_to_scalar
 from shared.model.tcn import TCN
-from shared.search.search import SearchModel  # noqa: F401  (the protocol this network implements)
-
 
 # ----------------------------------------------------------------------------- pieces
 
@@ -100,11 +97,11 @@ class Representation(nn.Module):
         self.trunk = Trunk(cfg.tcn_channels + cfg.input_features, cfg.hidden, cfg.residual_blocks)
 
     def forward(self, obs: Tensor) -> Tensor:
-        z = self.tcn(obs)                                   # [B, T, C]
-        weights = torch.softmax(self.score(z), dim=1)       # [B, T, 1], sums to 1 over time
-        pooled = (weights * z).sum(dim=1)                   # [B, C]
-        x = torch.cat([pooled, obs[:, -1]], dim=-1)         # [B, C + F], raw newest bar appended
-        return self.trunk(x)                                # [B, H]
+        z = self.tcn(obs)  # [B, T, C]
+        weights = torch.softmax(self.score(z), dim=1)  # [B, T, 1], sums to 1 over time
+        pooled = (weights * z).sum(dim=1)  # [B, C]
+        x = torch.cat([pooled, obs[:, -1]], dim=-1)  # [B, C + F], raw newest bar appended
+        return self.trunk(x)  # [B, H]
 
 
 class Prediction(nn.Module):
@@ -170,8 +167,12 @@ class ChanceEncoder(nn.Module):
         self.window, self.features = cfg.window, cfg.input_features
         w = cfg.encoder_hidden
         self.net = nn.Sequential(
-            nn.Linear(cfg.window * cfg.input_features, w), nn.LayerNorm(w), nn.ReLU(),
-            nn.Linear(w, w), nn.LayerNorm(w), nn.ReLU(),
+            nn.Linear(cfg.window * cfg.input_features, w),
+            nn.LayerNorm(w),
+            nn.ReLU(),
+            nn.Linear(w, w),
+            nn.LayerNorm(w),
+            nn.ReLU(),
             nn.Linear(w, cfg.chance_codes),
         )
 
@@ -180,8 +181,8 @@ class ChanceEncoder(nn.Module):
             raise ValueError(
                 f"chance encoder expects observations [B, {self.window}, {self.features}], got {list(obs.shape)}"
             )
-        probs = torch.softmax(self.net(obs.flatten(1)), dim=-1)                    # [B, K]
-        onehot = F.one_hot(probs.argmax(-1), probs.shape[-1]).to(probs.dtype)      # [B, K]
+        probs = torch.softmax(self.net(obs.flatten(1)), dim=-1)  # [B, K]
+        onehot = F.one_hot(probs.argmax(-1), probs.shape[-1]).to(probs.dtype)  # [B, K]
         code = onehot + (probs - probs.detach())  # parenthesised: the forward value stays exactly one-hot
         return code, probs
 

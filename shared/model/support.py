@@ -47,8 +47,13 @@ def h_inverse(y: Tensor, eps: float = DEFAULT_EPS) -> Tensor:
     return torch.sign(y) * (root * root - 1)
 
 
-def support(bins: int = DEFAULT_BINS, vmax: float = DEFAULT_VMAX, eps: float = DEFAULT_EPS,
-            device: torch.device | str | None = None, dtype: torch.dtype = torch.float64) -> Tensor:
+def support(
+    bins: int = DEFAULT_BINS,
+    vmax: float = DEFAULT_VMAX,
+    eps: float = DEFAULT_EPS,
+    device: torch.device | str | None = None,
+    dtype: torch.dtype = torch.float64,
+) -> Tensor:
     """The bin centres in h-space, [bins], evenly spaced over [h(-vmax), h(vmax)]."""
     top = float(h(torch.tensor(vmax, dtype=torch.float64), eps))
     return torch.linspace(-top, top, bins, device=device, dtype=dtype)
@@ -58,15 +63,16 @@ def _out_dtype(t: Tensor) -> torch.dtype:
     return t.dtype if t.is_floating_point() else torch.float32
 
 
-def scalar_to_support(x: Tensor, bins: int = DEFAULT_BINS, vmax: float = DEFAULT_VMAX,
-                      eps: float = DEFAULT_EPS) -> Tensor:
+def scalar_to_support(
+    x: Tensor, bins: int = DEFAULT_BINS, vmax: float = DEFAULT_VMAX, eps: float = DEFAULT_EPS
+) -> Tensor:
     """Two-hot projection of scalars: x [..] -> probs [.., bins] (each row sums to 1)."""
-    centres = support(bins, vmax, eps, device=x.device)                       # [bins]
-    y = h(x.to(torch.float64).clamp(-vmax, vmax), eps)                         # [..]
-    pos = (y - centres[0]) / (centres[1] - centres[0])                         # [..] in [0, bins-1]
+    centres = support(bins, vmax, eps, device=x.device)  # [bins]
+    y = h(x.to(torch.float64).clamp(-vmax, vmax), eps)  # [..]
+    pos = (y - centres[0]) / (centres[1] - centres[0])  # [..] in [0, bins-1]
     pos = pos.clamp(0, bins - 1)
-    lower = pos.floor().clamp(max=bins - 2)                                    # [..]
-    upper_weight = pos - lower                                                 # [..] in [0, 1]
+    lower = pos.floor().clamp(max=bins - 2)  # [..]
+    upper_weight = pos - lower  # [..] in [0, 1]
     probs = torch.zeros(*x.shape, bins, device=x.device, dtype=torch.float64)  # [.., bins]
     lower = lower.long().unsqueeze(-1)
     probs.scatter_(-1, lower, (1 - upper_weight).unsqueeze(-1))
@@ -80,7 +86,7 @@ def support_to_scalar(logits: Tensor, vmax: float = DEFAULT_VMAX, eps: float = D
     The expectation is taken in h-space (softmax-weighted mean of the bin centres),
     then mapped back with h^-1.
     """
-    centres = support(logits.shape[-1], vmax, eps, device=logits.device)       # [bins]
-    probs = torch.softmax(logits.to(torch.float64), dim=-1)                    # [.., bins]
-    y = (probs * centres).sum(-1)                                              # [..]
+    centres = support(logits.shape[-1], vmax, eps, device=logits.device)  # [bins]
+    probs = torch.softmax(logits.to(torch.float64), dim=-1)  # [.., bins]
+    y = (probs * centres).sum(-1)  # [..]
     return h_inverse(y, eps).to(_out_dtype(logits))

@@ -29,13 +29,13 @@ from shared.search.search import SearchConfig, SearchModel, run_search
 @dataclass
 class BenchRow:
     batch_size: int
-    search_s: float             # wall time of one run_search call
-    env_steps_per_s: float      # batch_size / search_s
-    network_s: float            # wall time of the same network calls replayed alone
-    overhead_ratio: float       # search_s / network_s
-    network_calls: int          # inference calls per search
-    single_s_per_env: float     # run_search_single time per environment
-    speedup: float              # single_s_per_env * batch_size / search_s
+    search_s: float  # wall time of one run_search call
+    env_steps_per_s: float  # batch_size / search_s
+    network_s: float  # wall time of the same network calls replayed alone
+    overhead_ratio: float  # search_s / network_s
+    network_calls: int  # inference calls per search
+    single_s_per_env: float  # run_search_single time per environment
+    speedup: float  # single_s_per_env * batch_size / search_s
 
     def as_dict(self) -> dict[str, float | int]:
         return asdict(self)
@@ -49,8 +49,14 @@ class MLPStandIn(nn.Module):
         self.actions, self.codes = actions, codes
 
         def trunk(n_in: int) -> nn.Sequential:
-            return nn.Sequential(nn.Linear(n_in, hidden), nn.ReLU(), nn.Linear(hidden, hidden), nn.ReLU(),
-                                 nn.Linear(hidden, hidden), nn.LayerNorm(hidden))
+            return nn.Sequential(
+                nn.Linear(n_in, hidden),
+                nn.ReLU(),
+                nn.Linear(hidden, hidden),
+                nn.ReLU(),
+                nn.Linear(hidden, hidden),
+                nn.LayerNorm(hidden),
+            )
 
         self.represent = trunk(window * features)
         self.after = trunk(hidden + actions)
@@ -147,32 +153,36 @@ def bench_search(
         legal = torch.as_tensor(LEGAL_BY_SIDE)[side + 1].to(device)
         side = side.to(device)
 
-        def search(m: SearchModel = model, n: int = B) -> object:
-            return run_search(m, obs[:n], legal[:n], side[:n], config, torch.Generator().manual_seed(seed))
+        inputs = (obs, legal, side)  # bound as defaults below: each closure is timed inside this iteration
+
+        def search(m: SearchModel = model, n: int = B, x: tuple = inputs) -> object:
+            return run_search(m, x[0][:n], x[1][:n], x[2][:n], config, torch.Generator().manual_seed(seed))
 
         recorder = _Recorder(model)
         search(recorder)
         replay = _replay_inputs(model, recorder.calls, obs)
-        search_s, network_s = _timed([search, lambda: _replay(model, replay)], device, repeats)
+        search_s, network_s = _timed([search, lambda r=replay: _replay(model, r)], device, repeats)
 
         n_single = min(single_envs, B)
-        (single_s,) = _timed(
-            [lambda: run_search_single(model, obs[:n_single], legal[:n_single], side[:n_single], config,
-                                       torch.Generator().manual_seed(seed))],
-            device, max(1, repeats // 2),
-        )
+
+        def single(n: int = n_single, x: tuple = inputs) -> object:
+            return run_search_single(model, x[0][:n], x[1][:n], x[2][:n], config, torch.Generator().manual_seed(seed))
+
+        (single_s,) = _timed([single], device, max(1, repeats // 2))
         single_s /= n_single
 
-        rows.append(BenchRow(
-            batch_size=B,
-            search_s=search_s,
-            env_steps_per_s=B / search_s,
-            network_s=network_s,
-            overhead_ratio=search_s / network_s,
-            network_calls=len(recorder.calls),
-            single_s_per_env=single_s,
-            speedup=single_s * B / search_s,
-        ))
+        rows.append(
+            BenchRow(
+                batch_size=B,
+                search_s=search_s,
+                env_steps_per_s=B / search_s,
+                network_s=network_s,
+                overhead_ratio=search_s / network_s,
+                network_calls=len(recorder.calls),
+                single_s_per_env=single_s,
+                speedup=single_s * B / search_s,
+            )
+        )
     return rows
 
 
@@ -202,8 +212,10 @@ def _replay(model: SearchModel, inputs: list[tuple[str, tuple]]) -> None:
 def format_rows(rows: list[BenchRow], model_name: str = "") -> str:
     """A small text table of bench rows."""
     head = f"search bench{' (' + model_name + ')' if model_name else ''}: {torch.get_num_threads()} threads\n"
-    lines = [f"{'B':>5} {'search ms':>10} {'env-steps/s':>12} {'net ms':>8} {'search/net':>10} "
-             f"{'calls':>6} {'single ms/env':>14} {'speedup':>8}"]
+    lines = [
+        f"{'B':>5} {'search ms':>10} {'env-steps/s':>12} {'net ms':>8} {'search/net':>10} "
+        f"{'calls':>6} {'single ms/env':>14} {'speedup':>8}"
+    ]
     for r in rows:
         lines.append(
             f"{r.batch_size:>5} {r.search_s * 1e3:>10.2f} {r.env_steps_per_s:>12.0f} {r.network_s * 1e3:>8.2f} "

@@ -162,7 +162,9 @@ def run_search_single(
     )
 
 
-def _simulate(model: SearchModel, root: _Decision, config: SearchConfig, gumbel: list[float], considered: float) -> None:
+def _simulate(
+    model: SearchModel, root: _Decision, config: SearchConfig, gumbel: list[float], considered: float
+) -> None:
     """Select down to an unexpanded edge, expand one node, back its value up."""
     path: list[_Decision | _Chance] = [root]
     node: _Decision | _Chance = root

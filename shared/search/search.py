@@ -57,10 +57,10 @@ class SearchModel(Protocol):
 class SearchOutput:
     """Result per root. ``tree`` is the searched tree, for inspection and tests."""
 
-    action: Tensor          # [B] long, the action to play
-    policy_target: Tensor   # [B, 4] float, 0 on illegal actions (improved policy / visit distribution)
-    root_value: Tensor      # [B] float, mean of the returns backed up through the root (pips)
-    visit_counts: Tensor    # [B, 4] long
+    action: Tensor  # [B] long, the action to play
+    policy_target: Tensor  # [B, 4] float, 0 on illegal actions (improved policy / visit distribution)
+    root_value: Tensor  # [B] float, mean of the returns backed up through the root (pips)
+    visit_counts: Tensor  # [B, 4] long
     tree: Tree | None = None
 
 
@@ -68,9 +68,9 @@ class SearchOutput:
 class RootNoise:
     """Pre-drawn randomness, one row per environment, float64 on the search device."""
 
-    gumbel: Tensor     # [B, A] scaled Gumbel(0, 1) (zeros when unused)
+    gumbel: Tensor  # [B, A] scaled Gumbel(0, 1) (zeros when unused)
     dirichlet: Tensor  # [B, A] Dirichlet sample over the legal actions (zeros when unused)
-    uniform: Tensor    # [B] U[0, 1) for pUCT's sampled action
+    uniform: Tensor  # [B] U[0, 1) for pUCT's sampled action
 
 
 def draw_root_noise(
@@ -180,14 +180,14 @@ class _Context:
     """Constants of one search, built once: index tensors and lookup tables on the device."""
 
     config: SearchConfig
-    row_base: Tensor             # [B] tree * N, so that row_base + node is a flat node id
-    legal_by_side: Tensor        # [3, A] bool
-    side_after: Tensor           # [3, A] long
-    considered: Tensor           # [B, S] Sequential Halving's considered visit per simulation
-    halfstep_discount: Tensor    # [S + 2] d_t, discount of the edge into the node at half-step t
-    discount_prefix: Tensor      # [S + 2] P_t = d_0 * ... * d_t
+    row_base: Tensor  # [B] tree * N, so that row_base + node is a flat node id
+    legal_by_side: Tensor  # [3, A] bool
+    side_after: Tensor  # [3, A] long
+    considered: Tensor  # [B, S] Sequential Halving's considered visit per simulation
+    halfstep_discount: Tensor  # [S + 2] d_t, discount of the edge into the node at half-step t
+    discount_prefix: Tensor  # [S + 2] P_t = d_0 * ... * d_t
     discount_prefix_before: Tensor  # [S + 2] P_{t-1}, 0 for t = 0
-    scratch_nodes: Tensor        # [B] long, the scratch node
+    scratch_nodes: Tensor  # [B] long, the scratch node
 
     @staticmethod
     def build(config: SearchConfig, tree: Tree) -> _Context:
@@ -218,12 +218,12 @@ class _Context:
 
 def _simulate(model: SearchModel, tree: Tree, ctx: _Context, sim: int, height: int) -> int:
     """One simulation in every tree; creates node sim + 1. Returns the new height."""
-    path, edges = _traverse(tree, ctx, sim, height)                     # [B, height + 2], [B, height + 1]
+    path, edges = _traverse(tree, ctx, sim, height)  # [B, height + 2], [B, height + 1]
     # The leaf's parent is the last real node on the path, at half-step leaf_t.
-    leaf_t = (path != tree.scratch).sum(1) - 1                          # [B]
-    parent = path.gather(1, leaf_t.unsqueeze(1)).squeeze(1)             # [B]
-    edge = edges.gather(1, leaf_t.unsqueeze(1)).squeeze(1)              # [B]
-    from_chance = leaf_t % 2 == 1                                       # [B] parent is a chance node
+    leaf_t = (path != tree.scratch).sum(1) - 1  # [B]
+    parent = path.gather(1, leaf_t.unsqueeze(1)).squeeze(1)  # [B]
+    edge = edges.gather(1, leaf_t.unsqueeze(1)).squeeze(1)  # [B]
+    from_chance = leaf_t % 2 == 1  # [B] parent is a chance node
     num_recurrent, deepest = torch.stack([from_chance.sum(), leaf_t.max()]).tolist()  # the one host sync
     node = sim + 1
     _expand(model, tree, ctx, node, parent, edge, from_chance, int(num_recurrent))
@@ -239,15 +239,15 @@ def _traverse(tree: Tree, ctx: _Context, sim: int, height: int) -> tuple[Tensor,
     or code chosen at each half-step). An unexpanded edge leads to the scratch node,
     whose children are scratch too, so a finished walk stays there: no per-tree branching.
     """
-    node = torch.zeros_like(ctx.row_base)                               # [B] all at the root
+    node = torch.zeros_like(ctx.row_base)  # [B] all at the root
     nodes, choices = [], []
     for t in range(height + 1):
         flat = ctx.row_base + node
         if t % 2 == 0:
-            children = rows(tree.action_children, flat)                  # [B, A]
+            children = rows(tree.action_children, flat)  # [B, A]
             choice = _select_action(tree, ctx, flat, children, sim if t == 0 else None)
         else:
-            children = rows(tree.code_children, flat)                    # [B, C]
+            children = rows(tree.code_children, flat)  # [B, C]
             visits = tree.node_visits.gather(1, children)
             choice = sel.chance_scores(rows(tree.chance_probs, flat), visits).argmax(-1)
         nodes.append(node)
@@ -293,11 +293,11 @@ def _expand(
     parent's state); the others a decision node (recurrent_inference on the afterstate).
     """
     B = tree.batch_size
-    order = torch.argsort(from_chance.to(torch.int8), stable=True)      # afterstate leaves first
+    order = torch.argsort(from_chance.to(torch.int8), stable=True)  # afterstate leaves first
     to_after, to_state = order[: B - num_recurrent], order[B - num_recurrent :]
     value = torch.empty(B, dtype=tree.node_values.dtype, device=parent.device)
-    parent_flat = ctx.row_base + parent                                 # [B]
-    parent_side = rows(tree.side, parent_flat)                          # [B]
+    parent_flat = ctx.row_base + parent  # [B]
+    parent_side = rows(tree.side, parent_flat)  # [B]
 
     if len(to_after):
         p, a = parent_flat.index_select(0, to_after), edge.index_select(0, to_after)
@@ -347,17 +347,17 @@ def _backup(tree: Tree, ctx: _Context, path: Tensor, leaf_t: Tensor, node: int) 
     v_leaf. With P_t = d_0 ... d_t (the same in every tree, d depends on the parity only):
     G_t = (sum_{t < s <= leaf_t} P_{s-1} r_s + P_{leaf_t} g) / P_t.
     """
-    real = path != tree.scratch                                                   # [B, T]
+    real = path != tree.scratch  # [B, T]
     T = path.shape[1]
-    weighted = tree.rewards.gather(1, path) * ctx.discount_prefix_before[:T]      # P_{s-1} r_s, 0 off the path
-    after = weighted.sum(1, keepdim=True) - weighted.cumsum(1)                    # sum over s > t
+    weighted = tree.rewards.gather(1, path) * ctx.discount_prefix_before[:T]  # P_{s-1} r_s, 0 off the path
+    after = weighted.sum(1, keepdim=True) - weighted.cumsum(1)  # sum over s > t
     leaf_value = tree.raw_values[:, node]
     leaf_return = tree.rewards[:, node] + ctx.halfstep_discount[leaf_t + 1] * leaf_value
     returns = (after + (ctx.discount_prefix[leaf_t] * leaf_return).unsqueeze(1)) / ctx.discount_prefix[:T]
 
     visits = tree.node_visits.gather(1, path)
     values = tree.node_values.gather(1, path)
-    new_values = (values * visits + returns) / (visits + 1) * real                # scratch keeps 0
+    new_values = (values * visits + returns) / (visits + 1) * real  # scratch keeps 0
     tree.node_values.scatter_(1, path, new_values)
     tree.node_visits.scatter_(1, path, visits + real)
 
@@ -365,7 +365,7 @@ def _backup(tree: Tree, ctx: _Context, path: Tensor, leaf_t: Tensor, node: int) 
 def _summarise(tree: Tree, config: SearchConfig, noise: RootNoise) -> SearchOutput:
     """Root action, policy target, value and visit counts from the searched trees."""
     children = tree.action_children[:, ROOT]
-    visits, q = children_stats(tree, children)                                 # [B, A]
+    visits, q = children_stats(tree, children)  # [B, A]
     legal = tree.legal[:, ROOT]
     if config.root == "gumbel":
         logits = tree.logits[:, ROOT]

@@ -36,22 +36,22 @@ ROOT = 0
 class Tree:
     """B trees in preallocated tensors; see the module docstring for the layout."""
 
-    embeddings: Tensor        # [B, N, H]  state (decision) or afterstate (chance)
-    node_visits: Tensor       # [B, N]     float, visits incl. the expansion visit
-    node_values: Tensor       # [B, N]     running mean of backed-up returns (pips)
-    raw_values: Tensor        # [B, N]     network value (decision) / Q (chance)
-    rewards: Tensor           # [B, N]     reward on the chance edge into a decision node; 0 otherwise
-    parents: Tensor           # [B, N]     long, -1 for the root and unused slots
+    embeddings: Tensor  # [B, N, H]  state (decision) or afterstate (chance)
+    node_visits: Tensor  # [B, N]     float, visits incl. the expansion visit
+    node_values: Tensor  # [B, N]     running mean of backed-up returns (pips)
+    raw_values: Tensor  # [B, N]     network value (decision) / Q (chance)
+    rewards: Tensor  # [B, N]     reward on the chance edge into a decision node; 0 otherwise
+    parents: Tensor  # [B, N]     long, -1 for the root and unused slots
     edge_from_parent: Tensor  # [B, N]     long, the action or code leading here; -1 for the root
-    is_chance: Tensor         # [B, N]     bool
-    side: Tensor              # [B, N]     long, side held (decision) / side after the action (chance)
-    legal: Tensor             # [B, N, A]  bool, legal actions of decision nodes
-    logits: Tensor            # [B, N, A]  policy logits of decision nodes, illegal ones at finfo.min
-    priors: Tensor            # [B, N, A]  softmax(logits) floored at finfo.tiny; at a pUCT root with Dirichlet noise
-    chance_probs: Tensor      # [B, N, C]  sigma = softmax(chance_logits) of chance nodes
-    action_children: Tensor   # [B, N, A]  long, chance-node index, scratch if not expanded
-    code_children: Tensor     # [B, N, C]  long, decision-node index, scratch if not expanded
-    root_gumbel: Tensor       # [B, A]     Gumbel noise of the root (zeros in pUCT mode)
+    is_chance: Tensor  # [B, N]     bool
+    side: Tensor  # [B, N]     long, side held (decision) / side after the action (chance)
+    legal: Tensor  # [B, N, A]  bool, legal actions of decision nodes
+    logits: Tensor  # [B, N, A]  policy logits of decision nodes, illegal ones at finfo.min
+    priors: Tensor  # [B, N, A]  softmax(logits) floored at finfo.tiny; at a pUCT root with Dirichlet noise
+    chance_probs: Tensor  # [B, N, C]  sigma = softmax(chance_logits) of chance nodes
+    action_children: Tensor  # [B, N, A]  long, chance-node index, scratch if not expanded
+    code_children: Tensor  # [B, N, C]  long, decision-node index, scratch if not expanded
+    root_gumbel: Tensor  # [B, A]     Gumbel noise of the root (zeros in pUCT mode)
 
     @property
     def batch_size(self) -> int:

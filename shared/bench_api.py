@@ -1,0 +1,190 @@
+"""Load test of ``POST /v1/act``: latency percentiles and throughput with concurrent clients."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from shared.config import Config
+from shared.features import warmup_bars
+
+
+def sample_act_payload(
+    bars: int | None = None, side: int = 1, bars_held: int = 12, symbol: str = "EURUSD", seed: int = 0
+) -> dict[str, Any]:
+    """A valid bars-mode /v1/act body built from synthetic bars (default: the minimum count + bars_held)."""
+    from shared.data.synthetic import synthetic_bars
+
+    n = bars or warmup_bars(60) + 64 + bars_held
+    frame = synthetic_bars("sine", n, seed=seed)
+    ts = np.datetime_as_string(frame.ts, unit="s")
+    return {
+        "bars": [
+            {"ts": f"{t}Z", "open": float(o), "high": float(h), "low": float(lo), "close": float(c)}
+            for t, o, h, lo, c in zip(ts, frame.open, frame.high, frame.low, frame.close)
+        ],
+        "position": {"side": side, "bars_held": bars_held if side else 0},
+        "symbol": symbol,
+    }
+
+
+def bench_act(
+    url: str, concurrency: int = 8, requests: int = 400, payload: dict[str, Any] | None = None, timeout: float = 30.0
+) -> dict[str, Any]:
+    """Send `requests` POST /v1/act from `concurrency` threads (one HTTP client each).
+
+    `url` is the API's base URL (``http://host:port``) or the full ``/v1/act`` URL.
+    Returns latency p50/p90/p99/mean in ms, requests/s over the whole run, and the
+    count of non-200 answers (their first status and message under ``first_error``).
+    """
+    import httpx
+
+    target = url.rstrip("/")
+    if not target.endswith("/v1/act"):
+        target += "/v1/act"
+    payload = payload or sample_act_payload()
+    latencies: list[float] = []
+    errors: list[str] = []
+    lock = threading.Lock()
+    counter = iter(range(requests))
+    ready = threading.Barrier(concurrency + 1)  # the clock starts once every client is warm
+
+    def client_loop() -> None:
+        with httpx.Client(timeout=timeout) as client:
+            try:
+                client.post(target, json=payload)  # warm the connection; not timed
+            finally:
+                ready.wait()
+            while True:
+                with lock:
+                    if next(counter, None) is None:
+                        return
+                start = time.perf_counter()
+                try:
+                    response = client.post(target, json=payload)
+                    ok, why = response.status_code == 200, f"{response.status_code} {response.text[:200]}"
+                except httpx.HTTPError as exc:
+                    ok, why = False, f"{type(exc).__name__}: {exc}"
+                elapsed = time.perf_counter() - start
+                with lock:
+                    latencies.append(elapsed)
+                    if not ok:
+                        errors.append(why)
+
+    with ThreadPoolExecutor(max_workers=concurrency) as pool:
+        futures = [pool.submit(client_loop) for _ in range(concurrency)]
+        ready.wait()
+        start = time.perf_counter()
+        for f in futures:
+            f.result()
+    wall = time.perf_counter() - start
+    ms = np.array(latencies) * 1000.0 if latencies else np.zeros(1)
+    return {
+        "url": target,
+        "concurrency": concurrency,
+        "requests": len(latencies),
+        "errors": len(errors),
+        "first_error": errors[0] if errors else None,
+        "p50_ms": float(np.percentile(ms, 50)),
+        "p90_ms": float(np.percentile(ms, 90)),
+        "p99_ms": float(np.percentile(ms, 99)),
+        "mean_ms": float(ms.mean()),
+        "requests_per_s": len(latencies) / wall if wall > 0 else 0.0,
+        "wall_s": wall,
+    }
+
+
+@contextlib.contextmanager
+def served_untrained_model(config: Config) -> Iterator[str]:
+    """A real ``microzero api`` process on a free local port serving an untrained
+    `config.model`, registered as best in a throw-away SQLite registry; yields its URL.
+
+    Latency depends on the model's size and the search, not on its weights, so this
+    measures what a trained checkpoint of the same config would cost. The server runs
+    in its own process, as deployed, so the load generator does not share its GIL.
+    """
+    import httpx
+    import torch
+
+    from shared.learning.checkpoint import save_checkpoint
+    from shared.model.networks import StochasticMuZeroNet
+    from shared.registry import Registry
+
+    with tempfile.TemporaryDirectory(prefix="mz-bench-api-") as tmp:
+        folder = Path(tmp)
+        database_url = f"sqlite:///{folder / 'registry.db'}"
+        path = folder / "ckpt-000000001.pt"
+        torch.manual_seed(0)
+        sha = save_checkpoint(path, StochasticMuZeroNet(config.model), 1)
+        registry = Registry(database_url)
+        registry.ensure_run("bench", config.pipeline.symbol, {})
+        registry.set_best(registry.add_checkpoint("bench", 1, str(path), sha), str(path))
+        registry.close()
+        # The server reads a config of its own: this registry, and no Redis at all (a
+        # configured one could hand it another published model than the one measured).
+        pipeline = config.pipeline.model_copy(
+            update={"redis_url": None, "database_url": database_url, "best_dir": folder / "best"}
+        )
+        server_config = folder / "config.json"
+        server_config.write_text(config.model_copy(update={"pipeline": pipeline}).model_dump_json())
+        env = {k: v for k, v in os.environ.items() if k != "REDIS_URL" and not k.startswith("MZ_")}
+        log_path = folder / "api.log"
+        with open(log_path, "w") as log:
+            server = subprocess.Popen(
+                [
+                    sys.executable,
+                    "-m",
+                    "services.cli",
+                    "--config",
+                    str(server_config),
+                    "api",
+                    "--host",
+                    "127.0.0.1",
+                    "--port",
+                    "0",
+                    "--log-level",
+                    "info",
+                ],  # port 0: the OS picks; the log says which
+                env=env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
+        url = None
+        try:
+            deadline = time.monotonic() + 120
+            while True:  # ready = the model is loaded (Redis is absent on purpose: 503 for that alone)
+                if server.poll() is not None:
+                    raise RuntimeError(f"the benchmark API exited: {log_path.read_text()[-2000:]}")
+                if url is None:
+                    found = re.search(r"Uvicorn running on (http://127\.0\.0\.1:\d+)", log_path.read_text())
+                    url = found.group(1) if found else None
+                if url is not None:
+                    try:
+                        checks = httpx.get(f"{url}/readyz", timeout=2).json()["checks"]
+                        if checks["model"]["ok"]:
+                            break
+                    except (httpx.HTTPError, KeyError, ValueError):
+                        pass
+                if time.monotonic() > deadline:
+                    raise RuntimeError("the benchmark API did not load its model within 120 s")
+                time.sleep(0.2)
+            yield url
+        finally:
+            server.terminate()
+            try:
+                server.wait(30)
+            except subprocess.TimeoutExpired:
+                server.kill()
+                server.wait()

@@ -1,0 +1,259 @@
+"""`microzero experiment`: the variants really differ as declared, the runner writes a
+table with confidence intervals and reuses finished runs, the intervals are right, and
+the PPO baseline only ever plays legal actions."""
+
+import json
+import sys
+
+import numpy as np
+import pytest
+import torch
+import yaml
+
+from shared.cli import main
+from shared.config import Config
+from shared.data.store import BarStore
+from shared.data.synthetic import synthetic_bars
+from shared.env import VecTradingEnv
+from shared.env.gym import TradingEnv
+from shared.experiments.ppo import PPOPolicy, train_ppo
+from shared.experiments.runner import greedy_backtest
+from shared.experiments.stats import bootstrap_mean_interval, t_interval
+from shared.experiments.variants import EXPERIMENTS, SMALL, apply_overrides, variant_config
+from shared.market import load_market, market_from_bars
+from shared.model.networks import StochasticMuZeroNet
+from shared.selfplay import SearchPolicy
+
+BARS = synthetic_bars("sine", 1500, seed=0)
+# Small enough that a 20-step run takes about a second.
+TINY = {
+    "model": dict(
+        tcn_channels=8, hidden=16, head_hidden=8, encoder_hidden=8, residual_blocks=0, support_bins=21, support_max=30.0
+    ),
+    "learning": dict(min_replay_positions=100, batch_size=16, samples_per_insert=1),
+    "env": dict(episode_length=40),
+    "train": dict(num_envs=4),
+}
+
+
+def _variants(name):
+    return {v.name: v for v in EXPERIMENTS[name].variants}
+
+
+def _leaves(d, prefix=()):
+    for key, value in d.items():
+        if isinstance(value, dict):
+            yield from _leaves(value, prefix + (key,))
+        else:
+            yield prefix + (key,), value
+
+
+def test_every_variant_changes_exactly_its_declared_fields():
+    base = Config()
+    base_leaves = dict(_leaves(base.model_dump()))
+    for experiment in EXPERIMENTS.values():
+        for variant in experiment.variants:
+            changed = {k for k, v in _leaves(variant_config(base, variant).model_dump()) if base_leaves[k] != v}
+            declared = {k for k, v in _leaves(variant.overrides) if base_leaves[k] != v}
+            assert changed == declared, (experiment.name, variant.name)
+
+
+def test_window_variants_move_model_and_env_together_and_run():
+    for bars_in_window in (32, 64, 128):
+        cfg = variant_config(Config(), _variants("window")[f"window-{bars_in_window}"], small=True)
+        assert cfg.model.window == cfg.env.window == bars_in_window
+        market = market_from_bars("SYNTH", BARS, cfg)
+        env = TradingEnv(market, market.splits(cfg)["train"], window=cfg.env.window, episode_length=50)
+        obs, _ = env.reset(seed=0)
+        assert obs.shape == (bars_in_window, 15)
+        model = StochasticMuZeroNet(cfg.model).eval()
+        with torch.no_grad():
+            state, policy, value = model.initial_inference(torch.from_numpy(np.stack([obs, obs])))
+        assert state.shape == (2, cfg.model.hidden) and policy.shape == (2, 4)
+        # The splits keep a gap of one window, whatever its length.
+        splits = market.splits(cfg)
+        assert splits["validation"].start - splits["train"].stop == bars_in_window
+    with pytest.raises(ValueError, match="must equal env.window"):
+        apply_overrides(Config(), {"env": {"window": 32}})
+
+
+def test_overrides_win_over_environment_variables(monkeypatch):
+    monkeypatch.setenv("MZ_ENV__WINDOW", "64")
+    monkeypatch.setenv("MZ_MODEL__WINDOW", "64")
+    cfg = variant_config(Config(), _variants("window")["window-32"])
+    assert cfg.env.window == cfg.model.window == 32
+
+
+def test_time_features_off_zeroes_columns_5_to_8_only():
+    on = variant_config(Config(), _variants("time-features")["with-time"])
+    off = variant_config(Config(), _variants("time-features")["without-time"])
+    market_on, market_off = market_from_bars("SYNTH", BARS, on), market_from_bars("SYNTH", BARS, off)
+    assert np.all(market_off.features[:, 5:9] == 0)
+    assert np.abs(market_on.features[:, 5:9]).max() > 0.5  # the cycles are really there when on
+    np.testing.assert_array_equal(market_off.features[:, :5], market_on.features[:, :5])
+    # The observations the agent sees: same shape, time columns constant 0, the rest unchanged.
+    obs = {}
+    for name, market in (("on", market_on), ("off", market_off)):
+        env = VecTradingEnv(
+            market.features,
+            market.close,
+            num_envs=3,
+            pip=market.pip,
+            spread_pips=market.spread_pips,
+            window=64,
+            episode_length=10,
+        )
+        obs[name] = env.reset(starts=np.array([100, 300, 500]))
+    assert obs["off"].shape == obs["on"].shape == (3, 64, 15)
+    assert np.all(obs["off"][:, :, 5:9] == 0)
+    keep = [c for c in range(15) if c not in range(5, 9)]
+    np.testing.assert_array_equal(obs["off"][:, :, keep], obs["on"][:, :, keep])
+
+
+def test_feature_cache_never_serves_the_other_time_variant(tmp_path):
+    base = Config(data={"db_path": tmp_path / "bars.duckdb", "cache_dir": tmp_path / "cache"})
+    store = BarStore(base.data.db_path)
+    store.import_bars("SYNTH", BARS, source="test")
+    off = apply_overrides(base, {"features": {"time_features": False}})
+    first_off = load_market(off, "SYNTH", store)  # written to the cache first
+    on = load_market(base, "SYNTH", store)  # must not be served the zeroed matrix
+    again_off = load_market(off, "SYNTH", store)
+    assert np.abs(on.features[:, 5:9]).max() > 0.5
+    assert np.all(first_off.features[:, 5:9] == 0) and np.all(again_off.features[:, 5:9] == 0)
+    assert len(list((tmp_path / "cache" / "features").glob("*.npy"))) == 2
+
+
+def test_deterministic_variant_has_one_chance_code_and_searches():
+    variants = _variants("stochastic")
+    det = variant_config(Config(), variants["deterministic-1"], small=True)
+    sto = variant_config(Config(), variants["stochastic-16"], small=True)
+    assert det.model.chance_codes == det.search.num_chance_codes == 1
+    assert sto.model.chance_codes == sto.search.num_chance_codes == 16
+    market = market_from_bars("SYNTH", BARS, det)
+    env = VecTradingEnv(
+        market.features,
+        market.close,
+        num_envs=4,
+        pip=market.pip,
+        spread_pips=market.spread_pips,
+        window=64,
+        episode_length=5,
+    )
+    obs = env.reset(starts=np.array([100, 200, 300, 400]))
+    policy = SearchPolicy(StochasticMuZeroNet(det.model), det.search, "cpu", seed=0)
+    actions = policy(env, obs)
+    assert env.legal_mask()[np.arange(4), actions].all()
+    assert np.isfinite(policy.last.root_value.numpy()).all()
+
+
+def test_search_variants_set_root_and_simulations():
+    got = {
+        (v.search.root, v.search.num_simulations)
+        for v in (variant_config(Config(), x, small=True) for x in EXPERIMENTS["search"].variants)
+    }
+    assert got == {(root, sims) for root in ("gumbel", "puct") for sims in (4, 8, 15)}
+    # --small's 4 simulations do not override the variant's own count.
+    assert SMALL["search"]["num_simulations"] == 4
+
+
+def test_t_interval_matches_tables():
+    ci = t_interval([1.0, 2.0, 3.0])  # mean 2, sd 1, n 3: half-width 4.3027 / sqrt(3)
+    assert ci.mean == 2.0 and ci.n == 3
+    assert ci.high - 2.0 == pytest.approx(4.302653 / 3**0.5, abs=1e-5) and ci.low == pytest.approx(4 - ci.high)
+    one = t_interval([5.0, None])  # a run without trades has no expectancy: dropped, no interval from one value
+    assert (one.mean, one.low, one.n) == (5.0, None, 1)
+    boot = bootstrap_mean_interval(np.arange(100.0))
+    assert boot.low < 49.5 < boot.high and boot.high - boot.low == pytest.approx(2 * 1.96 * 29.01 / 10, rel=0.1)
+    assert bootstrap_mean_interval(np.arange(100.0)) == boot  # reproducible
+
+
+def _cli(tmp_path, *args):
+    config = {"data": {"db_path": str(tmp_path / "bars.duckdb"), "cache_dir": str(tmp_path / "cache")}, **TINY}
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(config))
+    return main(["--config", str(tmp_path / "config.yaml"), "experiment", *args, "--symbol", "SYNTH", "--quiet"])
+
+
+@pytest.mark.timeout(120)
+def test_runner_writes_a_table_with_intervals_and_reuses_finished_runs(tmp_path, capsys):
+    BarStore(tmp_path / "bars.duckdb").import_bars("SYNTH", BARS, source="test")
+    out = tmp_path / "exp"
+    args = ("stochastic", "--steps", "20", "--seeds", "0,1", "--out", str(out))
+    assert _cli(tmp_path, *args) == 0
+    report = json.loads((out / "results.json").read_text())
+    names = [row["name"] for row in report["rows"]]
+    assert names == ["stochastic-16", "deterministic-1", "random", "momentum", "buy_hold"]
+    for row in report["rows"][:2]:
+        s = row["summary"]
+        assert s["runs"] == 2 and {"mean", "low", "high", "n"} <= set(s["total_pips"])
+        assert s["total_pips"]["low"] <= s["total_pips"]["mean"] <= s["total_pips"]["high"]
+        assert s["pooled_expectancy"]["n"] == sum(r["trades"] for r in row["runs"])
+        assert [r["reused"] for r in row["runs"]] == [False, False]
+    md = (out / "results.md").read_text()
+    assert "microzero" in md and "stochastic-16" in md and md.count("\n| ") == 1 + 5  # header + 5 rows
+    assert (out / "deterministic-1" / "seed1" / "checkpoints").is_dir()
+
+    result_file = out / "stochastic-16" / "seed0" / "result.json"
+    stamp = result_file.stat().st_mtime_ns
+    assert _cli(tmp_path, *args) == 0
+    again = json.loads((out / "results.json").read_text())
+    assert all(r["reused"] for row in again["rows"][:2] for r in row["runs"])
+    assert result_file.stat().st_mtime_ns == stamp
+    assert [row["summary"] for row in again["rows"]] == [row["summary"] for row in report["rows"]]
+
+    # Another experiment reuses identical runs (stochastic-16 = with-time) and trains the rest.
+    other = tmp_path / "time"
+    assert (
+        _cli(
+            tmp_path,
+            "time-features",
+            "--steps",
+            "20",
+            "--seeds",
+            "0,1",
+            "--out",
+            str(other),
+            "--reuse-runs-from",
+            str(out),
+        )
+        == 0
+    )
+    rows = {row["name"]: row for row in json.loads((other / "results.json").read_text())["rows"]}
+    assert all(r["copied_from"] for r in rows["with-time"]["runs"])
+    assert rows["with-time"]["summary"] == report["rows"][0]["summary"]
+    assert not any(r["copied_from"] for r in rows["without-time"]["runs"])
+
+    # A different budget in the same folder is refused rather than mixed in.
+    assert _cli(tmp_path, "stochastic", "--steps", "21", "--seeds", "0", "--out", str(out)) == 2
+    assert "other settings" in capsys.readouterr().err
+
+
+@pytest.mark.timeout(120)
+def test_ppo_policy_plays_only_legal_actions(tmp_path):
+    cfg = apply_overrides(Config(), TINY)
+    market = market_from_bars("SYNTH", BARS, cfg)
+    model = train_ppo(cfg, market, tmp_path, timesteps=256, seed=0)  # one rollout of sb3's 2048 steps
+    assert (tmp_path / "ppo.zip").exists() and model.num_timesteps >= 256
+    policy, decisions, mapped = PPOPolicy(model), [0], [0]
+
+    def checked(env, obs):
+        raw = np.asarray(model.predict(obs, deterministic=True)[0])
+        actions = policy(env, obs)
+        legal = env.legal_mask()
+        raw_legal = legal[np.arange(env.num_envs), raw]
+        assert legal[np.arange(env.num_envs), actions].all()
+        np.testing.assert_array_equal(actions, np.where(raw_legal, raw, 0))  # illegal -> Hold, else as predicted
+        decisions[0] += env.num_envs
+        mapped[0] += int((~raw_legal).sum())
+        return actions
+
+    result = greedy_backtest(checked, cfg, market)
+    assert decisions[0] > 100 and np.isfinite(result.metrics.total_pips)
+    assert mapped[0] > 0  # this barely trained agent does propose illegal actions: the mapping was exercised
+
+
+def test_ppo_experiment_without_sb3_exits_2_with_the_install_hint(tmp_path, monkeypatch, capsys):
+    BarStore(tmp_path / "bars.duckdb").import_bars("SYNTH", BARS, source="test")
+    monkeypatch.setitem(sys.modules, "stable_baselines3", None)  # makes `import stable_baselines3` fail
+    assert _cli(tmp_path, "ppo", "--steps", "20", "--seeds", "0", "--out", str(tmp_path / "ppo")) == 2
+    assert "pip install -e '.[baselines]'" in capsys.readouterr().err
+    assert not (tmp_path / "ppo" / "muzero").exists()  # refused before any training

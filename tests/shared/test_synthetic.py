@@ -1,0 +1,66 @@
+"""Synthetic series (shared/data/synthetic.py): each kind has the structure it claims,
+which the simple rule made for it exploits on held-out bars, and the control has none."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from shared.backtest import backtest
+from shared.baselines import Momentum, _move_to
+from shared.config import Config
+from shared.data.synthetic import KINDS, synthetic_bars
+from shared.market import market_from_bars
+
+
+def range_rule(env, obs):
+    """Long low in the 60-bar range, short high in it (feature 0: position in range)."""
+    where = obs[:, -1, 0]
+    target = np.where(where < 0.3, 1, np.where(where > 0.7, -1, env.side)).astype(np.int8)
+    return _move_to(env.side, target)
+
+
+@pytest.fixture(scope="module")
+def markets():
+    config = Config()
+    return config, {kind: market_from_bars("SYNTH", synthetic_bars(kind, 12_000, seed=1), config) for kind in KINDS}
+
+
+def _pips(config, market, policy) -> float:
+    return backtest(market, market.splits(config)["validation"], policy, chunks=16).metrics.total_pips
+
+
+def test_each_learnable_kind_is_exploited_by_its_rule_and_the_control_by_none(markets):
+    config, m = markets
+    assert _pips(config, m["sine"], Momentum(1)) > 1000
+    assert _pips(config, m["regime"], Momentum(60)) > 1000
+    assert _pips(config, m["mean_reverting"], range_rule) > 50
+    assert _pips(config, m["mean_reverting"], Momentum(60)) < 0  # trend-following loses on reversion
+    for rule in (Momentum(1), Momentum(60), range_rule):
+        assert _pips(config, m["random_walk"], rule) < 100  # nothing to find, spread to pay
+
+
+def test_structure_of_the_returns():
+    ou = np.diff(synthetic_bars("mean_reverting", 50_000, seed=0, theta=0.05, noise_pips=1.0).close) / 1e-4
+    level = np.cumsum(ou)  # deviation from the start level, pips
+    # AR(1): x_t = (1 - theta) x_{t-1} + e_t, so the regression slope of x_t on x_{t-1} is 1 - theta.
+    slope = np.polyfit(level[:-1], level[1:], 1)[0]
+    assert slope == pytest.approx(0.95, abs=0.01)
+    assert level.std() == pytest.approx(1.0 / np.sqrt(1 - 0.95**2), rel=0.15)
+
+    regime = np.diff(synthetic_bars("regime", 50_000, seed=0, drift_pips=1.5, noise_pips=1.0, regime_bars=100).close)
+    sign = np.sign(np.convolve(regime / 1e-4, np.ones(9) / 9, mode="same"))
+    switches = (np.diff(sign) != 0).sum()
+    assert 200 < switches < 1500  # ~500 regime switches (noise adds a few)
+
+    walk = np.diff(synthetic_bars("random_walk", 50_000, seed=0).close) / 1e-4
+    assert abs(np.corrcoef(walk[:-1], walk[1:])[0, 1]) < 0.02 and walk.std() == pytest.approx(2.0, rel=0.05)
+
+
+def test_bad_parameters_are_refused():
+    with pytest.raises(ValueError, match="unknown synthetic kind 'trendy'"):
+        synthetic_bars("trendy", 100)
+    with pytest.raises(ValueError, match="theta"):
+        synthetic_bars("mean_reverting", 100, theta=1.5)
+    with pytest.raises(ValueError, match="regime_bars"):
+        synthetic_bars("regime", 100, regime_bars=0)
