@@ -19,7 +19,7 @@ from shared.config import Config
 from shared.env import VecTradingEnv
 from shared.episode import Episode
 from shared.market import MarketData
-from shared.search import SearchConfig, run_search
+from shared.search import SearchConfig, SearchOutput, run_search
 from shared.splits import Split
 
 WARMUP_POLICIES = ("random", "momentum")
@@ -43,7 +43,7 @@ class SearchPolicy:
         self.generator = torch.Generator(device=self.device)
         if seed is not None:
             self.generator.manual_seed(seed)
-        self.last = None
+        self.last: SearchOutput | None = None
 
     @torch.no_grad()
     def __call__(self, env: VecTradingEnv, obs: np.ndarray) -> np.ndarray:
@@ -57,6 +57,12 @@ class SearchPolicy:
             self.generator,
         )
         return self.last.action.cpu().numpy()
+
+    def last_output(self) -> SearchOutput:
+        """The search output of the latest call."""
+        if self.last is None:
+            raise RuntimeError("the policy has not searched yet")
+        return self.last
 
 
 class SelfPlay:
@@ -125,14 +131,17 @@ class SelfPlay:
         root_values = np.zeros((B, T), dtype=np.float32)
         targets = np.zeros((B, T, NUM_ACTIONS), dtype=np.float32)
         masks = np.zeros((B, T, NUM_ACTIONS), dtype=bool)
+        search = policy if isinstance(policy, SearchPolicy) else None
         warmup = None if isinstance(policy, SearchPolicy) else self._warmup(policy)
         for k in range(T):
             masks[:, k] = env.legal_mask()
-            if warmup is None:
-                act = policy(env, obs)
-                targets[:, k] = policy.last.policy_target.cpu().numpy()
-                root_values[:, k] = policy.last.root_value.cpu().numpy()
+            if search is not None:
+                act = search(env, obs)
+                out = search.last_output()
+                targets[:, k] = out.policy_target.cpu().numpy()
+                root_values[:, k] = out.root_value.cpu().numpy()
             else:
+                assert warmup is not None and isinstance(policy, str)
                 act = warmup(env, obs)
                 targets[:, k] = self._warmup_target(policy, masks[:, k], act)
             actions[:, k] = act

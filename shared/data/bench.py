@@ -61,9 +61,11 @@ def _child(path: str, db: str) -> None:
     before = peak_rss_mib()
     stages: dict[str, float] = {}
     started = time.perf_counter()
-    summary = BarStore(db).import_file(
-        path, "BENCH", on_stage=lambda name: stages.setdefault(name, time.perf_counter())
-    )
+
+    def mark(stage: str) -> None:
+        stages.setdefault(stage, time.perf_counter())
+
+    summary = BarStore(db).import_file(path, "BENCH", on_stage=mark)
     ended = time.perf_counter()
     marks = [stages["read"], stages["parse"], stages["store"], ended]
     print(

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import csv
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime
 
 import numpy as np
@@ -29,7 +29,7 @@ from shared.data.sqlscan import COLUMNS, Scan
 EARLIEST = np.datetime64("1970-01-01T00:00", "us")  # no FX bar files predate it; 0 is a typical bad epoch
 FUTURE_SLACK = np.timedelta64(1, "D")  # beyond "now + a day" a timestamp is a typo, not a clock skew
 Record = str | Sequence[str | None]  # a CSV line, or a Parquet row's fields as text
-Fetch = Callable[[np.ndarray], "dict[int, Record]"]
+Fetch = Callable[[np.ndarray], "Mapping[int, Record]"]
 
 
 def to_utc(scan: Scan, zone) -> np.ndarray:
@@ -68,7 +68,7 @@ def bars_or_refuse(scan: Scan, zone, source: str, fetch: Fetch) -> Bars:
         line = int(scan.line[i])
         fields = _split(records.get(line, ""), layout)
         reasons = [fields] if isinstance(fields, str) else []
-        if not scan.ok[i] and not reasons:
+        if not scan.ok[i] and not reasons and not isinstance(fields, str):
             reasons = explain(fields, layout, bool(scan.ts_ok[i])) or [
                 f"cannot be read as {layout.format} fields (a quoted delimiter?)"
             ]
@@ -98,7 +98,7 @@ def _split(record: Record, layout: Layout) -> list[str | None] | str:
     if not isinstance(record, str):
         return list(record)
     try:
-        row = next(csv.reader([record], delimiter=layout.delimiter, strict=True), [])
+        row: list[str | None] = list(next(csv.reader([record], delimiter=layout.delimiter, strict=True), []))
     except csv.Error as exc:
         return f"unparsable line: {exc}"
     if len(row) != layout.n_fields:
@@ -124,14 +124,14 @@ def explain(fields: list[str | None], layout: Layout, ts_ok: bool) -> list[str]:
             reasons.append(f"bad timestamp {text!r} (expected {layout.ts_hint}){detail}")
     values = []
     for name, col in zip(COLUMNS, layout.value_cols):
-        text = "0" if col is None else fields[col]
-        if text is None:
+        cell = "0" if col is None else fields[col]
+        if cell is None:
             reasons.append(f"missing {name}")
             continue
         try:
-            values.append(float(text))
+            values.append(float(cell))
         except ValueError:
-            reasons.append(f"non-numeric {name} {text!r}")
+            reasons.append(f"non-numeric {name} {cell!r}")
     if len(values) == len(COLUMNS):
         reasons += value_problems(values)
     return reasons

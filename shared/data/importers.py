@@ -291,6 +291,7 @@ def find_columns(
             f"missing column{'s' if len(missing) > 1 else ''} {', '.join(missing)} in {shown} "
             "(map other names with --columns, e.g. open=O)"
         )
+    ts: tuple[int, ...]
     if "date" in columns:
         ts = (index("date"), index("time"))
     else:

@@ -72,8 +72,8 @@ def _timed(fn, steps: int, device: torch.device) -> float:
     return steps / (time.perf_counter() - started)
 
 
-def bench_train(config: Config, market: MarketData, device: str = "cpu", steps: int = 30) -> TrainBench:
-    device = torch.device(device)
+def bench_train(config: Config, market: MarketData, device_name: str = "cpu", steps: int = 30) -> TrainBench:
+    device = torch.device(device_name)
     replay = ReplayBuffer(market, config.learning, config.env.window, config.env.drawdown_penalty, seed=0)
     selfplay = SelfPlay.from_config(config, market, num_envs=16)
     for episode in selfplay.play("random"):

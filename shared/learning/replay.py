@@ -29,6 +29,7 @@ from __future__ import annotations
 
 from collections import deque
 from dataclasses import dataclass, fields, replace
+from typing import Any, TypeAlias
 
 import numpy as np
 import torch
@@ -44,25 +45,29 @@ from shared.market import MarketData
 REWARD_ATOL = 1e-3  # pips: replayed rewards must match the message's to this
 
 
+# A batch field: numpy as the replay samples it, a torch tensor after ``Batch.to``.
+Array: TypeAlias = Any
+
+
 @dataclass(frozen=True)
 class Batch:
     """N sampled positions t, unrolled K steps. numpy arrays, or tensors after ``to()``."""
 
-    obs: np.ndarray  # [N, W, F] float32: observation at t
-    next_obs: np.ndarray  # [N, K, W, F] float32: observations at t+1..t+K (clamped to the episode end)
-    actions: np.ndarray  # [N, K] int64: a_{t+k}; uniform random past the end
-    target_values: np.ndarray  # [N, K+1] float32: z_{t+k} bootstrapped from stored root values; 0 at/after the end
-    reward_sums: np.ndarray  # [N, K+1] float32: discounted rewards of z_{t+k} before its bootstrap; 0 at/after the end
-    bootstrap_discounts: np.ndarray  # [N, K+1] float32: gamma^m of z_{t+k}'s bootstrap; 0 at/after the end
-    target_rewards: np.ndarray  # [N, K] float32: r_{t+k}; 0 past the end
-    target_policies: np.ndarray  # [N, K+1, A] float32: improved policy; 0 at/after the end
-    legal_masks: np.ndarray  # [N, K+1, A] bool; all True at/after the end
-    masks: np.ndarray  # [N, K+1] bool: step t+k is a decision inside the episode
-    weights: np.ndarray  # [N] float32: importance weights, max 1
-    indices: np.ndarray  # [N] int64: position serials, for update_priorities
+    obs: Array  # [N, W, F] float32: observation at t
+    next_obs: Array  # [N, K, W, F] float32: observations at t+1..t+K (clamped to the episode end)
+    actions: Array  # [N, K] int64: a_{t+k}; uniform random past the end
+    target_values: Array  # [N, K+1] float32: z_{t+k} bootstrapped from stored root values; 0 at/after the end
+    reward_sums: Array  # [N, K+1] float32: discounted rewards of z_{t+k} before its bootstrap; 0 at/after the end
+    bootstrap_discounts: Array  # [N, K+1] float32: gamma^m of z_{t+k}'s bootstrap; 0 at/after the end
+    target_rewards: Array  # [N, K] float32: r_{t+k}; 0 past the end
+    target_policies: Array  # [N, K+1, A] float32: improved policy; 0 at/after the end
+    legal_masks: Array  # [N, K+1, A] bool; all True at/after the end
+    masks: Array  # [N, K+1] bool: step t+k is a decision inside the episode
+    weights: Array  # [N] float32: importance weights, max 1
+    indices: Array  # [N] int64: position serials, for update_priorities
     # [N, K+1, W, F] float32: observation at each target's bootstrap step t+k+m (None
     # unless sampled with bootstrap_obs=True).
-    bootstrap_obs: np.ndarray | None = None
+    bootstrap_obs: Array | None = None
 
     def to(self, device: torch.device | str) -> Batch:
         """The same batch as torch tensors on `device`."""

@@ -161,7 +161,11 @@ def bench_search(
         recorder = _Recorder(model)
         search(recorder)
         replay = _replay_inputs(model, recorder.calls, obs)
-        search_s, network_s = _timed([search, lambda r=replay: _replay(model, r)], device, repeats)
+
+        def network_only(r: list[tuple[str, tuple]] = replay) -> object:
+            return _replay(model, r)
+
+        search_s, network_s = _timed([search, network_only], device, repeats)
 
         n_single = min(single_envs, B)
 
@@ -191,7 +195,7 @@ def _replay_inputs(model: SearchModel, calls: list[tuple[str, int]], obs: Tensor
     with torch.no_grad():
         state, _, _ = model.initial_inference(obs)
     codes = int(getattr(getattr(model, "cfg", None), "chance_codes", 16))
-    inputs = []
+    inputs: list[tuple[str, tuple]] = []
     for kind, n in calls:
         index = torch.arange(n, device=obs.device) % obs.shape[0]
         if kind == "initial":

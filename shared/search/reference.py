@@ -175,8 +175,9 @@ def _simulate(
                 action = torch.tensor([a], device=node.state.device)
                 afterstate, chance_logits, q = model.afterstate_inference(node.state, action)
                 side = int(SIDE_AFTER[node.side + 1, a])
-                leaf: _Decision | _Chance = _Chance(afterstate, side, chance_logits[0].tolist(), float(q[0]))
-                node.children[a] = leaf
+                chance = _Chance(afterstate, side, chance_logits[0].tolist(), float(q[0]))
+                node.children[a] = chance
+                leaf: _Decision | _Chance = chance
                 break
             node = node.children[a]
         else:
@@ -186,10 +187,11 @@ def _simulate(
                     node.afterstate, torch.tensor([c], device=node.afterstate.device)
                 )
                 legal = LEGAL_BY_SIDE[node.side + 1].tolist()
-                leaf = _Decision(
+                decision = _Decision(
                     state, node.side, legal, logits[0].to(value.dtype).tolist(), float(value[0]), float(reward[0])
                 )
-                node.children[c] = leaf
+                node.children[c] = decision
+                leaf = decision
                 break
             node = node.children[c]
         path.append(node)
