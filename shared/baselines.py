@@ -41,14 +41,26 @@ def buy_and_hold(env: VecTradingEnv, obs: np.ndarray) -> np.ndarray:
 
 
 class RandomLegal:
-    """Uniform over the legal actions at each bar, reproducible from `seed`."""
+    """Uniform over the legal actions at each bar, reproducible from `seed`.
 
-    def __init__(self, seed: int = 0) -> None:
+    `hold_probability` > 0: Hold with that probability, otherwise a uniform legal move
+    (Buy, Sell or Close): random trades that last ~1 / (1 - p) bars instead of ~1."""
+
+    def __init__(self, seed: int = 0, hold_probability: float = 0.0) -> None:
+        if not 0 <= hold_probability < 1:
+            raise ValueError(f"hold_probability must be in [0, 1), got {hold_probability}")
         self.rng = np.random.default_rng(seed)
+        self.hold_probability = hold_probability
 
     def __call__(self, env: VecTradingEnv, obs: np.ndarray) -> np.ndarray:
         scores = self.rng.random((env.num_envs, 4))
-        return np.argmax(np.where(env.legal_mask(), scores, -1.0), axis=1)
+        legal = env.legal_mask()
+        if self.hold_probability == 0:
+            return np.argmax(np.where(legal, scores, -1.0), axis=1)
+        moves = legal.copy()
+        moves[:, 0] = False  # a move: Buy, Sell or Close (one is always legal)
+        move = np.argmax(np.where(moves, scores, -1.0), axis=1)
+        return np.where(self.rng.random(env.num_envs) < self.hold_probability, 0, move)
 
 
 class Momentum:

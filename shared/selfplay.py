@@ -22,7 +22,8 @@ from shared.market import MarketData
 from shared.search import SearchConfig, SearchOutput, run_search
 from shared.splits import Split
 
-WARMUP_POLICIES = ("random", "momentum")
+WARMUP_POLICIES = ("random", "sticky", "momentum")
+STICKY_HOLD = 0.9  # "sticky": random trades held ~10 bars, long enough to see a move pay off
 
 
 def discounted_returns(rewards: np.ndarray, discount: float) -> np.ndarray:
@@ -169,13 +170,17 @@ class SelfPlay:
     def _warmup(self, name: str):
         if name == "random":
             return RandomLegal(int(self.rng.integers(2**31)))
+        if name == "sticky":
+            return RandomLegal(int(self.rng.integers(2**31)), hold_probability=STICKY_HOLD)
         if name == "momentum":
             return Momentum()
         raise ValueError(f"unknown warm-up policy {name!r}; choose from {', '.join(WARMUP_POLICIES)}")
 
     @staticmethod
     def _warmup_target(name: str, mask: np.ndarray, actions: np.ndarray) -> np.ndarray:
-        """The warm-up policy's distribution: uniform over legal actions, or one-hot."""
-        if name == "random":
+        """The warm-up policy's target: uniform over legal actions for the random policies
+        (they know nothing; a sticky policy's Hold-heavy distribution would teach the
+        prior to stay flat), one-hot for the momentum rule."""
+        if name in ("random", "sticky"):
             return mask / mask.sum(axis=1, keepdims=True)
         return np.eye(NUM_ACTIONS, dtype=np.float32)[actions]

@@ -118,8 +118,9 @@ def run_curves(
         for agent in AGENTS:
             run_dir = Path(out_dir) / agent / f"seed{seed}"
             done = run_dir / "curve.json"
-            if done.exists() and json.loads(done.read_text())["milestones"] == milestones:
-                points = json.loads(done.read_text())["points"]
+            stored = json.loads(done.read_text()) if done.exists() else {}
+            if stored.get("milestones") == milestones and stored.get("split") == split:
+                points = stored["points"]
             else:
                 make = _muzero_points if agent == "muzero" else _ppo_points
                 points = make(config, market, run_dir, seed, milestones, split, device)

@@ -257,3 +257,28 @@ def test_ppo_experiment_without_sb3_exits_2_with_the_install_hint(tmp_path, monk
     assert _cli(tmp_path, "ppo", "--steps", "20", "--seeds", "0", "--out", str(tmp_path / "ppo")) == 2
     assert "pip install -e '.[baselines]'" in capsys.readouterr().err
     assert not (tmp_path / "ppo" / "muzero").exists()  # refused before any training
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_ppo_curve_scores_both_agents_at_each_env_step_milestone(tmp_path):
+    BarStore(tmp_path / "bars.duckdb").import_bars("SYNTH", BARS, source="test")
+    out = tmp_path / "curve"
+    assert _cli(tmp_path, "ppo", "--curve", "2048,4096", "--seeds", "0", "--out", str(out)) == 0
+    report = json.loads((out / "curve.json").read_text())
+    assert report["split"] == "validation" and report["milestones"] == [2048, 4096]
+    for agent in ("muzero", "ppo"):
+        (points,) = report["runs"][agent]
+        assert len(points) == 2
+        # each point is taken once the data played by then was learned from: at or just past the milestone
+        assert 2048 <= points[0]["env_steps"] < 4096 <= points[1]["env_steps"] < 4096 + 2048
+        assert all(np.isfinite(p["total_pips"]) for p in points)
+        assert len(report["curves"][agent]) == 2
+    muzero = report["runs"]["muzero"][0]
+    assert muzero[0]["learner_steps"] < muzero[1]["learner_steps"]
+    assert report["baselines"]["perfect foresight"] > report["baselines"]["random legal"]
+    assert (out / "curve.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "MuZero % of PF" in (out / "curve.md").read_text()
+    stamp = (out / "muzero" / "seed0" / "curve.json").stat().st_mtime_ns
+    assert _cli(tmp_path, "ppo", "--curve", "2048,4096", "--seeds", "0", "--out", str(out)) == 0  # reused
+    assert (out / "muzero" / "seed0" / "curve.json").stat().st_mtime_ns == stamp

@@ -283,7 +283,8 @@ def test_every_sub_network_gets_gradient(replay):
 
 
 def test_loss_falls_on_a_fixed_replay(market):
-    config = small_config(batch_size=32, lr=2e-3)
+    # Stored targets: the probe batch is scored against the same targets the learner trains on.
+    config = small_config(batch_size=32, lr=2e-3, value_bootstrap="stored", reanalyse_fraction=0.0)
     replay = ReplayBuffer(market, config, W, PENALTY, seed=0)
     for e in play(market, [100, 400, 700], length=30, seed=2)[0]:  # 90 positions, memorisable
         replay.insert(e)
