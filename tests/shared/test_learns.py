@@ -7,7 +7,6 @@ and random trading loses the spread), not that training ran."""
 
 import numpy as np
 import pytest
-import torch
 
 from shared.backtest import backtest
 from shared.baselines import Momentum, PerfectForesight, RandomLegal
