@@ -95,9 +95,8 @@ def bench_train(config: Config, market: MarketData, device_name: str = "cpu", st
     bare_peak = _peak_mib(device)
     _reset_peak(device)
     learner_rate = _timed(lambda: learner.step(replay.sample(batch_size, bootstrap_obs=False), replay), steps, device)
-    fresh_replay = replay
     learner_peak = _peak_mib(device)
-    fresh_rate = _timed(lambda: fresh.step(replay.sample(batch_size), fresh_replay), steps, device)
+    fresh_rate = _timed(lambda: fresh.step(replay.sample(batch_size), replay), steps, device)
     return TrainBench(
         str(device),
         batch_size,
