@@ -257,7 +257,12 @@ class StatusResponse(BaseModel):
     latest_checkpoint: CheckpointOut | None = None
     best_checkpoint: CheckpointOut | None = None
     served_model: ServedModel | None = None
-    errors: dict[str, str] = Field(default_factory=dict, description="sections that could not be read, and why")
+    errors: dict[str, str] = Field(
+        default_factory=dict, description="sources (redis, database) whose data is missing, failed or stale, and why"
+    )
+    refreshed_at: dict[str, datetime | None] = Field(
+        default_factory=dict, description="when each source was last read successfully (refreshed in the background)"
+    )
 
 
 class PromoteResponse(BaseModel):
