@@ -196,6 +196,7 @@ class CheckpointOut(BaseModel):
     is_best: bool = False
     best_path: str | None = None
     latest_validation: ValidationOut | None = None
+    pruned_at: datetime | None = Field(None, description="when retention deleted its file (the record stays)")
 
 
 class Page(BaseModel):
