@@ -42,8 +42,9 @@ def add_metrics_port_argument(parser: argparse.ArgumentParser, config_field: str
     )
 
 
-def start_metrics(requested: int | None, configured: int) -> None:
-    """Serve /metrics on `requested` (None: `configured`); negative means none."""
+def start_metrics(requested: int | None, configured: int, host: str = "127.0.0.1") -> None:
+    """Serve /metrics on `host`:`requested` (None: `configured`); negative means none.
+    `host` is ``pipeline.metrics_host``: loopback unless a container must be scraped."""
     from shared.cli import CommandError
     from shared.observability import serve_metrics
 
@@ -51,12 +52,12 @@ def start_metrics(requested: int | None, configured: int) -> None:
     if port < 0:
         return
     try:
-        port = serve_metrics(port)
+        port = serve_metrics(port, host)
     except OSError as exc:
         raise CommandError(
-            f"cannot serve metrics on port {port} ({exc.strerror}); pass --metrics-port 0 for any free port"
+            f"cannot serve metrics on {host}:{port} ({exc.strerror}); pass --metrics-port 0 for any free port"
         ) from exc
-    logging.getLogger(__name__).info("metrics on http://0.0.0.0:%d/metrics", port)
+    logging.getLogger(__name__).info("metrics on http://%s:%d/metrics", host, port)
 
 
 @contextlib.contextmanager

@@ -135,7 +135,12 @@ def served_untrained_model(config: Config) -> Iterator[str]:
         # The server reads a config of its own: this registry, and no Redis at all (a
         # configured one could hand it another published model than the one measured).
         pipeline = config.pipeline.model_copy(
-            update={"redis_url": None, "database_url": database_url, "best_dir": folder / "best"}
+            update={
+                "redis_url": None,
+                "database_url": database_url,
+                "best_dir": folder / "best",
+                "checkpoints_dir": folder,  # the API serves only files inside its checkpoint folders
+            }
         )
         server_config = folder / "config.json"
         server_config.write_text(config.model_copy(update={"pipeline": pipeline}).model_dump_json())

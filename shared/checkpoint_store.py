@@ -71,6 +71,14 @@ def best_path(config: Config) -> Path:
     return Path(config.pipeline.best_dir) / BEST_FILE
 
 
+@contextmanager
+def best_lock(config: Config) -> Iterator[None]:
+    """The best folder's exclusive lock, which :func:`promote` holds; retention
+    (``shared.retention``) holds it too, so it never deletes a file being promoted."""
+    with _locked(Path(config.pipeline.best_dir).resolve() / LOCK_FILE):
+        yield
+
+
 def best_score(registry: Registry) -> tuple[CheckpointRecord | None, float]:
     """The flagged best checkpoint and the score of its newest 'ok' validation
     (``-inf`` if there is no best, or it was never validated successfully, e.g. promoted

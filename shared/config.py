@@ -214,6 +214,13 @@ class PipelineConfig(BaseModel):
     checkpoints_dir: Path = Path("var/checkpoints")
     best_dir: Path = Path("var/best")
     best_history: int = Field(5, ge=1, description="best checkpoints kept in best/")
+    # Retention (shared.retention): the trainer deletes older checkpoint files so the disk
+    # stays bounded, except the newest `checkpoint_keep_last`, the best's original, one
+    # about to be promoted, and up to `checkpoint_keep_unvalidated` still awaiting validation.
+    checkpoint_keep_last: int = Field(10, ge=1, description="newest checkpoints of the run kept on disk")
+    checkpoint_keep_unvalidated: int = Field(
+        20, ge=0, description="checkpoints not yet validated kept on disk (the validator may lag)"
+    )
     run_id: str = Field("default", description="training run the services belong to")
     symbol: str = "EURUSD"
     episode_stream: str = "mz:episodes"
@@ -230,6 +237,13 @@ class PipelineConfig(BaseModel):
     api_host: str = "127.0.0.1"
     api_port: int = 8000
     api_token: str | None = Field(None, description="bearer token for POST /checkpoints/{id}/promote")
+    # The largest legitimate body is a /v1/act request of 5,000 bars (schemas.MAX_BARS)
+    # with 17-digit prices, pretty-printed with indent 4: about 1.5 MB (tests/services/api/test_limits.py
+    # builds it); 4 MiB leaves room and still refuses the 84 MB bodies that stalled the API.
+    api_max_body_bytes: int = Field(4 * 1024 * 1024, ge=1024, description="larger request bodies get 413")
+    api_status_refresh_s: float = Field(2.0, gt=0, description="how often /status and /readyz data are refreshed")
+    api_status_timeout_s: float = Field(0.5, gt=0, description="socket timeout of the status refresher's Redis calls")
+    metrics_host: str = Field("127.0.0.1", description="bind address of the services' /metrics (0.0.0.0 in containers)")
     collector_metrics_port: int = Field(9101, description="0 = any free port")
     trainer_metrics_port: int = 9102
     validator_metrics_port: int = 9103

@@ -61,7 +61,8 @@ API_LATENCY = Histogram(
 )
 
 
-def serve_metrics(port: int) -> int:
-    """Expose this process's metrics over HTTP on `port` (0 = any free port); returns the port."""
-    server, _thread = start_http_server(port)
+def serve_metrics(port: int, host: str = "127.0.0.1") -> int:
+    """Expose this process's metrics over HTTP on `host`:`port` (0 = any free port); returns
+    the port. Loopback by default: metrics name internals, so exposing them is a choice."""
+    server, _thread = start_http_server(port, addr=host)
     return server.server_port

@@ -7,7 +7,7 @@ Tables::
 
     runs          id (str PK), symbol, config (JSON), created_at
     checkpoints   id (int PK), run_id -> runs, step, path, sha256, created_at,
-                  is_best, best_path                      unique (run_id, step)
+                  is_best, best_path, pruned_at           unique (run_id, step)
     validations   id (int PK), checkpoint_id -> checkpoints, status 'ok'|'failed',
                   score, metrics (JSON), error, split, duration_s, created_at
 
@@ -30,8 +30,11 @@ Decisions:
   PostgreSQL refuses NaN/Infinity in JSON. ``score`` is a float column and may be
   ``-inf`` (a checkpoint that never trades).
 * Errors: unknown ids read as ``None``; integrity problems (unknown run or checkpoint,
-  the same (run, step) recorded with another sha256, a bad status) raise ``ValueError``
-  with a message saying what is wrong.
+  the same (run, step) recorded with another sha256 -- :class:`StepTaken` -- a bad
+  status) raise ``ValueError`` with a message saying what is wrong.
+* ``pruned_at``: when retention (``shared.retention``) deleted the checkpoint's file;
+  the row stays, so validations and lineage keep their history. Databases created
+  before the column existed get it added on open (the one migration so far).
 """
 
 from __future__ import annotations
@@ -61,6 +64,7 @@ from sqlalchemy import (
     create_engine,
     event,
     func,
+    inspect,
     select,
     text,
     update,
@@ -73,12 +77,17 @@ from sqlalchemy.types import TypeDecorator
 
 from shared.jsonsafe import json_safe
 
-__all__ = ["VALIDATION_STATUSES", "CheckpointRecord", "Registry", "RunRecord", "ValidationRecord"]
+__all__ = ["VALIDATION_STATUSES", "CheckpointRecord", "Registry", "RunRecord", "StepTaken", "ValidationRecord"]
 
 VALIDATION_STATUSES = ("ok", "failed")
 SQLITE_BUSY_TIMEOUT_S = 30.0
 _SET_BEST_LOCK = 0x6D7A_6265  # PostgreSQL advisory lock keys: set_best ("mzbe")
 _CREATE_LOCK = 0x6D7A_6372  # and table creation ("mzcr")
+
+
+class StepTaken(ValueError):
+    """(run, step) is already recorded for another file: a resumed trainer re-reached a
+    step of its run with different weights (its lineage forked)."""
 
 
 def utcnow() -> datetime:
@@ -144,6 +153,7 @@ class CheckpointRow(Base):
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     is_best: Mapped[bool] = mapped_column(Boolean, default=False)
     best_path: Mapped[str | None] = mapped_column(Text, nullable=True)
+    pruned_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
 
 
 class ValidationRow(Base):
@@ -200,6 +210,7 @@ class CheckpointRecord:
     is_best: bool
     best_path: str | None
     latest_validation: ValidationRecord | None = None  # the newest validation of any status
+    pruned_at: datetime | None = None  # when retention deleted the file
 
 
 def _run_record(row: RunRow) -> RunRecord:
@@ -231,6 +242,7 @@ def _checkpoint_record(row: CheckpointRow, latest: ValidationRow | None) -> Chec
         is_best=bool(row.is_best),
         best_path=row.best_path,
         latest_validation=None if latest is None else _validation_record(latest),
+        pruned_at=row.pruned_at,
     )
 
 
@@ -259,6 +271,7 @@ class Registry:
                 if self.engine.dialect.name == "postgresql":
                     conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _CREATE_LOCK})
                 Base.metadata.create_all(conn)
+                _add_missing_columns(conn)
 
     def __repr__(self) -> str:
         return f"Registry({self.engine.url.render_as_string(hide_password=True)!r})"
@@ -335,12 +348,33 @@ class Registry:
                     raise
                 continue  # a concurrent insert of the same (run, step): read it
             if existing.sha256 != sha256:
-                raise ValueError(
+                raise StepTaken(
                     f"checkpoint step {step} of run {run_id!r} is already recorded (id {existing.id}, "
                     f"{existing.path}) with sha256 {existing.sha256[:16]}..., not {sha256[:16]}..."
                 )
             return existing.id
         raise AssertionError("unreachable")
+
+    def checkpoints_by_paths(self, paths: list[str]) -> dict[str, CheckpointRecord]:
+        """The newest record of each of `paths` that is registered, by path."""
+        found: dict[str, CheckpointRecord] = {}
+        with self._session() as s:
+            for start in range(0, len(paths), 500):  # bounded IN lists
+                query = select(CheckpointRow).where(CheckpointRow.path.in_(paths[start : start + 500]))
+                for record in self._with_latest(s, list(s.scalars(query.order_by(CheckpointRow.id)))):
+                    found[record.path] = record
+        return found
+
+    def mark_pruned(self, checkpoint_ids: list[int]) -> None:
+        """Record that retention deleted these checkpoints' files (the rows stay)."""
+        if not checkpoint_ids:
+            return
+        with self._session(write=True) as s:
+            s.execute(
+                update(CheckpointRow)
+                .where(CheckpointRow.id.in_([int(i) for i in checkpoint_ids]), CheckpointRow.pruned_at.is_(None))
+                .values(pruned_at=utcnow())
+            )
 
     def get_checkpoint(self, checkpoint_id: int) -> CheckpointRecord | None:
         with self._session() as s:
@@ -466,6 +500,15 @@ class Registry:
         )
         latest = {v.checkpoint_id: v for v in s.scalars(select(ValidationRow).where(ValidationRow.id.in_(newest)))}
         return [_checkpoint_record(row, latest.get(row.id)) for row in rows]
+
+
+def _add_missing_columns(conn) -> None:
+    """Columns added to a table after databases were created with it (``create_all`` makes
+    missing tables only): ``checkpoints.pruned_at``."""
+    present = {column["name"] for column in inspect(conn).get_columns("checkpoints")}
+    if "pruned_at" not in present:
+        kind = DateTime(timezone=True).compile(dialect=conn.dialect)
+        conn.execute(text(f"ALTER TABLE checkpoints ADD COLUMN pruned_at {kind}"))
 
 
 def _limit(limit: int) -> int:

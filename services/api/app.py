@@ -1,7 +1,7 @@
 """The HTTP API service (ARCHITECTURE §7), laid out like FastAPI's full-stack template:
 
 * ``app.py`` (this file): :func:`create_app` -- the factory, its lifespan, the request
-  metrics middleware and the 422 format;
+  metrics middleware and the 422 format; ``limits.py``: the body size limit (413);
 * ``deps.py``: the shared state (registry, Redis, served model, best-model watcher) and
   the dependencies the routes declare (registry, Redis, auth);
 * ``routes/``: one ``APIRouter`` per concern -- ``health`` (``/livez``, ``/readyz``,
@@ -11,8 +11,10 @@
   model, the observation builders and the batched inference thread.
 
 Decisions:
-* Endpoints touching Redis or the registry are sync functions (FastAPI runs them in
-  its threadpool); ``/v1/act`` is async.
+* Endpoints reading the registry are sync functions (FastAPI runs them in its
+  threadpool); ``/v1/act``, ``/status`` and the health checks are async and never
+  wait on Redis or the database: status comes from a cache refreshed in the background
+  (``status_cache.py``), observations are built on the API's own threads.
 * Non-finite numbers in outputs follow ``shared.jsonsafe`` ("inf"/"-inf", NaN as null).
 * Every request is counted in ``microzero_api_requests_total{method,route,status}``
   by its route *template* (``/checkpoints/{checkpoint_id}``), never the raw path;
@@ -35,6 +37,7 @@ from fastapi.responses import JSONResponse
 
 from services.api.deps import ApiState
 from services.api.inference import ObservationError
+from services.api.limits import BodySizeLimit
 from services.api.routes import health, inference, status
 from services.api.routes import registry as registry_routes
 from shared.config import Config
@@ -90,6 +93,8 @@ def create_app(
         lifespan=lifespan,
     )
     app.state.api = state
+    # Added first, so it runs inside MetricsMiddleware: refusals are counted too.
+    app.add_middleware(BodySizeLimit, max_bytes=config.pipeline.api_max_body_bytes)
     app.add_middleware(MetricsMiddleware)
     app.add_exception_handler(RequestValidationError, on_request_validation_error)
     app.add_exception_handler(ObservationError, on_observation_error)

@@ -10,7 +10,8 @@ starts two threads:
   the validator and other API replicas publish there) and, as a fallback for missed
   messages or a Redis outage, polling ``registry.best_checkpoint()`` every
   ``poll_interval_s``. A new best is verified and loaded *before* the swap; a corrupt
-  file is logged and the old model kept.
+  file, or one the registry does not vouch for (``trust.py``), is logged and the old
+  model kept.
 
 The API starts even when Redis or the database is unreachable; ``/readyz`` then says
 which dependency is missing (503), and the watcher reconnects on its own.
@@ -25,6 +26,7 @@ import logging
 import os
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from typing import Annotated, Any
 
 import torch
@@ -36,6 +38,8 @@ from services.api.inference import (
     ServedModel,
     load_served_model,
 )
+from services.api.status_cache import Refresher, read_database, read_redis
+from services.api.trust import checkpoint_roots, confined, trusted_files
 from shared.checkpoint_store import Promotion, promote
 from shared.config import Config
 from shared.learning.checkpoint import CheckpointError
@@ -76,6 +80,11 @@ class ApiState:
         self._failed: tuple | None = None  # the last (id, files) that failed to load, not retried until changed
         self._stop = threading.Event()
         self._watcher: threading.Thread | None = None
+        # Observations are built on threads of their own, so /v1/act never queues behind
+        # requests that wait on the registry in FastAPI's shared threadpool.
+        self.observation_pool = ThreadPoolExecutor(max_workers=4, thread_name_prefix="api-observation")
+        self.status_redis: Any = None  # the status refresher's client: short timeouts
+        self.status_sources: dict[str, Refresher] = {}
 
     # ---- lifecycle
     def open(self) -> None:
@@ -93,12 +102,42 @@ class ApiState:
         self.engine.start()
         self._watcher = threading.Thread(target=self._watch, name="api-best-watcher", daemon=True)
         self._watcher.start()
+        self._start_status()
+
+    def _start_status(self) -> None:
+        pipe = self.config.pipeline
+        url = resolve_redis_url(pipe.redis_url) if self._own_redis else None
+        self.status_redis = (
+            connect(url, socket_timeout=pipe.api_status_timeout_s, connect_timeout=pipe.api_status_timeout_s)
+            if url
+            else self.redis
+        )
+        self.status_sources = {
+            "redis": Refresher(
+                "redis", lambda: read_redis(self.status_redis, self.keys, self.config), pipe.api_status_refresh_s
+            ),
+            "database": Refresher(
+                "database",
+                lambda: read_database(self.ensure_registry, lambda: self.registry_error),
+                pipe.api_status_refresh_s,
+            ),
+        }
+        for source in self.status_sources.values():
+            source.start()
+        # Serve the first answers from real data when the dependencies respond quickly.
+        for source in self.status_sources.values():
+            source.wait_first(2 * pipe.api_status_timeout_s + 1.0)
 
     def close(self) -> None:
         self._stop.set()
+        for source in self.status_sources.values():
+            source.stop()
         if self._watcher is not None:
             self._watcher.join(5.0)
         self.engine.stop()
+        self.observation_pool.shutdown(wait=False, cancel_futures=True)
+        if self._own_redis and self.status_redis is not None:
+            self.status_redis.close()
         if self._own_redis and self.redis is not None:
             self.redis.close()
         if self._own_registry and self.registry is not None:
@@ -145,9 +184,11 @@ class ApiState:
     def on_best_message(self, data: bytes | str) -> bool:
         """Handle a best-channel message ``{checkpoint_id, path}``.
 
-        The message only says "the best changed": the registry says which checkpoint is
-        the best *now* (a message can arrive after a later promotion), so the served
-        model follows the registry. Only without a registry is the message's path used.
+        Anyone who can write to Redis can publish here, so the message is only a hint
+        that the best changed: the registry says which checkpoint is the best *now* (a
+        message can also arrive after a later promotion) and only its registered files
+        are loaded (:mod:`services.api.trust`). An announcement the registry does not
+        back is logged as refused; without a registry nothing is loaded.
         """
         try:
             message = json.loads(data)
@@ -157,16 +198,26 @@ class ApiState:
             log.warning("ignoring malformed %s message %r: %s", self.keys.best_channel, data[:200], exc)
             return False
         registry = self.ensure_registry()
-        if registry is not None:
-            return self.refresh_best()
-        if not hint:
-            log.warning("best checkpoint %s announced without a path and the registry is unavailable", checkpoint_id)
+        if registry is None:
+            log.warning(
+                "refusing best checkpoint %s (%s) announced on %s: the registry is unavailable and only "
+                "checkpoints it records are loaded; its poll will retry",
+                checkpoint_id,
+                hint,
+                self.keys.best_channel,
+            )
             return False
-        with self.load_lock:
-            current = self.holder.current
-            if current is not None and current.checkpoint_id == checkpoint_id:
-                return False
-            return self._load_paths(checkpoint_id, [hint], None)
+        announced = registry.get_checkpoint(checkpoint_id)
+        if announced is None:
+            log.warning("refusing best checkpoint %s (%s): not in the registry", checkpoint_id, hint)
+        elif hint and str(hint) not in (announced.path, announced.best_path):
+            log.warning(
+                "refusing the path %s announced for checkpoint %s: the registry records %s",
+                hint,
+                checkpoint_id,
+                announced.best_path or announced.path,
+            )
+        return self.refresh_best()
 
     def promote(self, record: CheckpointRecord) -> tuple[ServedModel, Promotion]:
         """Make `record` the best through the one promotion path
@@ -178,6 +229,8 @@ class ApiState:
         Raises CheckpointError / PromotionError / OSError when the file fails.
         """
         loaded: list[ServedModel] = []
+        if confined(record.path, checkpoint_roots(self.config)) is None:
+            raise CheckpointError(f"checkpoint {record.path} lies outside the checkpoint folders: not served")
 
         def load(data: bytes) -> None:
             served = load_served_model(record.path, record.id, self.config, self.device, expected_sha256=record.sha256)
@@ -192,19 +245,18 @@ class ApiState:
             self._failed = None
         return loaded[0], promotion
 
-    def _load_record(self, record: Any, hint: str | None = None) -> bool:
+    def _load_record(self, record: Any) -> bool:
         current = self.holder.current
         if current is not None and current.checkpoint_id == record.id:
             return False
-        candidates = [hint, getattr(record, "best_path", None), record.path]
-        return self._load_paths(record.id, candidates, getattr(record, "sha256", None))
+        paths, refused = trusted_files(record, self.config)
+        return self._load_paths(record.id, paths, record.sha256, refused)
 
-    def _load_paths(self, checkpoint_id: int, candidates: list[str | None], sha256: str | None) -> bool:
-        paths = list(dict.fromkeys(str(p) for p in candidates if p))
-        key = (checkpoint_id, tuple(_file_key(p) for p in paths))
+    def _load_paths(self, checkpoint_id: int, paths: list[str], sha256: str, refused: list[str]) -> bool:
+        key = (checkpoint_id, tuple(_file_key(p) for p in paths), tuple(refused))
         if key == self._failed:
             return False  # already reported; retried when a file changes
-        errors = []
+        errors = list(refused)
         for path in paths:
             try:
                 served = load_served_model(path, checkpoint_id, self.config, self.device, expected_sha256=sha256)
@@ -216,7 +268,7 @@ class ApiState:
             return True
         self._failed = key
         log.error(
-            "cannot load best checkpoint %s; keeping %s: %s",
+            "refusing best checkpoint %s; keeping %s: %s",
             checkpoint_id,
             describe_served(self.holder.current),
             " | ".join(errors) or "no file recorded",
@@ -302,7 +354,9 @@ def registry_call(fn, *args, **kwargs):
 # ----------------------------------------------------------------------------- dependencies
 
 
-def get_state(request: Request) -> ApiState:
+# async: FastAPI runs a sync dependency in its shared threadpool, so /v1/act, /status and
+# the health checks would otherwise still queue for a thread behind slow registry calls.
+async def get_state(request: Request) -> ApiState:
     state: ApiState = request.app.state.api
     return state
 
@@ -310,7 +364,7 @@ def get_state(request: Request) -> ApiState:
 State = Annotated[ApiState, Depends(get_state)]
 
 
-def get_config(state: State) -> Config:
+async def get_config(state: State) -> Config:
     return state.config
 
 
@@ -319,12 +373,12 @@ def get_registry(state: State) -> Any:
     return state.require_registry()
 
 
-def get_redis(state: State) -> Any:
+async def get_redis(state: State) -> Any:
     """The Redis client, or None when none is configured or it could not be opened."""
     return state.redis
 
 
-def require_token(state: State, authorization: Annotated[str | None, Header(max_length=4096)] = None) -> None:
+async def require_token(state: State, authorization: Annotated[str | None, Header(max_length=4096)] = None) -> None:
     """Bearer-token auth of the write endpoints: 403 when no ``pipeline.api_token`` is
     configured (writes disabled), 401 for a missing or wrong token."""
     token = state.config.pipeline.api_token

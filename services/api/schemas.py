@@ -196,6 +196,7 @@ class CheckpointOut(BaseModel):
     is_best: bool = False
     best_path: str | None = None
     latest_validation: ValidationOut | None = None
+    pruned_at: datetime | None = Field(None, description="when retention deleted its file (the record stays)")
 
 
 class Page(BaseModel):
@@ -257,7 +258,12 @@ class StatusResponse(BaseModel):
     latest_checkpoint: CheckpointOut | None = None
     best_checkpoint: CheckpointOut | None = None
     served_model: ServedModel | None = None
-    errors: dict[str, str] = Field(default_factory=dict, description="sections that could not be read, and why")
+    errors: dict[str, str] = Field(
+        default_factory=dict, description="sources (redis, database) whose data is missing, failed or stale, and why"
+    )
+    refreshed_at: dict[str, datetime | None] = Field(
+        default_factory=dict, description="when each source was last read successfully (refreshed in the background)"
+    )
 
 
 class PromoteResponse(BaseModel):

@@ -29,7 +29,7 @@ def _run(args: argparse.Namespace, config: Config) -> int:
     url = require_redis_url(config)
     setup_logging()
     device = pick_device(args.device)
-    start_metrics(args.metrics_port, config.pipeline.collector_metrics_port)
+    start_metrics(args.metrics_port, config.pipeline.collector_metrics_port, config.pipeline.metrics_host)
     stop = threading.Event()
     with stop_on_signals(stop):
         collector = Collector(

@@ -15,9 +15,11 @@ Each iteration does one *Redis round* and one *learning chunk*:
   acked. Entries the codec or the replay buffer refuses are dead-lettered and acked.
 * Learning chunk: as many learner steps as the ratio allows (at most ~1 s, so Redis
   is served regularly); every ``train.checkpoint_every`` steps an atomic checkpoint in
-  ``pipeline.checkpoints_dir/<run_id>``, then ``on_checkpoint(step, path, sha256)``
-  (by default: record it in the SQL registry and enqueue its validation), then the
-  weights are published (version = step).
+  ``pipeline.checkpoints_dir/<run_id>`` named ``ckpt-<step>-<lineage>.pt`` (a token
+  per trainer process: names never collide across resumes), then
+  ``on_checkpoint(step, path, sha256)`` (by default: record it in the SQL registry under
+  this trainer's lineage and enqueue its validation), then the weights are published
+  (version = step) -- only once registered -- and retention bounds the folder.
 
 A Redis outage only pauses the Redis rounds (exponential backoff with jitter, counted
 in ``REDIS_RECONNECTS{trainer}``); learning continues on what the buffer holds, and
@@ -35,6 +37,7 @@ import os
 import socket
 import threading
 import time
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -51,6 +54,7 @@ from shared.learning.checkpoint import (
     latest_checkpoint,
     load_checkpoint,
 )
+from shared.lineage import Lineage
 from shared.market import MarketData, open_market
 from shared.model.networks import StochasticMuZeroNet
 from shared.observability import (
@@ -61,6 +65,7 @@ from shared.observability import (
     STREAM_LAG,
 )
 from shared.registry import Registry
+from shared.retention import prune_checkpoints
 from shared.transport.connection import (
     REDIS_DOWN_ERRORS,
     Outage,
@@ -85,6 +90,7 @@ BLOCK_MS = 500  # XREADGROUP block when there is nothing to learn
 LEARN_CHUNK_S = 1.0
 STATUS_EVERY_S = 2.0
 CLAIM_EVERY_S = 5.0
+HOOK_RETRY_S = 5.0  # between registration attempts while the registry is unreachable
 
 
 @dataclass
@@ -103,6 +109,40 @@ class _Announcement:
     sha256: str
     checkpoint_id: int | None = None
     hooked: bool = False
+    dropped: bool = False  # refused by the registry: never published
+
+
+class RegistryHook:
+    """The default checkpoint hook: record each checkpoint in the SQL registry under this
+    trainer's lineage (``shared.lineage``), enqueue its validation (RQ), and apply
+    retention (``shared.retention``) to the folder.
+
+    Safe to call again for the same checkpoint after a Redis failure: the registry row
+    is written once, only the enqueue repeats.
+    """
+
+    def __init__(
+        self,
+        config: Config,
+        client: redis.Redis,
+        registry: Registry,
+        enqueue: Callable[[redis.Redis, Config, int], object],
+        lineage: str,
+    ) -> None:
+        self.config, self.client, self.registry, self.enqueue, self.token = config, client, registry, enqueue, lineage
+        pipe = config.pipeline
+        self.lineage = Lineage(registry, pipe.run_id, pipe.symbol, config.model_dump(mode="json"), lineage)
+        self.ids: dict[tuple[str, str], int] = {}
+
+    def __call__(self, step: int, path: Path, sha256: str) -> int:
+        key = (str(path), sha256)
+        if key not in self.ids:
+            self.ids[key] = self.lineage.register(step, path, sha256)
+        self.enqueue(self.client, self.config, self.ids[key])
+        return self.ids[key]
+
+    def prune(self, directory: Path) -> list[Path]:
+        return prune_checkpoints(self.registry, self.config, directory)
 
 
 def default_checkpoint_hook(
@@ -110,14 +150,11 @@ def default_checkpoint_hook(
     client: redis.Redis,
     registry: Registry | None = None,
     enqueue: Callable[[redis.Redis, Config, int], object] = enqueue_validation,
-) -> CheckpointHook | None:
-    """Record checkpoints in the SQL registry and enqueue their validation (RQ).
-
-    None (with a log line) when the registry cannot be opened. The returned hook is safe to call again for the same checkpoint
-    after a Redis failure: the registry row is written once, only the enqueue repeats.
-    `registry` (default: opened from ``pipeline.database_url``) and `enqueue` are the
-    registry and the enqueue function to use.
-    """
+    lineage: str | None = None,
+) -> RegistryHook | None:
+    """A :class:`RegistryHook` over `registry` (default: opened from
+    ``pipeline.database_url``); None (with a log line) when it cannot be opened.
+    `lineage`: the trainer's token for forked runs (default: a new one)."""
     if registry is None:
         try:
             registry = Registry(config.pipeline.database_url)
@@ -127,19 +164,12 @@ def default_checkpoint_hook(
                 config.pipeline.database_url,
             )
             return None
-    run_id, ids, state = config.pipeline.run_id, {}, {"run": False}
+    return RegistryHook(config, client, registry, enqueue, lineage or new_lineage())
 
-    def hook(step: int, path: Path, sha256: str) -> int | None:
-        if not state["run"]:
-            registry.ensure_run(run_id, config.pipeline.symbol, config.model_dump(mode="json"))
-            state["run"] = True
-        key = (str(path), sha256)
-        if key not in ids:
-            ids[key] = registry.add_checkpoint(run_id, step, str(path), sha256)
-        enqueue(client, config, ids[key])
-        return ids[key]
 
-    return hook
+def new_lineage() -> str:
+    """A short token naming one trainer process's checkpoints (``ckpt-<step>-<token>.pt``)."""
+    return uuid.uuid4().hex[:8]
 
 
 class Trainer:
@@ -177,6 +207,11 @@ class Trainer:
         # Absolute: the path is published to collectors and recorded in the registry.
         self.checkpoints_dir = (Path(pipe.checkpoints_dir) / pipe.run_id).resolve()
         self.hook = default_checkpoint_hook(config, client) if on_checkpoint is DEFAULT_HOOK else on_checkpoint
+        # In every file name: a trainer that resumed from an older checkpoint never
+        # overwrites a file an earlier process wrote (and registered) at the same step.
+        # The registry hook's token, so a forked run and its files share the name.
+        self.lineage: str = getattr(self.hook, "token", None) or new_lineage()
+        self._hook_retry_at = 0.0
         self.stats = TrainerStats(inserted_ids=[] if record_ids else None)
         self.ingest = StreamIngest(
             self.stream,
@@ -305,8 +340,8 @@ class Trainer:
 
     def _checkpoint(self) -> None:
         step = self.learner.steps
-        path = checkpoint_path(self.checkpoints_dir, step)
-        sha256 = self.learner.save(path, features_config=self.config.features)
+        path = checkpoint_path(self.checkpoints_dir, step, self.lineage)
+        sha256 = self.learner.save(path, features_config=self.config.features, exclusive=True)
         self.last_saved_step = step
         self.stats.checkpoints.append((step, str(path), sha256))
         self.announcements.append(_Announcement(step, path, sha256))
@@ -329,29 +364,56 @@ class Trainer:
         self._check_published = False
 
     def _announce(self) -> None:
-        """Register every queued checkpoint, then publish the newest. Redis errors
-        propagate (retried next round, already-registered ones are not registered
-        again); any other hook failure is logged and the checkpoint published anyway."""
+        """Register every queued checkpoint, then publish the newest registered one.
+
+        With a hook, a checkpoint is published only once registered: Redis errors
+        propagate (retried next round; registered ones are not registered again); a
+        registry outage keeps the queue for a retry every ``HOOK_RETRY_S``; a checkpoint
+        the registry refuses (``ValueError``: e.g. its registered file was replaced) is
+        dropped, never published. Without a hook (no registry) every checkpoint is
+        published as saved.
+        """
         if self._check_published:
             self._skip_if_published()
-        if not self.announcements:
-            return
         for item in self.announcements:
             if item.hooked:
                 continue
             if callable(self.hook):
+                if time.monotonic() < self._hook_retry_at:
+                    break
                 try:
                     item.checkpoint_id = self.hook(item.step, item.path, item.sha256)
                 except REDIS_DOWN_ERRORS:
                     raise
+                except ValueError:
+                    log.exception("checkpoint %s refused by the registry: not published", item.path)
+                    item.dropped = True
                 except Exception:
-                    log.exception("checkpoint hook failed for %s; publishing it unregistered", item.path)
+                    log.exception(
+                        "cannot register checkpoint %s (retrying in %gs): not published yet", item.path, HOOK_RETRY_S
+                    )
+                    self._hook_retry_at = time.monotonic() + HOOK_RETRY_S
+                    break
             item.hooked = True
-        newest = self.announcements[-1]
+        ready = [item for item in self.announcements if item.hooked and not item.dropped]
+        self.announcements = [item for item in self.announcements if not item.hooked]
+        if not ready:
+            return
+        newest = ready[-1]
         publish_model(self.redis, self.keys.model, newest.step, str(newest.path), newest.sha256, newest.checkpoint_id)
         self.stats.published.append(newest.step)
         log.info("published model version %d (%s)", newest.step, newest.path)
-        self.announcements = []
+        self._prune()
+
+    def _prune(self) -> None:
+        """Retention (``shared.retention``) through the hook; never stops the trainer."""
+        prune = getattr(self.hook, "prune", None)
+        if prune is None:
+            return
+        try:
+            prune(self.checkpoints_dir)
+        except Exception:
+            log.exception("checkpoint retention failed in %s; retried after the next checkpoint", self.checkpoints_dir)
 
     # ------------------------------------------------------------------ status
     def status(self) -> dict:

@@ -30,7 +30,7 @@ def _run(args: argparse.Namespace, config: Config) -> int:
     url = require_redis_url(config)
     setup_logging()
     device = pick_device(args.device)
-    start_metrics(args.metrics_port, config.pipeline.trainer_metrics_port)
+    start_metrics(args.metrics_port, config.pipeline.trainer_metrics_port, config.pipeline.metrics_host)
     stop = threading.Event()
     with stop_on_signals(stop):
         trainer = Trainer(config, stop, client=connect(url), max_steps=args.max_steps, device=device)

@@ -33,7 +33,7 @@ def _run(args: argparse.Namespace, config: Config) -> int:
 
     url = require_redis_url(config)
     setup_logging()
-    start_metrics(args.metrics_port, config.pipeline.validator_metrics_port)
+    start_metrics(args.metrics_port, config.pipeline.validator_metrics_port, config.pipeline.metrics_host)
     client = redis.Redis.from_url(url)
     try:
         client.ping()

@@ -1,6 +1,6 @@
 """Atomic, verifiable checkpoints (ARCHITECTURE §6).
 
-A checkpoint ``ckpt-<step>.pt`` is ``torch.save`` of a plain dict::
+A checkpoint ``ckpt-<step>[-<lineage>].pt`` is ``torch.save`` of a plain dict::
 
     {"format_version": 1, "step": int, "state_dict": {name: Tensor (cpu)},
      "optimizer": Adam state_dict or None, "config": {"model": {...}, "learning": {...} | None}}
@@ -16,6 +16,11 @@ fsynced; the sidecar is renamed into place first, then the checkpoint, then the
 directory is fsynced. A reader therefore never sees a checkpoint without its digest;
 a crash between the two renames leaves a sidecar without a checkpoint, which
 ``latest_checkpoint`` ignores.
+
+Names never collide across resumes: the trainer adds a ``<lineage>`` token of its own
+to every name, and saves with ``exclusive=True`` (an existing file is never replaced),
+so a trainer that resumed from an older checkpoint and re-reaches a step cannot
+overwrite the registered file of that step.
 """
 
 from __future__ import annotations
@@ -39,7 +44,7 @@ from shared.model import ModelConfig
 log = logging.getLogger(__name__)
 
 FORMAT_VERSION = 1
-_NAME = re.compile(r"^ckpt-(\d+)\.pt$")
+_NAME = re.compile(r"^ckpt-(\d+)(?:-([0-9a-z]{1,32}))?\.pt$")
 
 
 class CheckpointError(ValueError):
@@ -71,8 +76,26 @@ class Checkpoint:
         return None if features is None else FeatureConfig.model_validate(features)
 
 
-def checkpoint_path(directory: str | Path, step: int) -> Path:
-    return Path(directory) / f"ckpt-{step:09d}.pt"
+def checkpoint_path(directory: str | Path, step: int, lineage: str | None = None) -> Path:
+    """``ckpt-<step>.pt``, or ``ckpt-<step>-<lineage>.pt`` (`lineage`: lowercase letters and digits)."""
+    if lineage is not None and not re.fullmatch(r"[0-9a-z]{1,32}", lineage):
+        raise ValueError(f"lineage {lineage!r} must be 1-32 lowercase letters or digits")
+    return Path(directory) / (f"ckpt-{step:09d}.pt" if lineage is None else f"ckpt-{step:09d}-{lineage}.pt")
+
+
+def checkpoint_files(directory: str | Path) -> list[Path]:
+    """The ``ckpt-*.pt`` files in `directory`, newest first (by step, then modification time)."""
+    directory = Path(directory)
+    if not directory.is_dir():
+        return []
+    found = []
+    for path in directory.iterdir():
+        if (m := _NAME.match(path.name)) is not None:
+            try:
+                found.append((int(m.group(1)), path.stat().st_mtime_ns, path.name, path))
+            except FileNotFoundError:  # deleted meanwhile (retention)
+                continue
+    return [path for *_, path in sorted(found, reverse=True)]
 
 
 def sidecar_path(path: str | Path) -> Path:
@@ -88,8 +111,10 @@ def save_checkpoint(
     learning_config: LearningConfig | None = None,
     features_config: FeatureConfig | None = None,
     optimizer: torch.optim.Optimizer | None = None,
+    exclusive: bool = False,
 ) -> str:
-    """Write `model` (and optionally the optimizer) atomically; returns the file's sha256."""
+    """Write `model` (and optionally the optimizer) atomically; returns the file's sha256.
+    `exclusive`: FileExistsError rather than replace an existing file."""
     path = Path(path)
     model_config = model_config or getattr(model, "cfg", None)
     if model_config is None:
@@ -110,28 +135,35 @@ def save_checkpoint(
     torch.save(payload, buffer)
     data = buffer.getvalue()
     digest = hashlib.sha256(data).hexdigest()
-    write_checkpoint_bytes(path, data, digest)
+    write_checkpoint_bytes(path, data, digest, exclusive=exclusive)
     return digest
 
 
-def write_checkpoint_bytes(path: str | Path, data: bytes, digest: str) -> None:
+def write_checkpoint_bytes(path: str | Path, data: bytes, digest: str, *, exclusive: bool = False) -> None:
     """Write checkpoint bytes and their ``sha256sum`` sidecar, each atomically, sidecar
     first: a reader never sees a checkpoint without its digest. Also used to copy a
-    verified checkpoint (best.pt, history)."""
+    verified checkpoint (best.pt, history). `exclusive`: FileExistsError if `path`
+    exists (checked first, and again atomically when the file is linked into place)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    if exclusive and path.exists():
+        raise FileExistsError(f"checkpoint {path} exists: not overwriting it")
     _atomic_write(sidecar_path(path), f"{digest}  {path.name}\n".encode())
-    _atomic_write(path, data)
+    _atomic_write(path, data, exclusive=exclusive)
 
 
-def _atomic_write(path: Path, data: bytes) -> None:
+def _atomic_write(path: Path, data: bytes, *, exclusive: bool = False) -> None:
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
-        os.replace(tmp, path)
+        if exclusive:
+            os.link(tmp, path)  # atomic, and fails if `path` exists (os.replace would clobber it)
+            os.unlink(tmp)
+        else:
+            os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
@@ -198,12 +230,9 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
 
 
 def latest_checkpoint(directory: str | Path) -> Path | None:
-    """The highest-step ``ckpt-*.pt`` in `directory` whose sha256 verifies, or None."""
-    directory = Path(directory)
-    if not directory.is_dir():
-        return None
-    found = sorted(((int(m.group(1)), p) for p in directory.iterdir() if (m := _NAME.match(p.name))), reverse=True)
-    for _, path in found:
+    """The newest ``ckpt-*.pt`` in `directory` (highest step, then latest written) whose
+    sha256 verifies, or None."""
+    for path in checkpoint_files(directory):
         try:
             _verified_bytes(path)
         except CheckpointError as exc:

@@ -126,9 +126,10 @@ class Learner:
                 self.writer.add_histogram("learner/chance_codes", codes, self.steps)
         return metrics
 
-    def save(self, path: str | Path, features_config: FeatureConfig | None = None) -> str:
+    def save(self, path: str | Path, features_config: FeatureConfig | None = None, *, exclusive: bool = False) -> str:
         """Checkpoint model, optimizer and step count atomically; returns the file's sha256.
-        `features_config` records the inputs the model was trained on."""
+        `features_config` records the inputs the model was trained on; `exclusive`: never
+        replace an existing file (FileExistsError)."""
         return save_checkpoint(
             path,
             self.model,
@@ -136,6 +137,7 @@ class Learner:
             learning_config=self.config,
             features_config=features_config,
             optimizer=self.optimizer,
+            exclusive=exclusive,
         )
 
     def restore(self, checkpoint: Checkpoint) -> None:

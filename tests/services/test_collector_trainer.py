@@ -366,6 +366,9 @@ class FakeRegistry:
         self.checkpoints.append((run_id, step, path, sha256))
         return len(self.checkpoints)
 
+    def checkpoints_by_paths(self, paths):
+        return {}
+
 
 def test_default_hook_registers_once_even_when_enqueue_is_retried(config, client):
     registry, enqueued, failures = FakeRegistry(), [], [1]

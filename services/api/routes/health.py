@@ -1,4 +1,5 @@
-"""Health and Prometheus: ``/livez``, ``/readyz``, ``/metrics``."""
+"""Health and Prometheus: ``/livez``, ``/readyz``, ``/metrics`` -- all async, none touching
+Redis or the database on the request path, so none waits for a thread or a timeout."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ router = APIRouter()
 
 
 @router.get("/livez", tags=["health"], summary="The process is running")
-def livez() -> dict[str, str]:
+async def livez() -> dict[str, str]:
     return {"status": "ok"}
 
 
@@ -21,33 +22,20 @@ def livez() -> dict[str, str]:
     "/readyz",
     tags=["health"],
     response_model=S.ReadyResponse,
-    summary="200 when a model is loaded and Redis and the database answer; else 503",
+    summary="200 when a model is loaded and Redis and the database answered the last status refresh; else 503",
     responses={503: {"model": S.ReadyResponse}},
 )
-def readyz(state: State) -> JSONResponse:
-    checks: dict[str, S.Check] = {}
+async def readyz(state: State) -> JSONResponse:
+    """From the status cache (see ``status_cache.py``): fast, whatever Redis or the database do."""
     served = state.holder.current
-    checks["model"] = S.Check(ok=served is not None, detail=describe_served(served))
-    if state.redis is None:
-        checks["redis"] = S.Check(ok=False, detail="not configured (set pipeline.redis_url or REDIS_URL)")
-    else:
-        try:
-            checks["redis"] = S.Check(ok=bool(state.redis.ping()), detail="ping ok")
-        except Exception as exc:  # noqa: BLE001
-            checks["redis"] = S.Check(ok=False, detail=f"{type(exc).__name__}: {exc}")
-    reg = state.ensure_registry()
-    if reg is None:
-        checks["database"] = S.Check(ok=False, detail=f"cannot open: {state.registry_error}")
-    else:
-        try:
-            ok = reg.ping() is not False
-            checks["database"] = S.Check(ok=ok, detail="ping ok" if ok else "ping failed")
-        except Exception as exc:  # noqa: BLE001
-            checks["database"] = S.Check(ok=False, detail=f"{type(exc).__name__}: {exc}")
+    checks = {"model": S.Check(ok=served is not None, detail=describe_served(served))}
+    for name, source in state.status_sources.items():
+        problem = source.problem()
+        checks[name] = S.Check(ok=problem is None, detail=problem or "answered the last status refresh")
     body = S.ReadyResponse(ready=all(c.ok for c in checks.values()), checks=checks)
     return JSONResponse(status_code=200 if body.ready else 503, content=body.model_dump(mode="json"))
 
 
 @router.get("/metrics", include_in_schema=False)
-def metrics() -> Response:
+async def metrics() -> Response:
     return Response(generate_latest(REGISTRY), media_type=CONTENT_TYPE_LATEST)

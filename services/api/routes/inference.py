@@ -1,7 +1,8 @@
 """Inference: ``POST /v1/act``, the best checkpoint's greedy-search action.
 
-The endpoint is async: it builds the observation in the threadpool and awaits the
-inference thread's future, so waiting requests hold no thread.
+The endpoint is async: it builds the observation on the API's own observation threads
+(never FastAPI's shared pool, where registry calls may wait on the database) and awaits
+the inference thread's future, so waiting requests hold no thread.
 """
 
 from __future__ import annotations
@@ -11,7 +12,6 @@ from datetime import UTC, datetime, timedelta
 
 import numpy as np
 from fastapi import APIRouter, HTTPException
-from fastapi.concurrency import run_in_threadpool
 
 from services.api import schemas as S
 from services.api.deps import State
@@ -44,7 +44,8 @@ router = APIRouter(tags=["inference"])
 async def act(request: S.ActRequest, state: State) -> S.ActResponse:
     if state.holder.current is None:
         raise HTTPException(503, "no model is loaded yet: the registry has no loadable best checkpoint")
-    observation = await run_in_threadpool(build_observation, request, state.config)
+    loop = asyncio.get_running_loop()
+    observation = await loop.run_in_executor(state.observation_pool, build_observation, request, state.config)
     try:
         result = await asyncio.wrap_future(state.engine.submit(observation))
     except OverloadedError as exc:

@@ -1,60 +1,35 @@
-"""``/status``: where the pipeline stands (Redis status records, queue, registry)."""
+"""``/status``: where the pipeline stands, from the status cache (``status_cache.py``).
+
+Async and answered from snapshots the background refreshers keep: it never waits on
+Redis or the database, and never takes a thread from the shared pool.
+"""
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from typing import Any
 
 from fastapi import APIRouter
 
 from services.api import schemas as S
 from services.api.deps import State
-from shared.transport.jobs import validation_queue
-from shared.transport.status import read_heartbeats, read_trainer_status
 
 router = APIRouter()
 
 
 @router.get("/status", tags=["pipeline"], response_model=S.StatusResponse, summary="Where the pipeline stands")
-def status(state: State) -> S.StatusResponse:
-    config = state.config
-    errors: dict[str, str] = {}
+async def status(state: State) -> S.StatusResponse:
     out: dict[str, Any] = {
-        "validation_queue": S.QueueStatus(name=config.pipeline.validation_queue),
+        "validation_queue": S.QueueStatus(name=state.config.pipeline.validation_queue),
         "served_model": S.served_out(state.holder.current),
     }
-    r = state.redis
-    if r is None:
-        errors["redis"] = "not configured"
-    else:
-        try:
-            out["trainer"] = read_trainer_status(r, state.keys)
-            out["collectors"] = [
-                S.CollectorStatus(
-                    id=beat.id,
-                    episodes=beat.record.get("episodes"),
-                    model_version=beat.record.get("model_version"),
-                    env_steps_per_s=beat.record.get("env_steps_per_s"),
-                    ttl_s=beat.ttl_s,
-                )
-                for beat in read_heartbeats(r, state.keys)
-            ]
-        except Exception as exc:  # noqa: BLE001
-            errors["redis"] = f"{type(exc).__name__}: {exc}"
-        try:
-            q = validation_queue(r, config)
-            out["validation_queue"] = S.QueueStatus(
-                name=config.pipeline.validation_queue, depth=q.count, failed=q.failed_job_registry.count
-            )
-        except Exception as exc:  # noqa: BLE001
-            errors["validation_queue"] = f"{type(exc).__name__}: {exc}"
-    reg = state.ensure_registry()
-    if reg is None:
-        errors["database"] = f"cannot open: {state.registry_error}"
-    else:
-        try:
-            out["checkpoints_total"] = reg.count_checkpoints()
-            out["latest_checkpoint"] = S.checkpoint_out(reg.latest_checkpoint())
-            out["best_checkpoint"] = S.checkpoint_out(reg.best_checkpoint())
-        except Exception as exc:  # noqa: BLE001
-            errors["database"] = f"{type(exc).__name__}: {exc}"
-    return S.StatusResponse(errors=errors, **out)
+    errors: dict[str, str] = {}
+    refreshed: dict[str, datetime | None] = {}
+    for name, source in state.status_sources.items():
+        snapshot = source.snapshot
+        out.update(snapshot.data)  # the last good data, even when it is old (errors say so)
+        refreshed[name] = None if snapshot.refreshed_at is None else datetime.fromtimestamp(snapshot.refreshed_at, UTC)
+        problem = source.problem()
+        if problem is not None:
+            errors[name] = problem
+    return S.StatusResponse(errors=errors, refreshed_at=refreshed, **out)

@@ -61,6 +61,8 @@ def make_config(tmp: Path, name: str, **pipeline) -> Config:
             "database_url": f"sqlite:///{tmp / f'{name}.db'}",
             "redis_url": REDIS_URL,
             "best_dir": str(tmp / f"{name}-best"),
+            "checkpoints_dir": str(tmp / "ckpts"),  # where save_tiny writes: the API loads only from here and best_dir
+            "api_status_refresh_s": 0.2,
             **pipeline,
         },
     )
@@ -178,10 +180,16 @@ def test_livez_readyz_status(env):
     queue.enqueue("os.getcwd")
     queue.enqueue("os.getcwd")
 
-    status = client.get("/status")
-    assert status.status_code == 200, status.text
-    s = status.json()
-    assert s["errors"] == {}
+    # /status answers from a cache refreshed in the background (every 0.2 s here).
+    def refreshed():
+        status = client.get("/status")
+        assert status.status_code == 200, status.text
+        s = status.json()
+        return s if s["validation_queue"]["depth"] == 2 and len(s["collectors"]) == 2 else None
+
+    s = wait_for(refreshed, 10)
+    assert s, client.get("/status").text
+    assert s["errors"] == {} and set(s["refreshed_at"]) == {"redis", "database"}
     assert s["trainer"]["step"] == 1234 and s["trainer"]["losses"] == {"policy": 1.1}
     assert sorted(c["id"] for c in s["collectors"]) == ["c1", "c2"]
     c1 = next(c for c in s["collectors"] if c["id"] == "c1")

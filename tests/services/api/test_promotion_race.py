@@ -33,6 +33,7 @@ def config(tmp_path, monkeypatch) -> Config:
         pipeline={
             "database_url": f"sqlite:///{tmp_path / 'registry.db'}",
             "best_dir": str(tmp_path / "best"),
+            "checkpoints_dir": str(tmp_path / "ckpts"),  # the API serves only files in these two folders
             "api_token": TOKEN,
             "best_history": 3,
         },
