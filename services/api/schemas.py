@@ -257,6 +257,9 @@ class StatusResponse(BaseModel):
     latest_checkpoint: CheckpointOut | None = None
     best_checkpoint: CheckpointOut | None = None
     served_model: ServedModel | None = None
+    services: dict[str, Any] | None = Field(
+        None, description="`microzero up`'s supervised services: running, pid, restarts, last exit code"
+    )
     errors: dict[str, str] = Field(default_factory=dict, description="sections that could not be read, and why")
 
 

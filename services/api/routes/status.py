@@ -9,7 +9,7 @@ from fastapi import APIRouter
 from services.api import schemas as S
 from services.api.deps import State
 from shared.transport.jobs import validation_queue
-from shared.transport.status import read_heartbeats, read_trainer_status
+from shared.transport.status import read_heartbeats, read_supervisor_status, read_trainer_status
 
 router = APIRouter()
 
@@ -38,6 +38,7 @@ def status(state: State) -> S.StatusResponse:
                 )
                 for beat in read_heartbeats(r, state.keys)
             ]
+            out["services"] = (read_supervisor_status(r, state.keys) or {}).get("services")
         except Exception as exc:  # noqa: BLE001
             errors["redis"] = f"{type(exc).__name__}: {exc}"
         try:
