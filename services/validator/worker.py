@@ -17,17 +17,19 @@ failed registry with the reason (``RefusedJob``), never retried.
 
 * *Redis outage.* RQ's own loop quits on any Redis error outside its dequeue wait
   ("unhandled exception, quitting"), e.g. when a validation finishes while Redis is
-  away. :func:`serve` then waits for Redis with backoff, marks the job that was running
-  as abandoned and lets RQ's abandoned-job path (``StartedJobRegistry.cleanup``) retry
-  it, and starts a fresh worker. The re-run is cheap: the job skips checkpoints the
-  registry already holds an ``ok`` validation for (``validate_checkpoint``).
-* *Crash (SIGKILL, OOM).* While a job runs, a thread keeps its entry in RQ's started
-  registry alive every ``pipeline.validator_heartbeat_s`` seconds with a TTL of three
-  beats (RQ's ``SimpleWorker`` would hold it for the whole job timeout, 30 min), and
-  the worker's registry maintenance runs on that same period, so a job whose worker died
-  is retried within about a minute by whichever validator runs next. A crash counts as
-  one attempt of ``Retry(max=validation_retries)``: a checkpoint that kills the
-  validator every time cannot crash-loop it.
+  away. :func:`serve` then waits for Redis with backoff, hands the job that was running
+  back to the front of the queue (:func:`release_abandoned`) and starts a fresh worker
+  (whose RQ scheduler replaces the one the outage killed). The re-run is cheap: the job
+  skips checkpoints the registry already holds an ``ok`` validation for.
+* *Crash (SIGKILL, OOM).* RQ's abandoned-job path: while a job runs, a thread keeps its
+  entry in RQ's started registry alive every ``pipeline.validator_heartbeat_s`` seconds
+  with a TTL of three beats (RQ's ``SimpleWorker`` would hold it for the whole job
+  timeout, 30 min), and registry maintenance runs on that same period, so the next
+  validator finds the dead worker's job within about 30 s and ``StartedJobRegistry.
+  cleanup`` retries it per its ``Retry`` (through RQ's scheduler, whose lock a killed
+  scheduler holds for up to 61 s more). A crash counts as one attempt of
+  ``Retry(max=validation_retries)``: a checkpoint that kills the validator every time
+  cannot crash-loop it.
 * *SIGTERM / SIGINT* during a validation hands the job back: the validation is
   interrupted, the job returns to the front of the queue (no retry consumed) and the
   process exits at once, so a stop never waits out a validation (~75 s) nor leaves a
@@ -44,8 +46,8 @@ from collections.abc import Callable
 from typing import Any
 
 from rq import SimpleWorker, get_current_job
-from rq.job import Job
-from rq.registry import StartedJobRegistry
+from rq.exceptions import NoSuchJobError
+from rq.job import Job, JobStatus
 from rq.serializers import JSONSerializer
 from rq.utils import now
 
@@ -165,11 +167,18 @@ class ValidationWorker(SimpleWorker):
             super().handle_job_failure(job, queue, started_job_registry, exc_string, execution)
             return
         self._handing_back = None
-        with self.connection.pipeline() as pipe:
-            self.cleanup_execution(job, pipeline=pipe, execution=execution)
-            queue.enqueue_job(job, pipeline=pipe, at_front=True)
-            pipe.execute()
-        log.warning("validator: job %s handed back to the front of %s", job.id, queue.name)
+        hand_back(self, job, queue, execution)
+
+
+def hand_back(worker: SimpleWorker, job: Job, queue: Any, execution: Any) -> None:
+    """Return a job this worker started to the front of its queue, as if never started
+    (no retry consumed: it was interrupted, it did not fail)."""
+    with worker.connection.pipeline() as pipe:
+        pipe.multi()  # one transaction (enqueue_job insists on MULTI before any command)
+        worker.cleanup_execution(job, pipeline=pipe, execution=execution)
+        queue.enqueue_job(job, pipeline=pipe, at_front=True)
+        pipe.execute()
+    log.warning("validator: job %s handed back to the front of %s", job.id, queue.name)
 
 
 def build_worker(config: Config, redis_client: Any) -> ValidationWorker:
@@ -185,20 +194,21 @@ def build_worker(config: Config, redis_client: Any) -> ValidationWorker:
 
 
 def release_abandoned(worker: ValidationWorker) -> int:
-    """Mark the jobs a worker that quit was still running as abandoned *now*, and run
-    RQ's abandoned-job cleanup (retry per the job's ``Retry``, else failed). Returns how
-    many executions were released. Only for a worker known dead (it quit in this process)."""
-    executions = list(worker.executions.values())
-    for queue in worker.queues:
-        registry = StartedJobRegistry(
-            queue.name, connection=worker.connection, job_class=worker.job_class, serializer=worker.serializer
-        )
-        if executions:
-            # Score 0 = expired long ago: the cleanup below treats them as abandoned.
-            worker.connection.zadd(registry.key, {e.composite_key: 0 for e in executions}, xx=True)
-        registry.cleanup(exception_handlers=worker._exc_handlers)
+    """Hand back the jobs a worker that quit on a Redis error was still running (only for
+    a worker known dead: it quit in this process). Redis failed, not the job, so no retry
+    is consumed; a job that had in fact finished is left alone. Returns how many."""
+    released = 0
+    queues = {queue.name: queue for queue in worker.queues}
+    for execution in list(worker.executions.values()):
+        try:
+            job = worker.job_class.fetch(execution.job_id, connection=worker.connection, serializer=worker.serializer)
+        except NoSuchJobError:
+            continue
+        if job.get_status(refresh=False) == JobStatus.STARTED and job.origin in queues:
+            hand_back(worker, job, queues[job.origin], execution)
+            released += 1
     worker.executions.clear()
-    return len(executions)
+    return released
 
 
 def _quietly(action: Callable[[], Any]) -> None:
@@ -212,7 +222,7 @@ def serve(config: Config, client: Any, *, burst: bool = False, logging_level: st
     """Work the validation queue until SIGINT/SIGTERM (``burst``: until it is empty).
 
     When RQ's loop quits on an error (in practice: Redis went away), wait for Redis with
-    backoff, release the job that worker was running (:func:`release_abandoned`) and
+    backoff, hand back the job that worker was running (:func:`release_abandoned`) and
     start a fresh worker; restarts back off too, so a persistent bug cannot spin.
     """
     restarts = Backoff(base=1.0, cap=30.0)
@@ -242,9 +252,9 @@ def serve(config: Config, client: Any, *, burst: bool = False, logging_level: st
         try:
             released = release_abandoned(worker)
         except REDIS_DOWN_ERRORS as exc:
-            log.warning("validator: could not release the abandoned job yet (%s); RQ's maintenance will", exc)
+            log.warning("validator: could not hand back the interrupted job (%s); RQ's cleanup will retry it", exc)
         else:
             if released:
-                log.warning("validator: the interrupted job of worker %s was released for a retry", worker.name)
+                log.warning("validator: handed back the job worker %s was running", worker.name)
         if stop.is_set():
             return
