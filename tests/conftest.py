@@ -23,3 +23,15 @@ def one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+def pytest_collection_modifyitems(config, items) -> None:
+    """`docker` tests build an image and run the whole compose stack for many minutes:
+    the default run (the README's test command) leaves them out; `-m docker` runs them.
+    Not done with `-m 'not docker'` in addopts: a user's own `-m` would replace it."""
+    if "docker" in (config.option.markexpr or ""):
+        return
+    kept = [item for item in items if item.get_closest_marker("docker") is None]
+    if len(kept) < len(items):
+        config.hook.pytest_deselected(items=[item for item in items if item not in kept])
+        items[:] = kept

@@ -89,6 +89,8 @@ class Outage:
 
     def __init__(self, service: str, backoff: Backoff | None = None) -> None:
         self.service = service
+        # Export the counter at 0 from the start: "no reconnects" rather than "no data".
+        REDIS_RECONNECTS.labels(service)
         self.backoff = backoff or Backoff()
         self.down_since: float | None = None
         self.retry_at = 0.0

@@ -35,7 +35,13 @@ DASHBOARD = GRAFANA / "dashboards" / "microzero.json"
 DEPLOY_DOC = ROOT / "docs" / "DEPLOY.md"
 
 # Values for the variables compose interpolates, as an operator would set them.
-TEST_ENV = {"API_TOKEN": "test-token", "REDIS_PASSWORD": "redis-pw", "POSTGRES_PASSWORD": "pg-pw"}
+TEST_ENV = {
+    "API_TOKEN": "test-token",
+    "REDIS_PASSWORD": "redis-pw",
+    "POSTGRES_PASSWORD": "pg-pw",
+    "GRAFANA_ADMIN_PASSWORD": "grafana-pw",
+}
+SECRETS = ("REDIS_PASSWORD", "POSTGRES_PASSWORD", "GRAFANA_ADMIN_PASSWORD")
 
 
 # ---------------------------------------------------------------------------- helpers
@@ -286,8 +292,7 @@ def test_app_environment_is_a_valid_config_pointing_at_the_compose_services(serv
     assert env["REDIS_URL"] == pipeline.redis_url
     assert (redis.scheme, redis.hostname, redis.port) == ("redis", "redis", 6379)
     assert redis.password == TEST_ENV["REDIS_PASSWORD"]
-    redis_command = [_interpolate(a, TEST_ENV) for a in BASE["services"]["redis"]["command"]]
-    assert _flag(redis_command, "--requirepass") == redis.password
+    assert _env(BASE["services"]["redis"])["REDISCLI_AUTH"] == redis.password
 
     db = urlsplit(pipeline.database_url)
     postgres_env = _env(BASE["services"]["postgres"])
@@ -309,7 +314,8 @@ def test_app_environment_is_a_valid_config_pointing_at_the_compose_services(serv
 
 
 def test_an_unset_api_token_disables_promotion_rather_than_allowing_an_empty_one(monkeypatch) -> None:
-    env = {k: _interpolate(str(v), {}) for k, v in BASE["services"]["api"]["environment"].items()}
+    unset = {k: v for k, v in TEST_ENV.items() if k != "API_TOKEN"}
+    env = {k: _interpolate(str(v), unset) for k, v in BASE["services"]["api"]["environment"].items()}
     for key in [k for k in os.environ if k.startswith("MZ_")]:
         monkeypatch.delenv(key, raising=False)
     for key, value in env.items():
@@ -334,13 +340,73 @@ def test_gpu_override_reserves_gpus_and_builds_one_cuda_image() -> None:
     assert all(svc["build"]["dockerfile"] == "services/Dockerfile" for svc in apps.values())
 
 
+# ---------------------------------------------------------------------------- safe defaults
+
+
+def test_secrets_are_required_and_listed_in_env_example() -> None:
+    text = COMPOSE.read_text()
+    for secret in SECRETS:
+        uses = re.findall(r"\$\{" + secret + r"(:?[-?]?)", text)
+        assert uses and set(uses) == {":?"}, f"${{{secret}}} should always be required (${{{secret}:?...}}): {uses}"
+    example = dict(
+        line.split("=", 1) for line in (ROOT / ".env.example").read_text().splitlines() if line and line[0] != "#"
+    )
+    missing = (_variables(text) | _variables(COMPOSE_GPU.read_text())) - set(example)
+    assert not missing, f".env.example does not list {missing}"
+    assert all(not example[s] for s in SECRETS), "no default password in .env.example"
+
+
+def test_ports_are_published_on_localhost_unless_told_otherwise() -> None:
+    for name, svc in BASE["services"].items():
+        for port in svc.get("ports", []):
+            assert port.startswith("${MZ_BIND:-127.0.0.1}:"), f"{name}: {port}"
+            assert _interpolate(port, {}).startswith("127.0.0.1:")
+
+
+def test_grafana_has_no_anonymous_access() -> None:
+    assert _env(BASE["services"]["grafana"])["GF_AUTH_ANONYMOUS_ENABLED"] == "false"
+
+
+def test_no_password_in_any_process_arguments() -> None:
+    for name, svc in BASE["services"].items():
+        for key in ("command", "entrypoint"):
+            value = svc.get(key) or []
+            args = " ".join(_interpolate(a, TEST_ENV) for a in ([value] if isinstance(value, str) else value))
+            for secret in SECRETS:
+                assert TEST_ENV[secret] not in args, f"{name}'s {key} carries ${secret}"
+    redis = BASE["services"]["redis"]
+    assert "requirepass %s" in redis["command"][-1] and "$$REDISCLI_AUTH" in redis["command"][-1]
+    assert "redis-cli" in " ".join(redis["healthcheck"]["test"])  # authenticates through REDISCLI_AUTH
+
+
+def test_every_app_service_has_a_thread_count_a_cpu_limit_and_grace() -> None:
+    for name, svc in _app_services(BASE).items():
+        threads = int(_env(svc)["OMP_NUM_THREADS"])
+        assert 1 <= threads <= float(svc["cpus"]), f"{name}: {threads} threads on {svc['cpus']} CPUs"
+    # One validation takes about 75 s: `down` must not kill the validator inside a job.
+    grace = BASE["services"]["validator"]["stop_grace_period"]
+    assert grace.endswith("m") and int(grace[:-1]) >= 2, grace
+
+
+def test_dashboard_queries_select_the_exporting_job() -> None:
+    """Every process exports every metric (at 0 where unused): an aggregation over all of
+    them would show 0 instead of a negative score."""
+    for title, expr in _dashboard_exprs():
+        for name, selector in re.findall(r"\b(microzero_[a-z0-9_]+)(\{[^}]*\})?", expr):
+            assert re.search(r'\bjob=~?"', selector), f"panel {title!r}: {name} without a job selector: {expr}"
+
+
 # ---------------------------------------------------------------------------- image
 
 
 def test_dockerfile_builds_one_non_root_image_with_the_microzero_entrypoint() -> None:
     text = DOCKERFILE.read_text()
     assert re.search(r"^ARG PYTHON_IMAGE=python:3\.11-slim$", text, re.M)
-    assert "https://download.pytorch.org/whl/cpu" in text
+    assert re.search(r"^ARG TORCH_INDEX=https://download.pytorch.org/whl/cpu$", text, re.M)
+    # torch from its index alone (no fallback to PyPI's CUDA wheel); the rest pinned.
+    assert "--extra-index-url" not in text and '--index-url "$TORCH_INDEX" torch==2.13.0' in text
+    assert "pip install -c constraints.txt ." in text
+    assert not re.search(r"^#\s*syntax\s*=", text, re.M | re.I), "a syntax line makes builds need Docker Hub"
     users = re.findall(r"^USER\s+(\S+)", text, re.M)
     assert users and users[-1] not in ("root", "0")
     assert re.search(r'^ENTRYPOINT \["microzero"\]$', text, re.M)
@@ -350,6 +416,22 @@ def test_dockerfile_builds_one_non_root_image_with_the_microzero_entrypoint() ->
     ignored = DOCKERFILE.parent.parent.joinpath(".dockerignore").read_text().split()
     for entry in (".venv", "var", "runs", ".pytest_cache", ".git", ".env"):
         assert entry in ignored, entry
+
+
+def test_constraints_pin_every_dependency_and_the_tests_install_with_them() -> None:
+    import tomllib
+
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    wanted = project["dependencies"] + [d for extra in project["optional-dependencies"].values() for d in extra]
+    lines = (ROOT / "constraints.txt").read_text().splitlines()
+    pins = {re.sub(r"[-_.]+", "-", n.lower()): v for n, v in (line.split("==") for line in lines if line[:1] != "#")}
+    for requirement in wanted:
+        name = re.sub(r"[-_.]+", "-", re.split(r"[<>=!~ \[;]", requirement)[0].lower())
+        assert name in pins, f"constraints.txt does not pin {name}"
+    assert pins["torch"] == "2.13.0", "no local label: the CPU and CUDA wheels must both satisfy it"
+    readme = (ROOT / "README.md").read_text()
+    command = readme.split("<!-- test-command -->")[1].split("<!-- /test-command -->")[0]
+    assert "-c constraints.txt" in command
 
 
 # ---------------------------------------------------------------------------- prometheus
@@ -461,6 +543,8 @@ def test_deploy_doc_names_every_variable_and_url() -> None:
     for variable in _variables(COMPOSE.read_text()) | _variables(COMPOSE_GPU.read_text()):
         assert variable in doc, f"docs/DEPLOY.md does not mention ${variable}"
     for needle in (
+        "Compose v2",
+        ".env.example",
         "docker compose up -d --build",
         "docker-compose.gpu.yml",
         "--scale collector=",
