@@ -4,8 +4,8 @@ on PostgreSQL (each test in its own schema, dropped afterwards)."""
 from __future__ import annotations
 
 import math
-import sqlite3
 import os
+import sqlite3
 import threading
 import uuid
 from datetime import UTC, datetime, timedelta
