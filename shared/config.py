@@ -234,6 +234,9 @@ class PipelineConfig(BaseModel):
     validation_timeout_s: int = Field(1800, ge=1)
     validation_retries: int = Field(2, ge=0)
     validation_chunks: int = Field(16, ge=1, description="contiguous validation pieces backtested in parallel")
+    validator_heartbeat_s: int = Field(
+        10, ge=1, description="a running validation's heartbeat; three missed beats = abandoned, retried"
+    )
     api_host: str = "127.0.0.1"
     api_port: int = 8000
     api_token: str | None = Field(None, description="bearer token for POST /checkpoints/{id}/promote")

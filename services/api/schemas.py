@@ -264,6 +264,9 @@ class StatusResponse(BaseModel):
     refreshed_at: dict[str, datetime | None] = Field(
         default_factory=dict, description="when each source was last read successfully (refreshed in the background)"
     )
+    services: dict[str, Any] | None = Field(
+        None, description="`microzero up`'s supervised services: running, pid, restarts, last exit code"
+    )
 
 
 class PromoteResponse(BaseModel):

@@ -26,7 +26,7 @@ from services.api import schemas as S
 from shared.config import Config
 from shared.transport.jobs import validation_queue
 from shared.transport.keys import RedisKeys
-from shared.transport.status import read_heartbeats, read_trainer_status
+from shared.transport.status import read_heartbeats, read_supervisor_status, read_trainer_status
 
 log = logging.getLogger(__name__)
 
@@ -104,6 +104,7 @@ def read_redis(client: Any, keys: RedisKeys, config: Config) -> dict[str, Any]:
         "validation_queue": S.QueueStatus(
             name=config.pipeline.validation_queue, depth=queue.count, failed=queue.failed_job_registry.count
         ),
+        "services": (read_supervisor_status(client, keys) or {}).get("services"),
     }
 
 

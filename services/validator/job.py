@@ -27,11 +27,17 @@ Failures:
   job per ``Retry(max=validation_retries, interval=[5, 30])``.
 
 Every failed attempt counts in ``microzero_validations_total{status="failed"}``.
+
+**Idempotent by checkpoint id.** A checkpoint that already has an ``ok`` validation is
+not validated again: the job returns that validation's summary (``already_validated``)
+after making sure its promotion happened. So a job re-run after a crash or a Redis
+outage (``services.validator.worker``) never records a second validation.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import threading
 import time
 from typing import Any
@@ -51,7 +57,7 @@ from shared.observability import (
     VALIDATION_SCORE,
     VALIDATIONS,
 )
-from shared.registry import CheckpointRecord, Registry
+from shared.registry import CheckpointRecord, Registry, ValidationRecord
 from shared.transport.connection import connect, resolve_redis_url
 from shared.transport.keys import RedisKeys
 
@@ -123,6 +129,13 @@ def validate_checkpoint(checkpoint_id: int) -> dict[str, Any]:
         VALIDATIONS.labels(status="failed").inc()
         _no_retry()
         raise ValidationFailed(checkpoint_id, f"checkpoint {checkpoint_id} is not in the registry {registry!r}")
+    done = _ok_validation(registry, checkpoint_id)
+    if done is not None:
+        # A re-run (the worker died or lost Redis after the validation was recorded):
+        # validated exactly once; only make sure the promotion happened.
+        is_best = update_best(registry, config, record, done.score if done.score is not None else -math.inf)
+        log.info("checkpoint %d was already validated (validation %d); not validating again", checkpoint_id, done.id)
+        return _summary(record, done.id, done.score, is_best, done.duration_s, done.metrics or {}, already=True)
     try:
         metrics, score, equity = _backtest(registry, config, record)
     except ValidationFailed as exc:
@@ -161,16 +174,33 @@ def validate_checkpoint(checkpoint_id: int) -> dict[str, Any]:
         ", new best" if is_best else "",
         duration,
     )
-    summary = metrics.as_dict()
+    return _summary(record, validation_id, score, is_best, duration, metrics.as_dict(), already=False)
+
+
+def _ok_validation(registry: Registry, checkpoint_id: int) -> ValidationRecord | None:
+    return next((v for v in registry.list_validations(checkpoint_id=checkpoint_id) if v.status == "ok"), None)
+
+
+def _summary(
+    record: CheckpointRecord,
+    validation_id: int,
+    score: float | None,
+    is_best: bool,
+    duration: float,
+    metrics: dict[str, Any],
+    *,
+    already: bool,
+) -> dict[str, Any]:
     return {
-        "checkpoint_id": checkpoint_id,
+        "checkpoint_id": record.id,
         "run_id": record.run_id,
         "step": record.step,
         "validation_id": validation_id,
         "score": score,
         "is_best": is_best,
         "duration_s": round(duration, 3),
-        "metrics": {key: summary[key] for key in _SUMMARY},
+        "metrics": {key: metrics.get(key) for key in _SUMMARY},
+        "already_validated": already,
     }
 
 

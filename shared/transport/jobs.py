@@ -40,7 +40,8 @@ def enqueue_validation(redis: Any, config: Config, checkpoint_id: int) -> Job:
 
     The job id is ``validate-<checkpoint_id>``, so calling this again (the trainer does
     after a Redis hiccup) returns the job already waiting, scheduled or running instead of
-    queueing a duplicate; a finished or failed job of that id is replaced (validated again).
+    queueing a duplicate; a finished or failed job of that id is replaced (run again; the job itself skips a
+    checkpoint that already has an ``ok`` validation).
     JSON serializer (no pickle), ``job_timeout = validation_timeout_s``, and
     ``Retry(max=validation_retries, interval=[5, 30])`` for transient failures
     (``validation_retries = 0``: no retry).

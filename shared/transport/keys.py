@@ -8,6 +8,7 @@
                                   (also PUBLISHed on the channel of the same name)
     <prefix>:collector:<id>:heartbeat   JSON, expires after pipeline.heartbeat_ttl_s
     <prefix>:trainer:status       JSON, rewritten every few seconds by the trainer
+    <prefix>:up:status            JSON, ``microzero up``'s supervised services (restarts), with a TTL
     <prefix>:best                 pub/sub channel: {checkpoint_id, path} of a new best
     rq:queue:<validation_queue>   the RQ validation queue (RQ's own names)
 
@@ -32,6 +33,7 @@ class RedisKeys:
     episodes: str = f"{DEFAULT_PREFIX}:episodes"
     model: str = f"{DEFAULT_PREFIX}:model"
     trainer_status: str = f"{DEFAULT_PREFIX}:trainer:status"
+    supervisor_status: str = f"{DEFAULT_PREFIX}:up:status"
     collector_prefix: str = f"{DEFAULT_PREFIX}:collector:"
     collector_suffix: str = ":heartbeat"
     best_channel: str = f"{DEFAULT_PREFIX}:best"
@@ -55,6 +57,7 @@ class RedisKeys:
             episodes=episodes or f"{prefix}:episodes",
             model=model or f"{prefix}:model",
             trainer_status=f"{prefix}:trainer:status",
+            supervisor_status=f"{prefix}:up:status",
             collector_prefix=f"{prefix}:collector:",
             best_channel=f"{prefix}:best",
             validation_queue=queue or ("validation" if prefix == DEFAULT_PREFIX else f"{prefix}:validation"),

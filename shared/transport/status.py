@@ -1,9 +1,12 @@
-"""Status records in Redis: the trainer's status and the collectors' heartbeats.
+"""Status records in Redis: the trainer's status, the collectors' heartbeats and
+``microzero up``'s supervised services.
 
-Writers: the trainer (:func:`write_trainer_status`, every few seconds) and each
-collector (:func:`write_heartbeat`, with a TTL so a dead collector disappears).
-Readers: the API's ``/status`` and ``microzero up``'s status line
-(:func:`read_trainer_status`, :func:`read_heartbeats`). Key names: :class:`RedisKeys`.
+Writers: the trainer (:func:`write_trainer_status`, every few seconds), each collector
+(:func:`write_heartbeat`, with a TTL so a dead collector disappears) and ``microzero up``
+(:func:`write_supervisor_status`: each service's restarts, with a TTL so the record goes
+when ``up`` does). Readers: the API's ``/status`` and ``up``'s status line
+(:func:`read_trainer_status`, :func:`read_heartbeats`, :func:`read_supervisor_status`).
+Key names: :class:`RedisKeys`.
 """
 
 from __future__ import annotations
@@ -41,20 +44,36 @@ def delete_heartbeat(client: Any, keys: RedisKeys, collector_id: str) -> None:
     client.delete(keys.collector_heartbeat(collector_id))
 
 
-def read_trainer_status(client: Any, keys: RedisKeys) -> dict[str, Any] | None:
-    """The trainer's latest status (JSON-safe), None if none was written; a value that
-    is not a JSON object is reported inside a dict rather than raising."""
-    raw = client.get(keys.trainer_status)
+def write_supervisor_status(client: Any, keys: RedisKeys, services: dict[str, Any], ttl_s: int) -> None:
+    """``microzero up``'s view of its services: ``{services: {name: {running, pid,
+    restarts, last_exit_code}}}``; expires after `ttl_s` unless rewritten."""
+    write_json(client, keys.supervisor_status, {"services": services}, ttl_s=ttl_s)
+
+
+def _read_json(client: Any, key: str) -> dict[str, Any] | None:
+    """A JSON object stored at `key` (JSON-safe), None if absent; a value that is not a
+    JSON object is reported inside a dict rather than raising."""
+    raw = client.get(key)
     if raw is None:
         return None
     try:
-        status = json.loads(raw)
+        value = json.loads(raw)
     except ValueError:
-        return {"error": f"{keys.trainer_status} is not JSON"}
-    if not isinstance(status, dict):
-        status = {"value": status}
-    result: dict[str, Any] = json_safe(status)
+        return {"error": f"{key} is not JSON"}
+    if not isinstance(value, dict):
+        value = {"value": value}
+    result: dict[str, Any] = json_safe(value)
     return result
+
+
+def read_trainer_status(client: Any, keys: RedisKeys) -> dict[str, Any] | None:
+    """The trainer's latest status, None if none was written."""
+    return _read_json(client, keys.trainer_status)
+
+
+def read_supervisor_status(client: Any, keys: RedisKeys) -> dict[str, Any] | None:
+    """``microzero up``'s services and their restarts, None outside ``up``."""
+    return _read_json(client, keys.supervisor_status)
 
 
 def read_heartbeats(client: Any, keys: RedisKeys) -> list[Heartbeat]:

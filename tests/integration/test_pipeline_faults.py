@@ -1,4 +1,4 @@
-"""Faults: Redis stopped mid-run and restarted, and a trainer killed with SIGKILL.
+"""Faults: Redis stopped (SIGTERM) or killed (SIGKILL) mid-run and restarted, and a trainer killed with SIGKILL.
 
 Each test starts its own ``redis-server`` on a unix socket with AOF (``appendfsync
 always``) in ``tmp_path``, so a restart on the same socket keeps the stream, the group
@@ -81,10 +81,11 @@ class RedisServer:
             time.sleep(0.02)
         probe.close()
 
-    def stop(self) -> None:
-        """SIGTERM: Redis fsyncs its AOF and exits."""
+    def stop(self, sig: int = signal.SIGTERM) -> None:
+        """SIGTERM: Redis fsyncs its AOF and exits; SIGKILL: it dies on the spot (with
+        ``appendfsync always`` every acknowledged write is already in the AOF)."""
         if self.process is not None and self.process.poll() is None:
-            self.process.terminate()
+            self.process.send_signal(sig)
             self.process.wait(10)
         self.process = None
 
@@ -109,7 +110,8 @@ def market(config):
     return open_market(config, config.pipeline.symbol)
 
 
-def test_redis_restart_loses_no_episode_and_inserts_none_twice(config, market, server):
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGKILL], ids=["sigterm", "sigkill"])
+def test_redis_restart_loses_no_episode_and_inserts_none_twice(config, market, server, sig):
     n = 100
     reconnects = {s: sample("microzero_redis_reconnects_total", {"service": s}) for s in ("collector", "trainer")}
     stop_collector, stop_trainer = threading.Event(), threading.Event()
@@ -142,7 +144,7 @@ def test_redis_restart_loses_no_episode_and_inserts_none_twice(config, market, s
         # Mid-run: episodes flowing, weights published and played.
         wait_until(lambda: trainer.stats.inserted >= 20, 40, "a running pipeline", workers)
         assert collector.stats.played < n, "the collector finished before the outage; make it slower"
-        server.stop()
+        server.stop(sig)
         down_at = time.monotonic()
         played_at_stop = collector.stats.played
         # Both keep working without Redis: the collector plays into its queue, the trainer learns.

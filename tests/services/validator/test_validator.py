@@ -34,6 +34,7 @@ import pytest
 import redis
 import torch
 from prometheus_client import REGISTRY
+from rq import Retry
 from rq.job import Job, JobStatus
 from rq.serializers import JSONSerializer
 from sqlalchemy import text
@@ -467,3 +468,72 @@ def test_jobs_queued_under_the_old_dotted_path_still_run(env):
     env.work()
     assert env.job(cid).get_status() == JobStatus.FINISHED
     assert env.registry.get_checkpoint(cid).latest_validation.status == "ok"
+
+
+# --------------------------------------------------------------------------- the allow-list
+
+
+def write_marker(path: str) -> None:
+    """What a hostile job or callback would do, if it ran: leave a file behind."""
+    Path(path).write_text("ran")
+
+
+def test_jobs_outside_the_allow_list_are_refused_and_recorded_as_failed(env):
+    """Anyone who can write to Redis can queue any dotted name on the queue; the worker
+    must run only the validation job, and refuse the rest without importing them."""
+    from rq import Callback
+
+    from services.validator.worker import RefusedJob
+
+    queue = validation_queue(env.redis, env.config)
+    marker = env.tmp / "pwned"
+    cid = env.checkpoint(10)
+    hostile = [
+        queue.enqueue("os.system", f"touch {marker}", retry=Retry(max=2)),  # the issue's probe
+        queue.enqueue(f"{__name__}.write_marker", str(marker)),
+        # The right function, with a callback RQ would import and call after it.
+        queue.enqueue(validation.validate_checkpoint, cid, on_failure=Callback(f"{__name__}.write_marker")),
+        queue.enqueue(validation.validate_checkpoint, cid, on_success=Callback("os.system")),
+        queue.enqueue(validation.validate_checkpoint, "; rm -rf /"),  # not a checkpoint id
+        queue.enqueue(validation.validate_checkpoint, cid, extra=1),
+        queue.enqueue("microzero_module_that_does_not_exist.run"),  # refused before any import
+    ]
+    env.job_ids.update(job.id for job in hostile)
+    good = env.enqueue(cid)  # behind them: the worker goes on after refusing
+
+    env.work()
+
+    assert not marker.exists(), "a refused job ran"
+    assert "microzero_module_that_does_not_exist" not in sys.modules
+    for job in hostile:
+        job = Job.fetch(job.id, connection=env.redis, serializer=JSONSerializer)
+        assert job.get_status() == JobStatus.FAILED, job.func_name
+        assert job.retries_left in (None, 0)  # never retried
+        exc = job.latest_result().exc_string
+        assert RefusedJob.__name__ in exc and "it was not run" in exc, exc
+    exc = {
+        job.id: Job.fetch(job.id, connection=env.redis, serializer=JSONSerializer).latest_result().exc_string
+        for job in hostile
+    }
+    assert "'os.system' is not on the validator's allow-list" in exc[hostile[0].id]
+    assert "callbacks are not allowed" in exc[hostile[2].id] and "callbacks are not allowed" in exc[hostile[3].id]
+    assert "one integer checkpoint id" in exc[hostile[4].id] and "one integer checkpoint id" in exc[hostile[5].id]
+    assert env.job(cid).get_status() == JobStatus.FINISHED and good.id == f"validate-{cid}"
+    assert [v.status for v in env.registry.list_validations(checkpoint_id=cid)] == [
+        "ok"
+    ]  # refused ones recorded nothing
+
+
+def test_a_checkpoint_is_validated_once_however_often_its_job_runs(env):
+    """Re-running a job (after a crash or a Redis outage) does not validate again."""
+    cid = env.checkpoint(10)
+    env.enqueue(cid)
+    env.work()
+    first = env.job(cid).return_value()
+    assert first["already_validated"] is False
+    env.enqueue(cid)  # a finished job of that id is replaced: the job runs again
+    env.work()
+    again = env.job(cid).return_value()
+    assert again["already_validated"] is True
+    assert (again["validation_id"], again["score"], again["is_best"]) == (first["validation_id"], first["score"], True)
+    assert len(env.registry.list_validations(checkpoint_id=cid)) == 1
