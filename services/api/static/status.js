@@ -139,6 +139,19 @@ function renderStatus(s) {
   }
   if (!s.collectors.length) body.insertRow().insertCell().textContent = "no collector heartbeat";
   setText("collectors-count", `(${s.collectors.length} alive)`);
+
+  // Only under `microzero up`, whose supervisor reports its services.
+  const services = s.services && typeof s.services === "object" ? Object.entries(s.services) : [];
+  $("services-section").hidden = !services.length;
+  const rows = $("services").tBodies[0];
+  rows.replaceChildren();
+  for (const [name, v] of services) {
+    const row = rows.insertRow();
+    row.dataset.service = name;
+    for (const cell of [name, v.running ? "yes" : "no", String(v.pid ?? "–"), fmt(v.restarts), String(v.last_exit_code ?? "–")]) {
+      row.insertCell().textContent = cell;
+    }
+  }
 }
 
 function showErrors(errors) {

@@ -114,7 +114,8 @@ def text_of(dom: str, element_id: str) -> str:
 @pytest.fixture(scope="module")
 def site(tmp_path_factory):
     """test_api's server (checkpoints A best 1.5, B never traded, C corrupt, D), plus a
-    validation of D, an equity curve for A, a trainer status and two collectors."""
+    validation of D, an equity curve for A, a trainer status, two collectors and the
+    services of `microzero up`."""
     with serving(tmp_path_factory.mktemp("pages")) as env:
         r, keys, ids, registry = env["redis"], env["keys"], env["ids"], env["registry"]
         kw = {"error": None, "split": "validation", "duration_s": 1.0}
@@ -126,6 +127,11 @@ def site(tmp_path_factory):
         for cid, episodes in (("collector-a", 77), ("collector-b", 5)):
             beat = {"episodes": episodes, "model_version": 3, "env_steps_per_s": 900.0}
             r.set(f"{keys.collector_prefix}{cid}{keys.collector_suffix}", json.dumps(beat), ex=120)
+        services = {
+            "trainer": {"running": True, "pid": 4242, "restarts": 2, "last_exit_code": -9},
+            "validator": {"running": True, "pid": 4243, "restarts": 0, "last_exit_code": None},
+        }
+        r.set(keys.supervisor_status, json.dumps({"services": services}), ex=120)
         # /status answers from a cache refreshed every 0.2 s here.
         assert wait_for(lambda: len(env["client"].get("/status").json()["collectors"]) == 2, 10)
         yield {**env, "curve": curve}
@@ -176,6 +182,8 @@ def test_status_page_shows_progress_and_charts_and_refreshes(chromium, site, tmp
     elements = Elements(dom)
     rows = {a["data-collector"] for a in elements.find("tr") if a.get("data-collector")}
     assert rows == {"collector-a", "collector-b"}
+    restarts = re.search(r'data-service="trainer"><td>trainer</td><td>yes</td><td>4242</td><td>(\d+)</td>', dom)
+    assert restarts and restarts.group(1) == "2", dom[:3000]
     # The score chart: one mark per validated checkpoint, the best highlighted, the one
     # that never traded drawn apart.
     points = {int(a["data-checkpoint"] or -1): a["class"] for a in elements.find("circle", "point")}
