@@ -52,7 +52,7 @@ def _status_line(config: Config, redis, registry) -> str:
         parts.append(f"latest validation #{latest.checkpoint_id} {latest.status} score {score}")
     if best is not None:
         parts.append(f"best #{best.id} (step {best.step})")
-    parts.append(f"api http://{config.pipeline.api_host}:{config.pipeline.api_port}/docs")
+    parts.append(f"status page http://{config.pipeline.api_host}:{config.pipeline.api_port}/")
     return " | ".join(parts)
 
 

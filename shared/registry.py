@@ -9,7 +9,8 @@ Tables::
     checkpoints   id (int PK), run_id -> runs, step, path, sha256, created_at,
                   is_best, best_path, pruned_at           unique (run_id, step)
     validations   id (int PK), checkpoint_id -> checkpoints, status 'ok'|'failed',
-                  score, metrics (JSON), error, split, duration_s, created_at
+                  score, metrics (JSON), error, split, duration_s, created_at,
+                  equity (JSON, deferred)
 
 Decisions:
 
@@ -34,7 +35,11 @@ Decisions:
   status) raise ``ValueError`` with a message saying what is wrong.
 * ``pruned_at``: when retention (``shared.retention``) deleted the checkpoint's file;
   the row stays, so validations and lineage keep their history. Databases created
-  before the column existed get it added on open (the one migration so far).
+  before the column existed get it added on open, as does ``validations.equity``.
+* ``equity``: the validation backtest's equity curve, downsampled (``{"bars": N,
+  "pips": [...]}``, see ``services.validator.job.equity_curve``), for the status page.
+  Loaded only by :meth:`Registry.equity_curve`, never with the lists (deferred), so
+  ``/checkpoints`` and the status cache stay as light as before.
 """
 
 from __future__ import annotations
@@ -173,6 +178,7 @@ class ValidationRow(Base):
     split: Mapped[str] = mapped_column(String(32))
     duration_s: Mapped[float] = mapped_column(Float)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    equity: Mapped[dict[str, Any] | None] = mapped_column(JSON(none_as_null=True), nullable=True, deferred=True)
 
 
 # --------------------------------------------------------------------------- records
@@ -438,8 +444,10 @@ class Registry:
         error: str | None,
         split: str,
         duration_s: float,
+        equity: dict[str, Any] | None = None,
     ) -> int:
-        """Record one validation of a checkpoint; returns its id."""
+        """Record one validation of a checkpoint; returns its id. `equity`: its
+        downsampled equity curve (see the module doc), or None."""
         if status not in VALIDATION_STATUSES:
             raise ValueError(f"validation status must be one of {VALIDATION_STATUSES}, got {status!r}")
         if score is not None and math.isnan(score):
@@ -456,6 +464,7 @@ class Registry:
                 split=split,
                 duration_s=float(duration_s),
                 created_at=utcnow(),
+                equity=None if equity is None else json_safe(dict(equity)),
             )
             s.add(row)
             s.flush()
@@ -474,6 +483,23 @@ class Registry:
     def latest_validation(self, checkpoint_id: int | None = None) -> ValidationRecord | None:
         found = self.list_validations(limit=1, checkpoint_id=checkpoint_id)
         return found[0] if found else None
+
+    def equity_curve(self, checkpoint_id: int) -> tuple[ValidationRecord, dict[str, Any]] | None:
+        """The newest successful validation of `checkpoint_id` that stored an equity curve,
+        with that curve; None if there is none (older validators stored none)."""
+        query = (
+            select(ValidationRow, ValidationRow.equity)
+            .where(
+                ValidationRow.checkpoint_id == int(checkpoint_id),
+                ValidationRow.status == "ok",
+                ValidationRow.equity.is_not(None),
+            )
+            .order_by(ValidationRow.id.desc())
+            .limit(1)
+        )
+        with self._session() as s:
+            found = s.execute(query).first()
+            return None if found is None else (_validation_record(found[0]), found[1])
 
     # ------------------------------------------------------------------ health
 
@@ -504,11 +530,12 @@ class Registry:
 
 def _add_missing_columns(conn) -> None:
     """Columns added to a table after databases were created with it (``create_all`` makes
-    missing tables only): ``checkpoints.pruned_at``."""
-    present = {column["name"] for column in inspect(conn).get_columns("checkpoints")}
-    if "pruned_at" not in present:
-        kind = DateTime(timezone=True).compile(dialect=conn.dialect)
-        conn.execute(text(f"ALTER TABLE checkpoints ADD COLUMN pruned_at {kind}"))
+    missing tables only): ``checkpoints.pruned_at``, ``validations.equity``."""
+    added = (("checkpoints", "pruned_at", DateTime(timezone=True)), ("validations", "equity", JSON()))
+    for table, column, kind in added:
+        present = {c["name"] for c in inspect(conn).get_columns(table)}
+        if column not in present:
+            conn.execute(text(f"ALTER TABLE {table} ADD COLUMN {column} {kind.compile(dialect=conn.dialect)}"))
 
 
 def _limit(limit: int) -> int:

@@ -6,7 +6,8 @@
   the dependencies the routes declare (registry, Redis, auth);
 * ``routes/``: one ``APIRouter`` per concern -- ``health`` (``/livez``, ``/readyz``,
   ``/metrics``), ``status``, ``registry`` (checkpoints, validations, promote),
-  ``inference`` (``/v1/act``);
+  ``inference`` (``/v1/act``), ``pages`` (the status page at ``/``, ``/docs`` and
+  ``/redoc`` from installed files: they work offline);
 * ``schemas.py``: the pydantic request/response models; ``inference.py``: the served
   model, the observation builders and the batched inference thread.
 
@@ -38,7 +39,7 @@ from fastapi.responses import JSONResponse
 from services.api.deps import ApiState
 from services.api.inference import ObservationError
 from services.api.limits import BodySizeLimit
-from services.api.routes import health, inference, status
+from services.api.routes import health, inference, pages, status
 from services.api.routes import registry as registry_routes
 from shared.config import Config
 from shared.device import pick_device
@@ -91,6 +92,8 @@ def create_app(
         description="Status of the microzero pipeline, its checkpoint registry, and greedy-search inference "
         "with the best validated checkpoint.",
         lifespan=lifespan,
+        docs_url=None,  # served by routes/pages.py from installed files, not a CDN
+        redoc_url=None,
     )
     app.state.api = state
     # Added first, so it runs inside MetricsMiddleware: refusals are counted too.
@@ -98,8 +101,9 @@ def create_app(
     app.add_middleware(MetricsMiddleware)
     app.add_exception_handler(RequestValidationError, on_request_validation_error)
     app.add_exception_handler(ObservationError, on_observation_error)
-    for module in (health, status, registry_routes, inference):
+    for module in (health, status, registry_routes, inference, pages):
         app.include_router(module.router)
+    pages.mount_assets(app)
     return app
 
 

@@ -9,7 +9,7 @@ def register(subparsers) -> None:
     parser = subparsers.add_parser(
         "api",
         help="serve the HTTP API: status, registry, /v1/act inference, /metrics",
-        description="Serve the microzero HTTP API with uvicorn (docs at /docs).",
+        description="Serve the microzero HTTP API with uvicorn (status page at /, docs at /docs).",
     )
     parser.add_argument("--host", default=None, help="bind address (default: config pipeline.api_host)")
     parser.add_argument("--port", type=int, default=None, help="port (default: config pipeline.api_port)")

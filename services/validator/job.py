@@ -3,8 +3,10 @@
 The trainer records each checkpoint in the SQL registry and enqueues its validation
 (``shared.transport.jobs.enqueue_validation``); a validator (``microzero validator``,
 an RQ worker) runs :func:`validate_checkpoint`, which backtests the checkpoint greedily
-over the *whole* validation split (``shared.training.evaluate``), stores the metrics
-and the score (:mod:`services.validator.scoring`), and hands it to the one promotion
+over the *whole* validation split (``shared.training.evaluate``), stores the metrics,
+the score (:mod:`services.validator.scoring`) and the equity curve downsampled to at
+most :data:`EQUITY_POINTS` points (:func:`equity_curve`, drawn by the API's status
+page), and hands it to the one promotion
 path, ``shared.checkpoint_store.promote``: when the score beats the best so far the
 file is copied to ``best_dir/best.pt`` (plus a history copy), flagged with
 ``registry.set_best`` and published on the Redis channel ``mz:best`` so the API
@@ -40,6 +42,7 @@ import threading
 import time
 from typing import Any
 
+import numpy as np
 import torch
 from rq import get_current_job
 
@@ -61,6 +64,9 @@ from shared.transport.keys import RedisKeys
 log = logging.getLogger(__name__)
 
 VALIDATION_SPLIT = "validation"
+# Points kept of the validation equity curve: enough for a chart a few hundred pixels
+# wide, small enough (a few KB of JSON) to store with every validation.
+EQUITY_POINTS = 200
 _SUMMARY = (
     "trades",
     "win_rate",
@@ -131,7 +137,7 @@ def validate_checkpoint(checkpoint_id: int) -> dict[str, Any]:
         log.info("checkpoint %d was already validated (validation %d); not validating again", checkpoint_id, done.id)
         return _summary(record, done.id, done.score, is_best, done.duration_s, done.metrics or {}, already=True)
     try:
-        metrics, score = _backtest(registry, config, record)
+        metrics, score, equity = _backtest(registry, config, record)
     except ValidationFailed as exc:
         _record_failure(registry, record, exc.reason, started)
         _no_retry()
@@ -149,6 +155,7 @@ def validate_checkpoint(checkpoint_id: int) -> dict[str, Any]:
         error=None,
         split=VALIDATION_SPLIT,
         duration_s=duration,
+        equity=equity,
     )
     VALIDATIONS.labels(status="ok").inc()
     VALIDATION_DURATION.observe(duration)
@@ -210,8 +217,11 @@ def _record_failure(registry: Registry, record: CheckpointRecord, reason: str, s
         log.exception("cannot record the failed validation of checkpoint %d", record.id)
 
 
-def _backtest(registry: Registry, config: Config, record: CheckpointRecord) -> tuple[TradingMetrics, float]:
-    """Load, check and backtest the checkpoint; ValidationFailed for deterministic problems."""
+def _backtest(
+    registry: Registry, config: Config, record: CheckpointRecord
+) -> tuple[TradingMetrics, float, dict[str, Any]]:
+    """Load, check and backtest the checkpoint; ValidationFailed for deterministic problems.
+    Returns the metrics, the score and the downsampled equity curve."""
     from shared.data.store import UnknownSymbolError
     from shared.learning.checkpoint import CheckpointError, load_checkpoint
     from shared.market import open_market
@@ -267,7 +277,17 @@ def _backtest(registry: Registry, config: Config, record: CheckpointRecord) -> t
         trade_amddp1=result.trades.amddp1,
         n_trials=n_trials,
     )
-    return metrics, quality_score(metrics, config)
+    return metrics, quality_score(metrics, config), equity_curve(result.bar_pnl)
+
+
+def equity_curve(bar_pnl: np.ndarray, points: int = EQUITY_POINTS) -> dict[str, Any]:
+    """The cumulative pips after each decision bar, starting at 0, sampled at `points`
+    evenly spaced bars (the first and last included): ``{"bars": N, "pips": [...]}``,
+    point i at bar round(i * N / (len(pips) - 1)). Sampling keeps the shape, not every
+    extreme: the exact drawdown is in the metrics."""
+    equity = np.concatenate([[0.0], np.cumsum(np.asarray(bar_pnl, dtype=np.float64))])
+    at = np.linspace(0, len(equity) - 1, min(points, len(equity))).round().astype(np.int64)
+    return {"bars": len(equity) - 1, "pips": [round(float(v), 2) for v in equity[at]]}
 
 
 def update_best(registry: Registry, config: Config, record: CheckpointRecord, score: float) -> bool:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 import os
+import sqlite3
 import threading
 import uuid
 from datetime import UTC, datetime, timedelta
@@ -288,3 +289,33 @@ def test_ping_false_when_database_unreachable():
     dead.engine = create_engine("postgresql+psycopg2://nobody@127.0.0.1:1/none", connect_args={"connect_timeout": 1})
     assert dead.ping() is False
     dead.engine.dispose()
+
+
+def test_equity_curve_of_the_newest_ok_validation_that_stored_one(registry):
+    registry.ensure_run("r", "EURUSD", {})
+    c1 = registry.add_checkpoint("r", 1, "/1.pt", SHA[1])
+    assert registry.equity_curve(c1) is None
+    kw = {"metrics": {}, "error": None, "split": "validation", "duration_s": 1.0}
+    registry.add_validation(c1, "ok", score=1.0, **kw)  # an older validator stored no curve
+    assert registry.equity_curve(c1) is None
+    curve = {"bars": 3, "pips": [0.0, 1.5, float("nan")]}
+    v2 = registry.add_validation(c1, "ok", score=1.0, equity=curve, **kw)
+    registry.add_validation(c1, "failed", score=None, **{**kw, "metrics": None, "error": "boom"})
+    record, stored = registry.equity_curve(c1)
+    assert record.id == v2 and record.status == "ok"
+    assert stored == {"bars": 3, "pips": [0.0, 1.5, None]}  # strict JSON, as the metrics
+    assert registry.equity_curve(999) is None
+
+
+def test_registry_adds_equity_to_an_older_validations_table(tmp_path):
+    db = tmp_path / "old.db"
+    Registry(f"sqlite:///{db}").close()
+    with sqlite3.connect(db) as conn:  # the table as created before the column existed
+        conn.execute("ALTER TABLE validations DROP COLUMN equity")
+    registry = Registry(f"sqlite:///{db}")
+    registry.ensure_run("r", "EURUSD", {})
+    c1 = registry.add_checkpoint("r", 1, "/1.pt", SHA[1])
+    kw = {"metrics": {}, "error": None, "split": "validation", "duration_s": 1.0}
+    registry.add_validation(c1, "ok", score=1.0, equity={"bars": 1, "pips": [0.0]}, **kw)
+    assert registry.equity_curve(c1)[1] == {"bars": 1, "pips": [0.0]}
+    registry.close()

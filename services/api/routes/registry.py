@@ -1,4 +1,5 @@
-"""The registry: checkpoints, validations, and promoting a checkpoint to best."""
+"""The registry: checkpoints, validations, a checkpoint's validation equity curve, and
+promoting a checkpoint to best."""
 
 from __future__ import annotations
 
@@ -6,10 +7,12 @@ import logging
 
 from fastapi import APIRouter, Depends, HTTPException, Query
 from fastapi import Path as PathParam
+from pydantic import BaseModel, Field
 
 from services.api import schemas as S
 from services.api.deps import RegistryDep, State, registry_call, require_token
 from shared.checkpoint_store import PromotionError
+from shared.jsonsafe import JsonFloat
 from shared.learning.checkpoint import CheckpointError
 
 log = logging.getLogger(__name__)
@@ -39,6 +42,39 @@ def get_checkpoint(reg: RegistryDep, checkpoint_id: int = PathParam(ge=0, le=2**
     if record is None:
         raise HTTPException(404, f"checkpoint {checkpoint_id} is not in the registry")
     return S.checkpoint_out(record)
+
+
+class EquityCurveOut(BaseModel):
+    """The curve the validator stored (``services.validator.job.equity_curve``); the status page draws it."""
+
+    checkpoint_id: int
+    validation_id: int = Field(description="the validation that backtested it")
+    split: str
+    bars: int = Field(description="decision bars of the backtest")
+    pips: list[JsonFloat | None] = Field(
+        description="cumulative net pips, starting at 0, at evenly spaced bars (point i at bar "
+        "round(i * bars / (len(pips) - 1))), the first and last included"
+    )
+
+
+@router.get(
+    "/checkpoints/{checkpoint_id}/equity",
+    response_model=EquityCurveOut,
+    summary="The equity curve of a checkpoint's newest successful validation, downsampled",
+    responses={404: {"description": "unknown checkpoint, or no validation of it stored a curve"}},
+)
+def checkpoint_equity(reg: RegistryDep, checkpoint_id: int = PathParam(ge=0, le=2**62)) -> EquityCurveOut:
+    found = registry_call(reg.equity_curve, checkpoint_id)
+    if found is None:
+        raise HTTPException(404, f"checkpoint {checkpoint_id} has no validation with an equity curve")
+    validation, equity = found
+    return EquityCurveOut(
+        checkpoint_id=checkpoint_id,
+        validation_id=validation.id,
+        split=validation.split,
+        bars=int(equity.get("bars") or 0),
+        pips=list(equity.get("pips") or []),
+    )
 
 
 @router.get("/validations", response_model=S.ValidationPage, summary="Validations, newest first")

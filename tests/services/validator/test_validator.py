@@ -29,6 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
+import numpy as np
 import pytest
 import redis
 import torch
@@ -39,7 +40,7 @@ from rq.serializers import JSONSerializer
 from sqlalchemy import text
 
 from services.validator import job as validation
-from services.validator.job import ValidationFailed, update_best
+from services.validator.job import EQUITY_POINTS, ValidationFailed, equity_curve, update_best
 from services.validator.main import register
 from services.validator.scoring import quality_score
 from services.validator.worker import build_worker
@@ -207,6 +208,13 @@ def test_quality_score_definition():
     assert quality_score(compute_metrics([], [0.0, 0.0], 6240.0, trade_amddp1=[]), pipe) == -math.inf
 
 
+def test_equity_curve_is_downsampled_with_both_ends():
+    curve = equity_curve(np.ones(999))
+    assert curve["bars"] == 999 and len(curve["pips"]) == EQUITY_POINTS
+    assert curve["pips"][0] == 0 and curve["pips"][-1] == 999 and curve["pips"] == sorted(curve["pips"])
+    assert equity_curve(np.array([1.004, -2.0]), points=10) == {"bars": 2, "pips": [0.0, 1.0, -1.0]}
+
+
 # --------------------------------------------------------------------------- end to end
 
 
@@ -242,6 +250,10 @@ def test_worker_validates_and_keeps_the_best(env):
         assert v.score == quality_score(v.metrics, env.config)
         assert (result["checkpoint_id"], result["step"], result["score"]) == (cid, record.step, v.score)
         assert result["metrics"]["trades"] == v.metrics["trades"]
+        # The status page's equity curve: every bar, downsampled, ending at the total.
+        _, equity = env.registry.equity_curve(cid)
+        assert equity["bars"] == v.metrics["bars"] and len(equity["pips"]) == EQUITY_POINTS
+        assert equity["pips"][0] == 0 and equity["pips"][-1] == pytest.approx(v.metrics["total_pips"], abs=0.01)
         scores[cid] = v.score
     assert scores[flat_id] == -math.inf  # never trades, never best
     assert env.registry.get_checkpoint(long_id).latest_validation.metrics["trades"] >= 4  # one per chunk
