@@ -36,13 +36,13 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
 from services.api.deps import ApiState
-from services.api.inference import ObservationError
 from services.api.limits import BodySizeLimit
-from services.api.routes import health, inference, status
+from services.api.routes import health, inference, sessions, status
 from services.api.routes import registry as registry_routes
 from shared.config import Config
 from shared.device import pick_device
 from shared.observability import API_LATENCY, API_REQUESTS
+from shared.serving.observation import ObservationError
 from shared.transport.keys import RedisKeys
 
 _METHODS = frozenset({"GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"})
@@ -98,7 +98,7 @@ def create_app(
     app.add_middleware(MetricsMiddleware)
     app.add_exception_handler(RequestValidationError, on_request_validation_error)
     app.add_exception_handler(ObservationError, on_observation_error)
-    for module in (health, status, registry_routes, inference):
+    for module in (health, status, registry_routes, inference, sessions):
         app.include_router(module.router)
     return app
 
@@ -110,7 +110,7 @@ async def on_request_validation_error(request: Request, exc: Exception) -> JSONR
 
 async def on_observation_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, ObservationError)
-    return validation_response([{"loc": exc.loc, "msg": exc.msg, "type": "value_error"}])
+    return validation_response([{"loc": ("body", *exc.loc), "msg": exc.msg, "type": "value_error"}])
 
 
 class MetricsMiddleware:
