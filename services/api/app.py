@@ -6,9 +6,9 @@
   the dependencies the routes declare (registry, Redis, auth);
 * ``routes/``: one ``APIRouter`` per concern -- ``health`` (``/livez``, ``/readyz``,
   ``/metrics``), ``status``, ``registry`` (checkpoints, validations, promote),
-  ``inference`` (``/v1/act``);
+  ``inference`` (``/v1/act``, ``/v1/act/batch``), ``sessions`` (``/v1/sessions``);
 * ``schemas.py``: the pydantic request/response models; ``inference.py``: the served
-  model, the observation builders and the batched inference thread.
+  model's holder and the batched inference thread over the library's ``shared.serving``.
 
 Decisions:
 * Endpoints reading the registry are sync functions (FastAPI runs them in its
