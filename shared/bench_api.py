@@ -193,3 +193,63 @@ def served_untrained_model(config: Config) -> Iterator[str]:
             except subprocess.TimeoutExpired:
                 server.kill()
                 server.wait()
+
+
+def request_phases(
+    config: Config, payload: dict[str, Any], batch_sizes: tuple[int, ...] = (1, 8), repeats: int = 20
+) -> dict[str, float]:
+    """Where a ``/v1/act`` request's time goes, measured in this process on the model
+    ``served_untrained_model`` serves (same config, same seed), one torch thread like the
+    API's inference thread: JSON parse + validation, observation, and the bare greedy
+    search (``shared.serving.decide``) at each batch size. Median ms of `repeats`."""
+    import json
+
+    import torch
+
+    from shared.learning.checkpoint import save_checkpoint
+    from shared.model.networks import StochasticMuZeroNet
+    from shared.serving.decide import decide
+    from shared.serving.model import load_served_model
+    from shared.serving.observation import observation_from_bars
+    from shared.serving.schemas import ActRequest, bars_from_wire
+
+    with tempfile.TemporaryDirectory(prefix="mz-bench-search-") as tmp:
+        path = Path(tmp) / "ckpt-000000001.pt"
+        torch.manual_seed(0)
+        save_checkpoint(path, StochasticMuZeroNet(config.model), 1)
+        served = load_served_model(path, 1, config, "cpu")
+    raw = json.dumps(payload)
+
+    def parse() -> ActRequest:
+        return ActRequest.model_validate_json(raw)
+
+    request = parse()
+    position = request.position
+    assert request.bars is not None and position is not None
+
+    def observe():
+        assert request.bars is not None
+        return observation_from_bars(
+            bars_from_wire(request.bars), position.side, position.bars_held, request.symbol or "EURUSD", served.config
+        )
+
+    obs = observe()
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        out = {"parse_ms": _median_ms(parse, repeats), "observation_ms": _median_ms(observe, repeats)}
+        for b in batch_sizes:
+            out[f"search_b{b}_ms"] = _median_ms(lambda n=b: decide(served, [obs] * n), repeats)
+    finally:
+        torch.set_num_threads(threads)
+    return out
+
+
+def _median_ms(fn: Any, repeats: int) -> float:
+    fn()  # warm-up
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return float(np.median(times) * 1000.0)

@@ -246,6 +246,9 @@ class PipelineConfig(BaseModel):
     api_max_body_bytes: int = Field(4 * 1024 * 1024, ge=1024, description="larger request bodies get 413")
     api_status_refresh_s: float = Field(2.0, gt=0, description="how often /status and /readyz data are refreshed")
     api_status_timeout_s: float = Field(0.5, gt=0, description="socket timeout of the status refresher's Redis calls")
+    api_session_ttl_s: int = Field(
+        3 * 24 * 3600, ge=1, description="a streaming session expires this long after its latest request"
+    )
     metrics_host: str = Field("127.0.0.1", description="bind address of the services' /metrics (0.0.0.0 in containers)")
     collector_metrics_port: int = Field(9101, description="0 = any free port")
     trainer_metrics_port: int = 9102

@@ -6,10 +6,11 @@
   the dependencies the routes declare (registry, Redis, auth);
 * ``routes/``: one ``APIRouter`` per concern -- ``health`` (``/livez``, ``/readyz``,
   ``/metrics``), ``status``, ``registry`` (checkpoints, validations, promote),
-  ``inference`` (``/v1/act``), ``pages`` (the status page at ``/``, ``/docs`` and
-  ``/redoc`` from installed files: they work offline);
+  ``inference`` (``/v1/act``, ``/v1/act/batch``), ``sessions`` (``/v1/sessions``),
+  ``pages`` (the status page at ``/``, ``/docs`` and ``/redoc`` from installed files:
+  they work offline);
 * ``schemas.py``: the pydantic request/response models; ``inference.py``: the served
-  model, the observation builders and the batched inference thread.
+  model's holder and the batched inference thread over the library's ``shared.serving``.
 
 Decisions:
 * Endpoints reading the registry are sync functions (FastAPI runs them in its
@@ -37,13 +38,13 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
 from services.api.deps import ApiState
-from services.api.inference import ObservationError
 from services.api.limits import BodySizeLimit
-from services.api.routes import health, inference, pages, status
+from services.api.routes import health, inference, pages, sessions, status
 from services.api.routes import registry as registry_routes
 from shared.config import Config
 from shared.device import pick_device
 from shared.observability import API_LATENCY, API_REQUESTS
+from shared.serving.observation import ObservationError
 from shared.transport.keys import RedisKeys
 
 _METHODS = frozenset({"GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"})
@@ -101,7 +102,7 @@ def create_app(
     app.add_middleware(MetricsMiddleware)
     app.add_exception_handler(RequestValidationError, on_request_validation_error)
     app.add_exception_handler(ObservationError, on_observation_error)
-    for module in (health, status, registry_routes, inference, pages):
+    for module in (health, status, registry_routes, inference, sessions, pages):
         app.include_router(module.router)
     pages.mount_assets(app)
     return app
@@ -114,7 +115,7 @@ async def on_request_validation_error(request: Request, exc: Exception) -> JSONR
 
 async def on_observation_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, ObservationError)
-    return validation_response([{"loc": exc.loc, "msg": exc.msg, "type": "value_error"}])
+    return validation_response([{"loc": ("body", *exc.loc), "msg": exc.msg, "type": "value_error"}])
 
 
 class MetricsMiddleware:

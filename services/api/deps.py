@@ -32,18 +32,14 @@ from typing import Annotated, Any
 import torch
 from fastapi import Depends, Header, HTTPException, Request
 
-from services.api.inference import (
-    InferenceEngine,
-    ModelHolder,
-    ServedModel,
-    load_served_model,
-)
+from services.api.inference import InferenceEngine, ModelHolder
 from services.api.status_cache import Refresher, read_database, read_redis
 from services.api.trust import checkpoint_roots, confined, trusted_files
 from shared.checkpoint_store import Promotion, promote
 from shared.config import Config
 from shared.learning.checkpoint import CheckpointError
 from shared.registry import CheckpointRecord, Registry
+from shared.serving.model import ServedModel, load_served_model
 from shared.transport.connection import connect, resolve_redis_url
 from shared.transport.keys import RedisKeys
 

@@ -10,6 +10,7 @@
     <prefix>:trainer:status       JSON, rewritten every few seconds by the trainer
     <prefix>:up:status            JSON, ``microzero up``'s supervised services (restarts), with a TTL
     <prefix>:best                 pub/sub channel: {checkpoint_id, path} of a new best
+    <prefix>:session:<id>         JSON of an API streaming session, expires after pipeline.api_session_ttl_s
     rq:queue:<validation_queue>   the RQ validation queue (RQ's own names)
 
 The stream, model key and queue names come from ``PipelineConfig``
@@ -38,6 +39,7 @@ class RedisKeys:
     collector_suffix: str = ":heartbeat"
     best_channel: str = f"{DEFAULT_PREFIX}:best"
     validation_queue: str = "validation"
+    session_prefix: str = f"{DEFAULT_PREFIX}:session:"
 
     @classmethod
     def from_config(cls, config: Config | PipelineConfig) -> RedisKeys:
@@ -61,6 +63,7 @@ class RedisKeys:
             collector_prefix=f"{prefix}:collector:",
             best_channel=f"{prefix}:best",
             validation_queue=queue or ("validation" if prefix == DEFAULT_PREFIX else f"{prefix}:validation"),
+            session_prefix=f"{prefix}:session:",
         )
 
     @property

@@ -505,6 +505,12 @@ def test_bench_pipeline_command_reports_transport_and_act_latency(config, tmp_pa
     assert transport["n_episodes"] == 16 and transport["redis"] == REDIS_URL
     assert act["requests"] == 12 and act["errors"] == 0, act["first_error"]
     assert 0 < act["p50_ms"] <= act["p99_ms"] and act["requests_per_s"] > 0
+    # Latency beside the bare search of the same batch sizes, measured in the same run.
+    assert act["one_client"]["errors"] == 0 and act["phases"]["search_b1_ms"] > 0 and act["phases"]["search_b3_ms"] > 0
+    assert act["ratio_p50_one_client_to_search_b1"] == pytest.approx(
+        act["one_client"]["p50_ms"] / act["phases"]["search_b1_ms"]
+    )
     _print_pipeline(report)
     out = capsys.readouterr().out
     assert "ratio transport / collector" in out and "POST /v1/act" in out and "0 errors" in out
+    assert "x a bare B=1 search" in out and "x a bare B=3 search" in out

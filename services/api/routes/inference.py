@@ -1,71 +1,75 @@
-"""Inference: ``POST /v1/act``, the best checkpoint's greedy-search action.
+"""Inference: ``POST /v1/act`` and ``POST /v1/act/batch``, the best checkpoint's
+greedy-search decisions.
 
-The endpoint is async: it builds the observation on the API's own observation threads
-(never FastAPI's shared pool, where registry calls may wait on the database) and awaits
-the inference thread's future, so waiting requests hold no thread.
+The endpoints are async: they build observations on the API's own observation threads
+(never FastAPI's shared pool, where registry calls may wait on the database) and await
+the inference thread's future, so waiting requests hold no thread. A batch's states
+are searched together, in one batched search.
 """
 
 from __future__ import annotations
 
 import asyncio
-from datetime import UTC, datetime, timedelta
 
-import numpy as np
-from fastapi import APIRouter, HTTPException
+from fastapi import APIRouter
 
 from services.api import schemas as S
 from services.api.deps import State
-from services.api.inference import (
-    NoModelError,
+from services.api.inference import decisions, require_model
+from shared.config import Config
+from shared.serving.observation import (
     Observation,
     ObservationError,
-    OverloadedError,
-    act_names,
     bars_needed,
     observation_from_bars,
     observation_from_window,
 )
-from shared.config import Config
-from shared.data.bars import Bars
-from shared.jsonsafe import json_float
+from shared.serving.schemas import act_response, bars_from_wire
 
 router = APIRouter(tags=["inference"])
+
+_ERRORS: dict[int | str, dict] = {
+    422: {"description": "malformed input; `message` says what and where"},
+    503: {"description": "no model is loaded yet, or too many requests are waiting"},
+}
 
 
 @router.post(
     "/v1/act",
     response_model=S.ActResponse,
     summary="The best checkpoint's greedy-search action for a market state",
-    responses={
-        422: {"description": "malformed input; `message` says what and where"},
-        503: {"description": "no model is loaded yet, or too many requests are waiting"},
-    },
+    responses=_ERRORS,
 )
 async def act(request: S.ActRequest, state: State) -> S.ActResponse:
-    if state.holder.current is None:
-        raise HTTPException(503, "no model is loaded yet: the registry has no loadable best checkpoint")
+    config = require_model(state.holder).config
     loop = asyncio.get_running_loop()
-    observation = await loop.run_in_executor(state.observation_pool, build_observation, request, state.config)
-    try:
-        result = await asyncio.wrap_future(state.engine.submit(observation))
-    except OverloadedError as exc:
-        raise HTTPException(503, str(exc), headers={"Retry-After": "1"}) from exc
-    except NoModelError as exc:
-        raise HTTPException(503, f"no model is loaded yet: {exc}") from exc
-    policy = {name: float(result.policy[i]) for i, name in enumerate(S.ACTION_NAMES)}
-    return S.ActResponse(
-        action=S.ACTION_NAMES[result.action],
-        action_index=result.action,
-        policy=policy,
-        value_pips=json_float(result.value),
-        legal_actions=act_names(result.legal),
-        checkpoint_id=result.checkpoint_id,
-        model_step=result.step,
-    )
+    observation = await loop.run_in_executor(state.observation_pool, build_observation, request, config)
+    (decision,) = await decisions(state.engine, [observation])
+    return act_response(decision)
 
 
-_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
-_MICROSECOND = timedelta(microseconds=1)
+@router.post(
+    "/v1/act/batch",
+    response_model=S.BatchActResponse,
+    summary="Decisions for many states (e.g. one per symbol) from one batched search",
+    responses=_ERRORS,
+)
+async def act_batch(request: S.BatchActRequest, state: State) -> S.BatchActResponse:
+    config = require_model(state.holder).config
+    loop = asyncio.get_running_loop()
+    observations = await loop.run_in_executor(state.observation_pool, build_observations, request.items, config)
+    answers = await decisions(state.engine, observations)
+    return S.BatchActResponse(items=[act_response(d) for d in answers])
+
+
+def build_observations(items: list[S.ActRequest], config: Config) -> list[Observation]:
+    out = []
+    for i, item in enumerate(items):
+        try:
+            out.append(build_observation(item, config))
+        except ObservationError as exc:
+            raise exc.at("items", i) from exc
+    return out
 
 
 def build_observation(request: S.ActRequest, config: Config) -> Observation:
@@ -75,22 +79,13 @@ def build_observation(request: S.ActRequest, config: Config) -> Observation:
     bars = request.bars
     assert bars is not None
     need = bars_needed(config)
-    if len(bars) < need:  # checked here too so the message is the same as the replay's
+    if len(bars) < need:  # checked before converting the bars; the message is the observation's
         raise ObservationError(
-            ("body", "bars"),
+            ("bars",),
             f"{len(bars)} bars sent; at least {need} are needed "
             f"({need - config.env.window} warm-up bars for the features + a "
             f"{config.env.window}-bar window)",
         )
-    ts = np.array([(b.ts - _EPOCH) // _MICROSECOND for b in bars], dtype="datetime64[us]").astype("datetime64[ns]")
-    frame = Bars.from_arrays(
-        ts,
-        [b.open for b in bars],
-        [b.high for b in bars],
-        [b.low for b in bars],
-        [b.close for b in bars],
-        [b.volume or 0.0 for b in bars],
-    )
     symbol = (request.symbol or config.pipeline.symbol).upper()
     side, held = (position.side, position.bars_held) if position is not None else (0, 0)
-    return observation_from_bars(frame, side, held, symbol, config)
+    return observation_from_bars(bars_from_wire(bars), side, held, symbol, config)

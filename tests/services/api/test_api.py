@@ -21,7 +21,6 @@ import torch
 from rq import Queue
 
 from services.api.app import create_app
-from services.api.inference import observation_from_bars
 from shared.actions import Action
 from shared.bench_api import bench_act, sample_act_payload
 from shared.config import Config
@@ -31,6 +30,7 @@ from shared.learning.checkpoint import load_checkpoint, save_checkpoint
 from shared.market import market_from_bars
 from shared.model.networks import StochasticMuZeroNet
 from shared.registry import Registry
+from shared.serving.observation import observation_from_bars
 from shared.transport.keys import RedisKeys
 from tests.helpers import LiveServer, wait_for
 
