@@ -176,7 +176,8 @@ def env(tmp_path, monkeypatch):
         for pattern in (f"rq:*{job_id}", f"rq:*{job_id}:*"):
             keys.update(client.scan_iter(match=pattern, count=1000))
     for key in client.scan_iter(match="rq:worker:*", count=1000):
-        if client.hget(key, "queues") == queue_name.encode():
+        # Not every rq:worker:* key is a worker's hash (RQ keeps other kinds under it).
+        if client.type(key) == b"hash" and client.hget(key, "queues") == queue_name.encode():
             keys.add(key)
     if keys:
         client.delete(*keys)
