@@ -52,6 +52,7 @@ is joined with a timeout.
 
 from __future__ import annotations
 
+import functools
 import logging
 import signal
 import threading
@@ -139,6 +140,7 @@ class ValidationWorker(SimpleWorker):
         super().__init__(*args, **kwargs)
         self.heartbeat_s = heartbeat_s
         self.stop_signalled = False
+        self.last_dequeued: str | None = None
         self._handing_back: str | None = None
 
     @property
@@ -180,6 +182,13 @@ class ValidationWorker(SimpleWorker):
     def get_heartbeat_ttl(self, job: Job, working_time: float = 0.0) -> int:
         # Three missed beats and the job counts as abandoned (RQ's cleanup then retries it).
         return 3 * self.heartbeat_s
+
+    def dequeue_job_and_maintain_ttl(self, timeout: int | None, max_idle_time: int | None = None) -> Any:
+        result = super().dequeue_job_and_maintain_ttl(timeout, max_idle_time)
+        # Between this dequeue (job moved to the queue's intermediate list) and the job's
+        # entry in the started registry, a Redis error strands the job; see release_abandoned.
+        self.last_dequeued = result[0].id if result is not None else None
+        return result
 
     def perform_job(self, job: Job, queue: Any, execution: Any) -> bool:
         done = threading.Event()
@@ -251,7 +260,10 @@ def build_worker(config: Config, redis_client: Any) -> ValidationWorker:
 def release_abandoned(worker: ValidationWorker) -> int:
     """Hand back the jobs a worker that quit on a Redis error was still running (only for
     a worker known dead: it quit in this process). Redis failed, not the job, so no retry
-    is consumed; a job that had in fact finished is left alone. Returns how many."""
+    is consumed; a job that had in fact finished is left alone. Also the job it had just
+    dequeued when Redis failed, before the job counted as started: RQ would fail that job
+    only after a minute in the queue's intermediate list, and then retry it through the
+    scheduler. Returns how many."""
     released = 0
     queues = {queue.name: queue for queue in worker.queues}
     for execution in list(worker.executions.values()):
@@ -263,7 +275,30 @@ def release_abandoned(worker: ValidationWorker) -> int:
             hand_back(worker, job, queues[job.origin], execution)
             released += 1
     worker.executions.clear()
+    job_id, worker.last_dequeued = worker.last_dequeued, None
+    for queue in queues.values() if job_id else ():
+        if job_id in queue.intermediate_queue.get_job_ids() and job_id not in queue.started_job_registry:
+            with worker.connection.pipeline() as pipe:
+                pipe.multi()
+                pipe.lrem(queue.intermediate_queue_key, 1, job_id)
+                pipe.lrem(queue.key, 0, job_id)  # never twice in the queue
+                pipe.lpush(queue.key, job_id)
+                pipe.execute()
+            log.warning(
+                "validator: job %s, dequeued when Redis failed, returned to the front of %s", job_id, queue.name
+            )
+            released += 1
     return released
+
+
+def release_scheduler_locks(worker: ValidationWorker) -> None:
+    """Free the scheduler locks of a worker that quit on a Redis error. Its scheduler
+    process could not release them with Redis away, so the next worker's scheduler would
+    wait out their TTL (61 s) and retries of failed jobs (``Retry(interval=...)``) with it."""
+    scheduler = worker.scheduler
+    if scheduler is None or (scheduler._process is not None and scheduler._process.is_alive()):
+        return  # none, or still running: its locks are its own
+    scheduler.release_locks()  # only the locks that scheduler still owns (its name)
 
 
 def _quietly(action: Callable[[], Any]) -> None:
@@ -304,6 +339,7 @@ def serve(config: Config, client: Any, *, burst: bool = False, logging_level: st
             call_with_retry(client.ping, service="validator", stop_event=stop, backoff=Backoff(base=0.5, cap=10.0))
         except REDIS_DOWN_ERRORS:
             return  # stopped while Redis was away
+        _quietly(functools.partial(release_scheduler_locks, worker))
         try:
             released = release_abandoned(worker)
         except REDIS_DOWN_ERRORS as exc:

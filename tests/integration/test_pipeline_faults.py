@@ -373,7 +373,11 @@ def test_the_pipeline_rides_out_a_redis_fault_and_the_api_keeps_answering(config
     }
 
     def tails() -> str:
-        return "".join(f"\n--- {name} log ---\n{path.read_text()[-3000:]}" for name, path in logs.items())
+        text = {
+            name: "".join(line for line in path.read_text().splitlines(True) if "POST /v1/act" not in line)
+            for name, path in logs.items()
+        }
+        return "".join(f"\n--- {name} log ---\n{t[-5000:]}" for name, t in text.items())
 
     def alive() -> bool:
         down = {name: p.returncode for name, p in services.items() if p.poll() is not None}
@@ -432,11 +436,10 @@ def test_the_pipeline_rides_out_a_redis_fault_and_the_api_keeps_answering(config
     try:
         # The trainer's last checkpoints (its clean stop saves one) are validated too.
         checkpoints = registry.list_checkpoints(config.pipeline.run_id)
-        wait_until(
-            lambda: alive() and all(registry.list_validations(checkpoint_id=c.id) for c in checkpoints),
-            60,
-            "every checkpoint's validation",
+        validated = wait_for(
+            lambda: alive() and all(registry.list_validations(checkpoint_id=c.id) for c in checkpoints), timeout=60
         )
+        assert validated, f"a checkpoint was not validated within 60 s{tails()}"
         time.sleep(1)  # a duplicate validation would show up now
     finally:
         answers = probe.stop() if probe is not None else []
