@@ -10,7 +10,9 @@ A service that exits is restarted with exponential backoff and a log line
 (``services.supervise``); the restart counts show in the status line and in Redis
 (``<prefix>:up:status``, the API's ``/status``). Only Ctrl-C (SIGINT) or SIGTERM stops
 everything. The embedded Redis keeps an append-only file beside ``var/redis.db``, so a
-restart loses no episode.
+restart loses no episode; if it dies, ``up`` starts it again on the same unix socket
+(the services reconnect by themselves) with a log line, its restarts shown in the
+status line.
 """
 
 from __future__ import annotations
@@ -77,7 +79,14 @@ def run_up(
     from shared.data.sample import ensure_sample
     from shared.data.store import BarStore
     from shared.registry import Registry
-    from shared.transport.connection import connect, embedded_redis, resolve_redis_url
+    from shared.transport.connection import (
+        Backoff,
+        connect,
+        embedded_redis,
+        embedded_redis_alive,
+        resolve_redis_url,
+        restart_embedded_redis,
+    )
 
     store = BarStore(config.data.db_path)
     if ensure_sample(store, config.pipeline.symbol):
@@ -110,6 +119,24 @@ def run_up(
             print(f"[{name:<10}] {line}", flush=True)
 
     supervisor = Supervisor(plan, env=env, log=log)
+    redis_restarts, redis_backoff, redis_retry_at = 0, Backoff(base=1.0, cap=30.0), 0.0
+
+    def keep_redis() -> None:
+        """Start the embedded Redis again if it died (same socket and AOF)."""
+        nonlocal redis_restarts, redis_retry_at
+        if embedded is None or time.monotonic() < redis_retry_at or embedded_redis_alive(embedded):
+            return
+        log("up", "embedded Redis exited; restarting it on the same socket (its append-only file keeps the data)")
+        try:
+            restart_embedded_redis(embedded)
+        except Exception as exc:  # noqa: BLE001 - try again later; the services ride out the outage
+            redis_retry_at = time.monotonic() + redis_backoff.next_delay()
+            log("up", f"cannot restart the embedded Redis: {exc}")
+            return
+        redis_restarts += 1
+        redis_backoff.reset()
+        log("up", f"embedded Redis restarted (pid {embedded.pid}); {redis_restarts} restart(s)")
+
     status_ttl_s = max(10, int(3 * status_every_s))
 
     def publish() -> None:
@@ -125,6 +152,7 @@ def run_up(
             supervisor.start_all()
             started = last_status = time.monotonic()
             while not stop.wait(0.5):
+                keep_redis()
                 if supervisor.poll():
                     publish()
                 if time.monotonic() - last_status >= status_every_s:
@@ -134,6 +162,8 @@ def run_up(
                     except Exception as exc:  # noqa: BLE001 - a status hiccup must not stop the pipeline
                         line = f"status unavailable: {exc}"
                     extra = supervisor.summary()
+                    if redis_restarts:
+                        extra = " | ".join(filter(None, [extra, f"embedded Redis restarts {redis_restarts}"]))
                     log("up", f"{line} | {extra}" if extra else line)
                     publish()
                 if duration_s is not None and time.monotonic() - started >= duration_s:

@@ -31,13 +31,16 @@ from shared.config import Config
 def _run(args: argparse.Namespace, config: Config) -> int:
     import redis
 
-    from services.validator.worker import serve
+    from services.validator.worker import SOCKET_TIMEOUT_S, serve
     from shared.cli import CommandError
+    from shared.transport.connection import connect
 
     url = require_redis_url(config)
     setup_logging()
     start_metrics(args.metrics_port, config.pipeline.validator_metrics_port, config.pipeline.metrics_host)
-    client = redis.Redis.from_url(url)
+    # Short socket/connect timeouts and health checks (not RQ's ~415 s): a hung Redis
+    # costs a timeout and a worker restart (services.validator.worker), never minutes.
+    client = connect(url, socket_timeout=SOCKET_TIMEOUT_S)
     try:
         client.ping()
     except redis.RedisError as exc:

@@ -30,14 +30,29 @@ failed registry with the reason (``RefusedJob``), never retried.
   scheduler holds for up to 61 s more). A crash counts as one attempt of
   ``Retry(max=validation_retries)``: a checkpoint that kills the validator every time
   cannot crash-loop it.
+* *Hung Redis (SIGSTOP, a network partition).* The worker blocks on its queue for
+  :data:`DEQUEUE_TIMEOUT_S` at a time and its client (``shared.transport.connection.
+  connect``) times out after :data:`SOCKET_TIMEOUT_S`, connects within 3 s and
+  health-checks idle connections, so a hung server costs a timeout and a worker restart,
+  never RQ's default socket timeout (``worker_ttl`` − 5 s, ~415 s).
 * *SIGTERM / SIGINT* during a validation hands the job back: the validation is
   interrupted, the job returns to the front of the queue (no retry consumed) and the
   process exits at once, so a stop never waits out a validation (~75 s) nor leaves a
-  job "started". Idle, the worker simply stops.
+  job "started". Idle, the worker simply stops, within about a second.
+
+**Stopping the pub/sub listener.** RQ listens for its commands (``rq`` shutdown /
+kill-horse / stop-job) on a pub/sub thread that polls every 60 s; RQ's teardown sends
+``UNSUBSCRIBE`` and then stops that thread, and redis-py ≥ 8.2's
+``PubSubWorkerThread.stop()`` joins it without a timeout. When the thread read the
+``UNSUBSCRIBE`` reply before the stop flag was cleared, it went back to wait up to 60 s
+for a subscription that never comes, and the worker's exit waited with it (a SIGTERM
+took 60 s about half the time). Here the thread polls every :data:`PUBSUB_POLL_S` and
+is joined with a timeout.
 """
 
 from __future__ import annotations
 
+import functools
 import logging
 import signal
 import threading
@@ -57,6 +72,11 @@ from shared.transport.connection import REDIS_DOWN_ERRORS, Backoff, call_with_re
 from shared.transport.jobs import JOB_FUNCTION, LEGACY_JOB_FUNCTIONS, validation_queue
 
 log = logging.getLogger(__name__)
+
+DEQUEUE_TIMEOUT_S = 5  # one blocking dequeue (then heartbeat, maintenance, dequeue again)
+SOCKET_TIMEOUT_S = 10.0  # > DEQUEUE_TIMEOUT_S: the blocking dequeue must not time out itself
+PUBSUB_POLL_S = 1.0
+PUBSUB_JOIN_S = 3.0
 
 ALLOWED_JOB_FUNCTIONS = frozenset({JOB_FUNCTION, *LEGACY_JOB_FUNCTIONS})
 _CALLBACKS = ("_success_callback_name", "_failure_callback_name", "_stopped_callback_name")
@@ -120,11 +140,55 @@ class ValidationWorker(SimpleWorker):
         super().__init__(*args, **kwargs)
         self.heartbeat_s = heartbeat_s
         self.stop_signalled = False
+        self.last_dequeued: str | None = None
         self._handing_back: str | None = None
+
+    @property
+    def dequeue_timeout(self) -> int:
+        # RQ blocks worker_ttl - 15 s (405 s) per dequeue and raises the client's socket
+        # timeout above that (connection_timeout); a short block keeps the short timeout.
+        return DEQUEUE_TIMEOUT_S
+
+    @property
+    def connection_timeout(self) -> int:
+        return int(SOCKET_TIMEOUT_S)
+
+    def subscribe(self) -> None:
+        # RQ's own, but polling every PUBSUB_POLL_S instead of 60 s, so a stop is prompt.
+        self.log.info("Worker %s: subscribing to channel %s", self.name, self.pubsub_channel_name)
+        self.pubsub = self.connection.pubsub()
+        self.pubsub.subscribe(**{self.pubsub_channel_name: self.handle_payload})
+        self.pubsub_thread = self.pubsub.run_in_thread(
+            sleep_time=PUBSUB_POLL_S, daemon=True, exception_handler=self._pubsub_exception_handler
+        )
+
+    def unsubscribe(self) -> None:
+        # RQ's order (UNSUBSCRIBE while the listener still reads, then stop it), but the
+        # wait for the listener is bounded: it notices the stop flag within PUBSUB_POLL_S,
+        # and one stuck on a hung Redis is a daemon thread that does not hold the exit.
+        thread, pubsub = self.pubsub_thread, self.pubsub
+        if thread is None or pubsub is None:
+            return
+        self.pubsub_thread = None
+        self.log.info("Worker %s: unsubscribing from channel %s", self.name, self.pubsub_channel_name)
+        try:
+            pubsub.unsubscribe()
+        finally:
+            thread._running.clear()  # what PubSubWorkerThread.stop() does before its unbounded join
+            thread.join(PUBSUB_JOIN_S)
+            if not thread.is_alive():
+                pubsub.close()
 
     def get_heartbeat_ttl(self, job: Job, working_time: float = 0.0) -> int:
         # Three missed beats and the job counts as abandoned (RQ's cleanup then retries it).
         return 3 * self.heartbeat_s
+
+    def dequeue_job_and_maintain_ttl(self, timeout: int | None, max_idle_time: int | None = None) -> Any:
+        result = super().dequeue_job_and_maintain_ttl(timeout, max_idle_time)
+        # Between this dequeue (job moved to the queue's intermediate list) and the job's
+        # entry in the started registry, a Redis error strands the job; see release_abandoned.
+        self.last_dequeued = result[0].id if result is not None else None
+        return result
 
     def perform_job(self, job: Job, queue: Any, execution: Any) -> bool:
         done = threading.Event()
@@ -196,7 +260,10 @@ def build_worker(config: Config, redis_client: Any) -> ValidationWorker:
 def release_abandoned(worker: ValidationWorker) -> int:
     """Hand back the jobs a worker that quit on a Redis error was still running (only for
     a worker known dead: it quit in this process). Redis failed, not the job, so no retry
-    is consumed; a job that had in fact finished is left alone. Returns how many."""
+    is consumed; a job that had in fact finished is left alone. Also the job it had just
+    dequeued when Redis failed, before the job counted as started: RQ would fail that job
+    only after a minute in the queue's intermediate list, and then retry it through the
+    scheduler. Returns how many."""
     released = 0
     queues = {queue.name: queue for queue in worker.queues}
     for execution in list(worker.executions.values()):
@@ -208,7 +275,30 @@ def release_abandoned(worker: ValidationWorker) -> int:
             hand_back(worker, job, queues[job.origin], execution)
             released += 1
     worker.executions.clear()
+    job_id, worker.last_dequeued = worker.last_dequeued, None
+    for queue in queues.values() if job_id else ():
+        if job_id in queue.intermediate_queue.get_job_ids() and job_id not in queue.started_job_registry:
+            with worker.connection.pipeline() as pipe:
+                pipe.multi()
+                pipe.lrem(queue.intermediate_queue_key, 1, job_id)
+                pipe.lrem(queue.key, 0, job_id)  # never twice in the queue
+                pipe.lpush(queue.key, job_id)
+                pipe.execute()
+            log.warning(
+                "validator: job %s, dequeued when Redis failed, returned to the front of %s", job_id, queue.name
+            )
+            released += 1
     return released
+
+
+def release_scheduler_locks(worker: ValidationWorker) -> None:
+    """Free the scheduler locks of a worker that quit on a Redis error. Its scheduler
+    process could not release them with Redis away, so the next worker's scheduler would
+    wait out their TTL (61 s) and retries of failed jobs (``Retry(interval=...)``) with it."""
+    scheduler = worker.scheduler
+    if scheduler is None or (scheduler._process is not None and scheduler._process.is_alive()):
+        return  # none, or still running: its locks are its own
+    scheduler.release_locks()  # only the locks that scheduler still owns (its name)
 
 
 def _quietly(action: Callable[[], Any]) -> None:
@@ -249,6 +339,7 @@ def serve(config: Config, client: Any, *, burst: bool = False, logging_level: st
             call_with_retry(client.ping, service="validator", stop_event=stop, backoff=Backoff(base=0.5, cap=10.0))
         except REDIS_DOWN_ERRORS:
             return  # stopped while Redis was away
+        _quietly(functools.partial(release_scheduler_locks, worker))
         try:
             released = release_abandoned(worker)
         except REDIS_DOWN_ERRORS as exc:

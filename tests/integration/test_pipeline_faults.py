@@ -1,14 +1,21 @@
-"""Faults: Redis stopped (SIGTERM) or killed (SIGKILL) mid-run and restarted, and a trainer killed with SIGKILL.
+"""Faults: Redis stopped (SIGTERM) or killed (SIGKILL) mid-run and restarted, Redis hung
+(SIGSTOP) for 10 s, and a trainer killed with SIGKILL.
 
 Each test starts its own ``redis-server`` on a unix socket with AOF (``appendfsync
 always``) in ``tmp_path``, so a restart on the same socket keeps the stream, the group
 and its pending entries.
+
+The whole-pipeline test (:func:`test_the_pipeline_rides_out_a_redis_fault_and_the_api_keeps_answering`)
+runs the collector and trainer in threads and the validator and API as real processes,
+and probes ``POST /v1/act`` every 0.2 s through the fault (:class:`ApiProbe`).
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -17,17 +24,24 @@ import threading
 import time
 from pathlib import Path
 
+import httpx
 import pytest
 import redis
+import torch
 
 from services.collector.loop import Collector
 from services.trainer.loop import Trainer
-from shared.learning.checkpoint import latest_checkpoint, load_checkpoint
+from shared.bench_api import sample_act_payload
+from shared.config import Config
+from shared.learning.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from shared.market import open_market
+from shared.model.networks import StochasticMuZeroNet
+from shared.registry import Registry
 from shared.transport.connection import connect
+from shared.transport.jobs import enqueue_validation
 from shared.transport.keys import RedisKeys
 from shared.transport.streams import EpisodeStream, read_model
-from tests.helpers import REPO
+from tests.helpers import REPO, wait_for
 from tests.services.test_collector_trainer import Worker, sample, tiny_config, wait_until
 
 pytestmark = [pytest.mark.usefixtures("one_torch_thread"), pytest.mark.redis, pytest.mark.slow]
@@ -80,6 +94,16 @@ class RedisServer:
             assert time.monotonic() < deadline, "redis-server did not start"
             time.sleep(0.02)
         probe.close()
+
+    def hang(self, seconds: float) -> None:
+        """SIGSTOP the server for `seconds`, then SIGCONT: connections stay open, nothing
+        answers (a hung host or a network partition, as clients see it)."""
+        assert self.process is not None and self.process.poll() is None
+        self.process.send_signal(signal.SIGSTOP)
+        try:
+            time.sleep(seconds)
+        finally:
+            self.process.send_signal(signal.SIGCONT)
 
     def stop(self, sig: int = signal.SIGTERM) -> None:
         """SIGTERM: Redis fsyncs its AOF and exits; SIGKILL: it dies on the spot (with
@@ -178,15 +202,24 @@ def test_redis_restart_loses_no_episode_and_inserts_none_twice(config, market, s
     client.close()
 
 
-def _trainer_process(config_file: Path, server, log_file: Path) -> subprocess.Popen:
+def _service_process(args: list[str], config_file: Path, server, log_file: Path) -> subprocess.Popen:
+    """``python -m <args>`` with `config_file` ($MZ_CONFIG) on `server`, in its own
+    process group (the validator's RQ scheduler is its child)."""
     env = dict(os.environ, MZ_CONFIG=str(config_file), REDIS_URL=server.url, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
     env.pop("MZ_PIPELINE__REDIS_URL", None)
     return subprocess.Popen(
-        [sys.executable, "-m", "services.trainer.main", "--device", "cpu", "--metrics-port", "-1"],
+        [sys.executable, "-m", *args],
         cwd=REPO,
         env=env,
         stdout=log_file.open("ab"),
         stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+
+
+def _trainer_process(config_file: Path, server, log_file: Path) -> subprocess.Popen:
+    return _service_process(
+        ["services.trainer.main", "--device", "cpu", "--metrics-port", "-1"], config_file, server, log_file
     )
 
 
@@ -218,7 +251,7 @@ def test_trainer_killed_with_sigkill_resumes_from_its_checkpoint(config, market,
         assert first.poll() is None, log_file.read_text()[-3000:]
         first.send_signal(signal.SIGKILL)
         assert first.wait(10) == -signal.SIGKILL
-        saved = saved_step()
+        saved, saved_path = saved_step(), latest_checkpoint(folder)
         assert saved >= 10
 
         second = _trainer_process(config_file, server, log_file)
@@ -249,10 +282,195 @@ def test_trainer_killed_with_sigkill_resumes_from_its_checkpoint(config, market,
         feeder.finish()
 
     output = log_file.read_text()
-    assert f"trainer resumed from {folder / f'ckpt-{saved:09d}.pt'} (step {saved})" in output
+    assert f"trainer resumed from {saved_path} (step {saved})" in output  # names carry a lineage token
     final = load_checkpoint(latest_checkpoint(folder))
     assert final.step > saved
     record = read_model(client, config.pipeline.model_key)
     assert (record["version"], record["sha256"]) == (final.step, final.sha256)  # the clean stop published it
     assert status()["step"] == final.step
     client.close()
+
+
+# ----------------------------------------------------------------- the whole pipeline
+
+
+class ApiProbe(threading.Thread):
+    """``POST /v1/act`` every `every` seconds, one at a time; keeps every answer's
+    ``(sent_at, seconds, status)`` (status: the HTTP code, or the error's name)."""
+
+    def __init__(self, url: str, every: float = 0.2) -> None:
+        super().__init__(name="api-probe", daemon=True)
+        self.url, self.every = url, every
+        self.payload = sample_act_payload()
+        self.answers: list[tuple[float, float, int | str]] = []
+        self.halt = threading.Event()
+
+    def run(self) -> None:
+        with httpx.Client(base_url=self.url, timeout=10) as client:
+            while not self.halt.is_set():
+                sent = time.monotonic()
+                try:
+                    status: int | str = client.post("/v1/act", json=self.payload).status_code
+                except httpx.HTTPError as exc:
+                    status = type(exc).__name__
+                took = time.monotonic() - sent
+                self.answers.append((sent, took, status))
+                self.halt.wait(max(0.0, self.every - took))
+
+    def stop(self) -> list[tuple[float, float, int | str]]:
+        self.halt.set()
+        self.join(15)
+        return self.answers
+
+    def bad(self, limit_s: float = 1.0) -> list[tuple[float, float, int | str]]:
+        return [a for a in self.answers if a[2] != 200 or a[1] >= limit_s]
+
+
+def _seed_best(config: Config, registry: Registry, client, folder: Path) -> int:
+    """A pinned always-long checkpoint (it trades, so it scores and becomes the best),
+    registered and queued for validation: the API has a model to serve from the start."""
+    torch.manual_seed(0)
+    model = StochasticMuZeroNet(config.model)
+    last = model.prediction_net.policy.net[-1]
+    with torch.no_grad():
+        last.weight.zero_()
+        last.bias.copy_(torch.tensor((0.0, 40.0, -40.0, -40.0)))  # HOLD, BUY, SELL, CLOSE
+    path = folder / "ckpt-seed.pt"
+    sha = save_checkpoint(path, model, 0)
+    registry.ensure_run(config.pipeline.run_id, config.pipeline.symbol, config.model_dump(mode="json"))
+    cid = registry.add_checkpoint(config.pipeline.run_id, 0, str(path), sha)
+    enqueue_validation(client, config, cid)
+    return cid
+
+
+@pytest.mark.timeout(240)
+@pytest.mark.parametrize("fault", ["redis-sigkill", "redis-sigstop-10s"])
+def test_the_pipeline_rides_out_a_redis_fault_and_the_api_keeps_answering(config, market, server, tmp_path, fault):
+    """Mid-run, Redis is SIGKILLed (and restarted 3 s later on the same socket and AOF) or
+    hung for 10 s (SIGSTOP, SIGCONT). Every service recovers by itself: every episode
+    pushed is inserted once, every checkpoint is validated exactly once, and the API
+    answers ``/v1/act`` within 1 s throughout."""
+    n = 100
+    pipe = config.pipeline
+    config = config.model_copy(
+        update={
+            "train": config.train.model_copy(update={"checkpoint_every": 20}),
+            "pipeline": pipe.model_copy(
+                update={"redis_url": None, "best_dir": tmp_path / "best", "validation_chunks": 4, "api_port": 0}
+            ),
+        }
+    )
+    config_file = tmp_path / "config.json"
+    config_file.write_text(json.dumps(config.model_dump(mode="json")))
+    registry = Registry(config.pipeline.database_url)
+    client = connect(server.url)
+    logs = {name: tmp_path / f"{name}.log" for name in ("validator", "api")}
+    services = {
+        "validator": _service_process(
+            ["services.validator.main", "--metrics-port", "-1"], config_file, server, logs["validator"]
+        ),
+        "api": _service_process(["services.cli", "api", "--port", "0"], config_file, server, logs["api"]),
+    }
+
+    def tails() -> str:
+        text = {
+            name: "".join(line for line in path.read_text().splitlines(True) if "POST /v1/act" not in line)
+            for name, path in logs.items()
+        }
+        return "".join(f"\n--- {name} log ---\n{t[-5000:]}" for name, t in text.items())
+
+    def alive() -> bool:
+        down = {name: p.returncode for name, p in services.items() if p.poll() is not None}
+        assert not down, f"exited: {down}{tails()}"
+        return True
+
+    stop_collector, stop_trainer = threading.Event(), threading.Event()
+    collector = Collector(
+        config, stop_collector, client=connect(server.url), collector_id="c0", market=market, seed=1,
+        device="cpu", max_episodes=n, max_lag=8,
+    )  # fmt: skip
+    trainer = Trainer(
+        config, stop_trainer, client=connect(server.url), market=market, seed=0, record_ids=True, device="cpu"
+    )  # the default hook: checkpoints recorded in the registry and queued for validation
+    workers = [Worker(collector.run, "collector"), Worker(trainer.run, "trainer")]
+    probe = None
+    try:
+        seed = _seed_best(config, registry, client, tmp_path / "seed")
+        started = wait_for(
+            lambda: alive() and re.search(r"Uvicorn running on http://127\.0\.0\.1:(\d+)", logs["api"].read_text()),
+            timeout=90,
+            every=0.2,
+        )
+        assert started, f"the API did not start{tails()}"
+        port = int(started.group(1))
+        url = f"http://127.0.0.1:{port}"
+        with httpx.Client(base_url=url, timeout=10) as http:
+            payload = sample_act_payload()
+            wait_until(
+                lambda: alive() and http.post("/v1/act", json=payload).status_code == 200,
+                90,
+                "the API to serve the seed",
+            )
+        probe = ApiProbe(url)
+        probe.start()
+        for w in workers:
+            w.start()
+        wait_until(lambda: alive() and trainer.stats.inserted >= 20, 60, "a running pipeline", workers)
+        assert collector.stats.played < n, "the collector finished before the fault; make it slower"
+
+        fault_at = time.monotonic()
+        if fault == "redis-sigkill":
+            server.stop(signal.SIGKILL)
+            time.sleep(3)
+            server.start()  # same socket, same AOF
+        else:
+            server.hang(10)
+        fault_end = time.monotonic()
+
+        wait_until(lambda: alive() and not workers[0].is_alive(), 60, "the collector to push all its episodes", workers)
+        wait_until(lambda: trainer.stats.inserted >= n, 40, "the trainer to insert every episode", workers)
+    finally:
+        stop_collector.set()
+        stop_trainer.set()
+        collector_stats, stats = (w.finish() if w.ident is not None else None for w in workers)
+    try:
+        # The trainer's last checkpoints (its clean stop saves one) are validated too.
+        checkpoints = registry.list_checkpoints(config.pipeline.run_id)
+        validated = wait_for(
+            lambda: alive() and all(registry.list_validations(checkpoint_id=c.id) for c in checkpoints), timeout=60
+        )
+        assert validated, f"a checkpoint was not validated within 60 s{tails()}"
+        time.sleep(1)  # a duplicate validation would show up now
+    finally:
+        answers = probe.stop() if probe is not None else []
+        for process in services.values():
+            if process.poll() is None:
+                process.send_signal(signal.SIGTERM)
+        codes = {}
+        for name, process in services.items():
+            try:
+                codes[name] = process.wait(20)
+            except subprocess.TimeoutExpired:
+                codes[name] = None
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+        client.close()
+
+    produced = collector_stats.episode_ids()
+    assert len(produced) == n and collector_stats.pushed == n and collector_stats.dropped == 0
+    ids = stats.inserted_ids
+    assert len(ids) == len(set(ids)), "an episode was inserted twice"
+    assert sorted(ids) == sorted(produced), "an episode was lost"
+    checkpoints = registry.list_checkpoints(config.pipeline.run_id)
+    assert len(checkpoints) >= 3 and seed in {c.id for c in checkpoints}
+    validations = {c.id: [v.status for v in registry.list_validations(checkpoint_id=c.id)] for c in checkpoints}
+    assert all(v == ["ok"] for v in validations.values()), f"{validations}{tails()}"
+    during = [a for a in answers if fault_at - 0.5 <= a[0] <= fault_end]
+    assert len(during) >= 10, f"the probe did not run through the fault: {len(during)} answers"
+    slowest = max(a[1] for a in answers)
+    assert not probe.bad(), f"/v1/act slower than 1 s or failed: {probe.bad()[:10]} (slowest {slowest:.2f} s){tails()}"
+    print(f"{fault}: {len(answers)} /v1/act answers, slowest {slowest:.3f} s; {len(checkpoints)} checkpoints")
+    # Clean stops (uvicorn re-raises the SIGTERM it handled, so the API "dies" of it).
+    assert codes["validator"] == 0 and codes["api"] in (0, -signal.SIGTERM), f"{codes}{tails()}"
+    registry.close()

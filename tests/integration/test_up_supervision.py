@@ -1,12 +1,14 @@
 """``microzero up`` supervises: the trainer SIGKILLed under it is restarted (log line,
 restart count in the status line and in ``/status``), resumes from its checkpoint, and
-the pipeline goes on; the embedded Redis keeps an append-only file under ``var/``; Ctrl-C
+the pipeline goes on; the embedded Redis keeps an append-only file under ``var/`` and,
+SIGKILLed, is restarted on the same socket, and the pipeline goes on again; Ctrl-C
 still stops everything. Same small configuration as ``test_up.py``.
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import re
 import signal
@@ -110,6 +112,18 @@ def test_up_restarts_a_killed_trainer_and_the_pipeline_goes_on(tmp_path):
         assert new["trainer"]["pid"] != pid and new["trainer"]["last_exit_code"] == -signal.SIGKILL
         assert all(s["running"] and s["restarts"] == 0 for name, s in new.items() if name != "trainer")
         assert (tmp_path / "var" / "appendonly.aof").exists()  # the embedded Redis persists
+
+        # The embedded Redis dies: up starts it again (same socket, same AOF), and on it goes.
+        settings = json.loads((tmp_path / "var" / "redis.db.settings").read_text())
+        redis_pid = int(Path(settings["pidfile"]).read_text())
+        step = trainer_step()
+        os.kill(redis_pid, signal.SIGKILL)
+        wait(lambda: "embedded Redis restarted" in log_path.read_text(), 30, "the embedded Redis restart")
+        wait(lambda: trainer_step() >= step + 10, 120, "the trainer to learn on after the Redis restart")
+        wait(lambda: "embedded Redis restarts 1" in log_path.read_text(), 30, "the status line's Redis restart")
+        assert int(Path(settings["pidfile"]).read_text()) != redis_pid
+        new = status()["services"]
+        assert all(s["running"] for s in new.values()), new
     finally:
         client.close()
         if up.poll() is None:

@@ -1,7 +1,7 @@
 """Validator faults, with real validator processes and a private ``redis-server`` (AOF,
 ``appendfsync always``, its own unix socket): SIGTERM mid-job hands the job back,
-Redis killed while a validation runs (it finishes during the outage), and the validator
-SIGKILLed mid-job. In each, the checkpoint ends validated exactly once.
+Redis killed while a validation runs (it finishes during the outage), Redis hung
+(SIGSTOP) for 10 s while a validation runs, and the validator SIGKILLed mid-job. In each, the checkpoint ends validated exactly once.
 
 The validation is made slow by a wrapper that delays ``shared.training.evaluate`` by
 ``MZ_TEST_SLOW_S`` seconds and notes each call in a file, so the tests know when a job
@@ -196,6 +196,32 @@ def test_redis_killed_while_a_validation_runs_the_validator_carries_on(env, serv
     assert _validations(env, cid) == ["ok"] and _validations(env, nxt) == ["ok"]
     assert validator.evaluate_calls() == 2  # one backtest each: the re-run did not validate again
     assert "handed back" in validator.text()
+
+
+def test_redis_hung_for_10_s_while_a_validation_runs_the_validator_recovers(env, server):
+    """Redis SIGSTOPped for 10 s (longer than the validator's socket timeout) while a job
+    runs and ends: the validator rides it out (timeouts, not RQ's 415 s), the job ends
+    validated once, and the same process validates the next job promptly."""
+    cid = env.checkpoint(10)
+    enqueue_validation(env.redis, env.config, cid)
+    validator = Validator(env, slow_s=3, name="validator")
+    try:
+        assert wait_for(lambda: validator.evaluate_calls() == 1, timeout=60), validator.text()
+        server.hang(10)  # the validation ends (3 s) while Redis hangs
+        resumed_at = time.monotonic()
+        assert wait_for(lambda: _job(env, cid).get_status() == JobStatus.FINISHED, timeout=40), validator.text()
+        nxt = env.checkpoint(20)
+        enqueue_validation(env.redis, env.config, nxt)
+        assert wait_for(lambda: _job(env, nxt).get_status() == JobStatus.FINISHED, timeout=40), validator.text()
+        recovered_s = time.monotonic() - resumed_at
+        assert validator.process.poll() is None, validator.text()
+        validator.process.send_signal(signal.SIGTERM)
+        assert validator.process.wait(20) == 0, validator.text()
+    finally:
+        validator.close()
+    assert recovered_s < 30, f"{recovered_s:.1f} s after SIGCONT; {validator.text()}"
+    assert _validations(env, cid) == ["ok"] and _validations(env, nxt) == ["ok"]
+    assert validator.evaluate_calls() == 2  # a re-run after the hang found the validation recorded
 
 
 def test_validator_sigkilled_mid_job_the_job_is_rerun_and_validated_once(env):

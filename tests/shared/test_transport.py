@@ -6,6 +6,7 @@ from __future__ import annotations
 import ast
 import json
 import os
+import signal
 import struct
 import time
 import uuid
@@ -17,7 +18,14 @@ from prometheus_client import REGISTRY
 
 from shared.episode import Episode
 from shared.transport.codec import EpisodeDecodeError, decode_episode, encode_episode
-from shared.transport.connection import Backoff, call_with_retry, connect, embedded_redis
+from shared.transport.connection import (
+    Backoff,
+    call_with_retry,
+    connect,
+    embedded_redis,
+    embedded_redis_alive,
+    restart_embedded_redis,
+)
 from shared.transport.streams import FIELD, EpisodeStream, publish_model, read_model
 from tests.helpers import REPO
 
@@ -360,4 +368,30 @@ def test_embedded_redis(tmp_path):
         assert stream.lag("trainers") == 1
         client.close()
     finally:
+        server.shutdown()
+
+
+def test_a_killed_embedded_redis_restarts_on_the_same_socket_with_its_data(tmp_path):
+    """What ``microzero up`` does when its Redis dies: same socket (a client made before
+    reconnects by itself), same append-only file (the data is back)."""
+    server, url = embedded_redis(tmp_path / "redis.db")
+    client = connect(url)
+    try:
+        client.set("kept", b"1")
+        time.sleep(1.5)  # appendfsync everysec
+        pid = server.pid
+        assert embedded_redis_alive(server)
+        os.kill(pid, signal.SIGKILL)
+        deadline = time.monotonic() + 10
+        while embedded_redis_alive(server):
+            assert time.monotonic() < deadline, "still alive after SIGKILL"
+            time.sleep(0.05)
+        with pytest.raises(redis.ConnectionError):
+            client.get("kept")
+        restart_embedded_redis(server)
+        assert embedded_redis_alive(server) and server.pid != pid
+        assert f"unix://{server.socket_file}" == url
+        assert client.get("kept") == b"1"  # the old client, reconnected; the AOF replayed
+    finally:
+        client.close()
         server.shutdown()

@@ -460,6 +460,50 @@ def test_validator_process_counts_jobs_in_its_metrics_and_stops_on_sigterm(env):
     assert env.registry.get_checkpoint(cid).latest_validation.status == "ok"
 
 
+def test_an_idle_worker_stops_its_pubsub_listener_at_once(env):
+    """Regression (SIGTERM took 60 s about half the time): RQ's teardown sends UNSUBSCRIBE,
+    then stops its pub/sub listener thread, and redis-py's ``PubSubWorkerThread.stop()``
+    joins it without a timeout. A listener that read the UNSUBSCRIBE reply first went
+    back to wait 60 s for a subscription, and the exit waited with it. Forced here."""
+    worker = build_worker(env.config, env.redis)
+    worker.subscribe()
+    listener, pubsub = worker.pubsub_thread, worker.pubsub
+    try:
+        pubsub.unsubscribe()  # the listener reads this reply: no longer subscribed
+        deadline = time.monotonic() + 10
+        while pubsub.subscribed:
+            assert time.monotonic() < deadline, "the listener did not read the UNSUBSCRIBE reply"
+            time.sleep(0.02)
+        stopper = threading.Thread(target=worker.unsubscribe, daemon=True)
+        started = time.monotonic()
+        stopper.start()
+        stopper.join(10)
+        assert not stopper.is_alive() and time.monotonic() - started < 3
+        listener.join(3)
+        assert not listener.is_alive()
+    finally:
+        listener._running.clear()
+        pubsub.close()
+
+
+def test_the_worker_keeps_short_redis_timeouts(env):
+    """RQ blocks 405 s per dequeue and raises the client's socket timeout to 415 s; the
+    validator's worker blocks briefly and keeps the client's timeout, so a hung Redis
+    costs seconds."""
+    from services.validator.worker import DEQUEUE_TIMEOUT_S, SOCKET_TIMEOUT_S
+    from shared.transport.connection import connect
+
+    client = connect(REDIS_URL, socket_timeout=SOCKET_TIMEOUT_S)
+    try:
+        worker = build_worker(env.config, client)
+        kwargs = client.connection_pool.connection_kwargs
+        assert kwargs["socket_timeout"] == SOCKET_TIMEOUT_S and kwargs["socket_connect_timeout"] <= 5
+        assert kwargs["health_check_interval"] > 0
+        assert worker.dequeue_timeout == DEQUEUE_TIMEOUT_S < SOCKET_TIMEOUT_S
+    finally:
+        client.close()
+
+
 def test_jobs_queued_under_the_old_dotted_path_still_run(env):
     """A job an older version queued names ``shared.pipeline.validation.validate_checkpoint``;
     the worker's job class runs it as the validator's job."""
