@@ -40,6 +40,17 @@ TINY_MODEL = {"tcn_channels": 8, "hidden": 32, "head_hidden": 16, "encoder_hidde
 NEED = 183
 
 
+
+@pytest.fixture(autouse=True)
+def one_torch_thread() -> Iterator[None]:
+    """Direct searches here use one torch thread, as the API's inference thread does
+    (create_app's torch_threads=1): a batch's matrix products split across a different
+    number of threads sum in another order, and these comparisons are bit for bit."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
 def bars_json(bars) -> list[dict]:
     ts = np.datetime_as_string(bars.ts, unit="s")
     return [
