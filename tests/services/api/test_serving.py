@@ -40,7 +40,6 @@ TINY_MODEL = {"tcn_channels": 8, "hidden": 32, "head_hidden": 16, "encoder_hidde
 NEED = 183
 
 
-
 @pytest.fixture(autouse=True)
 def one_torch_thread() -> Iterator[None]:
     """Direct searches here use one torch thread, as the API's inference thread does
@@ -50,6 +49,7 @@ def one_torch_thread() -> Iterator[None]:
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
 
 def bars_json(bars) -> list[dict]:
     ts = np.datetime_as_string(bars.ts, unit="s")
