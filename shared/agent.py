@@ -36,6 +36,7 @@ from shared.serving.frames import to_bars
 from shared.serving.model import CheckpointInfo, ServedModel, load_served_model
 from shared.serving.observation import Observation, bars_needed, observation_from_bars
 from shared.serving.schemas import Position
+from shared.serving.trust import trusted_files
 
 log = logging.getLogger(__name__)
 
@@ -130,12 +131,10 @@ def _load_best(config: Config, device: str | torch.device | None) -> ServedModel
                 "pass a checkpoint path instead"
             )
         return load_served_model(path, None, config, device)
-    if not record.sha256:
-        raise CheckpointError(f"checkpoint {record.id}: the registry records no sha256 for it")
-    errors = []
-    for path in dict.fromkeys(p for p in (record.best_path, record.path) if p):
+    paths, errors = trusted_files(record, config)  # the API's rule: registered, inside the folders
+    for trusted in paths:
         try:
-            return load_served_model(path, record.id, config, device, expected_sha256=record.sha256)
+            return load_served_model(trusted, record.id, config, device, expected_sha256=record.sha256)
         except (CheckpointError, OSError) as exc:
             errors.append(str(exc))
     raise CheckpointError(f"the registry's best checkpoint {record.id} cannot be loaded: {' | '.join(errors)}")

@@ -10,7 +10,7 @@ starts two threads:
   the validator and other API replicas publish there) and, as a fallback for missed
   messages or a Redis outage, polling ``registry.best_checkpoint()`` every
   ``poll_interval_s``. A new best is verified and loaded *before* the swap; a corrupt
-  file, or one the registry does not vouch for (``trust.py``), is logged and the old
+  file, or one the registry does not vouch for (``shared.serving.trust``), is logged and the old
   model kept.
 
 The API starts even when Redis or the database is unreachable; ``/readyz`` then says
@@ -34,12 +34,12 @@ from fastapi import Depends, Header, HTTPException, Request
 
 from services.api.inference import InferenceEngine, ModelHolder
 from services.api.status_cache import Refresher, read_database, read_redis
-from services.api.trust import checkpoint_roots, confined, trusted_files
 from shared.checkpoint_store import Promotion, promote
 from shared.config import Config
 from shared.learning.checkpoint import CheckpointError
 from shared.registry import CheckpointRecord, Registry
 from shared.serving.model import ServedModel, load_served_model
+from shared.serving.trust import checkpoint_roots, confined, trusted_files
 from shared.transport.connection import connect, resolve_redis_url
 from shared.transport.keys import RedisKeys
 
@@ -183,7 +183,7 @@ class ApiState:
         Anyone who can write to Redis can publish here, so the message is only a hint
         that the best changed: the registry says which checkpoint is the best *now* (a
         message can also arrive after a later promotion) and only its registered files
-        are loaded (:mod:`services.api.trust`). An announcement the registry does not
+        are loaded (:mod:`shared.serving.trust`). An announcement the registry does not
         back is logged as refused; without a registry nothing is loaded.
         """
         try:

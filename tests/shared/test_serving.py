@@ -29,7 +29,11 @@ def tiny_config(tmp: Path) -> Config:
     return Config(
         model=TINY_MODEL,
         search={"num_simulations": 2},
-        pipeline={"database_url": f"sqlite:///{tmp / 'registry.db'}", "best_dir": str(tmp / "best")},
+        pipeline={
+            "database_url": f"sqlite:///{tmp / 'registry.db'}",
+            "best_dir": str(tmp / "best"),
+            "checkpoints_dir": str(tmp),  # where the tests write the trainer's originals
+        },
     )
 
 

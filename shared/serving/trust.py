@@ -1,4 +1,4 @@
-"""Which checkpoint files the API may load.
+"""Which checkpoint files may be served (by the API and by ``Agent.load("best")``).
 
 Anyone who can write to Redis can publish on the best channel, so an announcement is
 only a hint that the best changed; the file served must be one the *registry* records
