@@ -76,6 +76,20 @@ class Momentum:
         return _move_to(env.side, np.sign(momentum).astype(np.int8))
 
 
+class RangeReversion:
+    """The contrarian twin of Momentum, the simple rule of a mean-reverting market: long
+    when the close sits low in its 60-bar range (feature 0, ``position_in_range_60``,
+    below `band`), short when high (above 1 - `band`), the side kept in between."""
+
+    def __init__(self, band: float = 0.3) -> None:
+        self.band = band
+
+    def __call__(self, env: VecTradingEnv, obs: np.ndarray) -> np.ndarray:
+        where = obs[:, -1, 0]  # [B]: the newest bar's position in its range
+        target = np.where(where < self.band, 1, np.where(where > 1 - self.band, -1, env.side))
+        return _move_to(env.side, target.astype(np.int8))
+
+
 class PerfectForesight:
     """The reference ceiling, not a strategy: knows every future close and holds, at
     each bar, the side of a cost-aware optimal path (dynamic programming over
@@ -103,6 +117,7 @@ BASELINES: dict[str, Callable[[MarketData, int], Policy]] = {
     "buy_hold": lambda market, seed: buy_and_hold,
     "random": lambda market, seed: RandomLegal(seed),
     "momentum": lambda market, seed: Momentum(),
+    "range": lambda market, seed: RangeReversion(),
 }
 # Reference points that are not tradeable strategies.
 REFERENCES: dict[str, Callable[[MarketData, int], Policy]] = {

@@ -171,6 +171,9 @@ class LearningConfig(BaseModel):
     discount: float = Field(0.99, gt=0, le=1)
     unroll_steps: int = Field(5, ge=1)
     value_bootstrap: Literal["network", "stored"] = "network"
+    # "terminal" treats the cut as the end of the world (v = 0 there): only an ablation of
+    # the time-limit bootstrap (docs/LEARNING.md); the market goes on after an episode.
+    episode_end: Literal["time_limit", "terminal"] = "time_limit"
     target_update_interval: int = Field(100, ge=1, description="learner steps between target-network refreshes")
     reanalyse_fraction: float = Field(0.25, ge=0, le=1, description="share of each batch given fresh policy targets")
 

@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from shared.backtest import backtest
-from shared.baselines import Momentum, PerfectForesight, RandomLegal, buy_and_hold
+from shared.baselines import Momentum, PerfectForesight, RandomLegal, RangeReversion, buy_and_hold
 from shared.config import Config
 from shared.experiments.stats import t_interval
 from shared.market import MarketData
@@ -136,6 +136,7 @@ def run_curves(
     baselines = {
         "perfect foresight": oracle["total_pips"],
         "momentum (60 bars)": _pips(Momentum(), config, market, split)["total_pips"],
+        "range reversion (60 bars)": _pips(RangeReversion(), config, market, split)["total_pips"],
         "buy & hold": _pips(buy_and_hold, config, market, split)["total_pips"],
         "random legal": float(np.mean([_pips(RandomLegal(s), config, market, split)["total_pips"] for s in seeds])),
     }
@@ -181,7 +182,7 @@ def plot_curves(report: dict, path: Path) -> Path:
         high = [p["total_pips"]["high"] if p["total_pips"]["high"] is not None else m for p, m in zip(curve, mean)]
         ax.plot(x, mean, marker="o", color=colours.get(agent), label=f"{agent} (mean of {len(report['seeds'])} seeds)")
         ax.fill_between(x, low, high, color=colours.get(agent), alpha=0.2)
-    styles = ["k--", "g:", "m-.", "r:"]
+    styles = ["k--", "g:", "c--", "m-.", "r:"]
     for (name, pips), style in zip(report["baselines"].items(), styles):
         ax.axhline(pips, linestyle=style[1:], color=style[0], linewidth=1, label=f"{name}: {pips:,.0f}")
     ax.set_xlabel("environment steps played")

@@ -231,7 +231,10 @@ class ReplayBuffer:
         # n-step targets of every unroll step: z = reward_sum + gamma^m v(s_{t+k+m}).
         m = np.where(inside, self.offsets[at], 0)
         beta = np.minimum(tk + m, length[:, None])  # [N, K+1] bootstrap step, <= T
-        discounts = np.where(inside, self.config.discount ** m.astype(np.float64), 0.0)
+        # A target whose bootstrap state is the cut gets no bootstrap when the cut is taken
+        # for a terminal (the ablation); by default the value at the cut completes it.
+        cut = (tk + m >= length[:, None]) & (self.config.episode_end == "terminal")
+        discounts = np.where(inside & ~cut, self.config.discount ** m.astype(np.float64), 0.0)
         sums = np.where(inside, self.reward_sums[at], 0.0)
         # Stored bootstrap: the root value at t+k+m; at the cut (t+k+m = T) the last one's.
         stored = self.root_values[

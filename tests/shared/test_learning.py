@@ -146,6 +146,25 @@ def test_n_step_targets_match_a_hand_computation_with_the_end_inside_the_horizon
 # ----------------------------------------------------------------------------- replay
 
 
+def test_terminal_ablation_drops_only_the_bootstrap_at_the_cut(market, played):
+    episodes, _ = played
+    T, K = 40, 3
+    time_limit = ReplayBuffer(market, small_config(unroll_steps=K), W, PENALTY, seed=0)
+    terminal = ReplayBuffer(market, small_config(unroll_steps=K, episode_end="terminal"), W, PENALTY, seed=0)
+    for replay in (time_limit, terminal):
+        for e in episodes:
+            replay.insert(e)
+    a, b = time_limit.sample(512), terminal.sample(512)  # same seed: the same positions
+    assert np.array_equal(a.indices, b.indices)
+    step = a.indices % T  # serials count from 0 and every episode is T long
+    tk = step[:, None] + np.arange(K + 1)
+    at_cut = a.masks & (tk + np.minimum(5, T - tk) >= T)  # m = min(n, T - t): bootstrap state s_T
+    assert at_cut.any() and (a.masks & ~at_cut).any()
+    assert (b.bootstrap_discounts[at_cut] == 0).all() and (a.bootstrap_discounts[at_cut] > 0).all()
+    np.testing.assert_array_equal(b.bootstrap_discounts[~at_cut], a.bootstrap_discounts[~at_cut])
+    np.testing.assert_array_equal(b.reward_sums, a.reward_sums)
+
+
 def test_replay_observations_equal_what_the_environment_showed(market, played):
     episodes, seen = played
     T, K = 40, 3

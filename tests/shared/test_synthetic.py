@@ -7,17 +7,10 @@ import numpy as np
 import pytest
 
 from shared.backtest import backtest
-from shared.baselines import Momentum, _move_to
+from shared.baselines import Momentum, RangeReversion
 from shared.config import Config
 from shared.data.synthetic import KINDS, synthetic_bars
 from shared.market import market_from_bars
-
-
-def range_rule(env, obs):
-    """Long low in the 60-bar range, short high in it (feature 0: position in range)."""
-    where = obs[:, -1, 0]
-    target = np.where(where < 0.3, 1, np.where(where > 0.7, -1, env.side)).astype(np.int8)
-    return _move_to(env.side, target)
 
 
 @pytest.fixture(scope="module")
@@ -32,6 +25,7 @@ def _pips(config, market, policy) -> float:
 
 def test_each_learnable_kind_is_exploited_by_its_rule_and_the_control_by_none(markets):
     config, m = markets
+    range_rule = RangeReversion()
     assert _pips(config, m["sine"], Momentum(1)) > 1000
     assert _pips(config, m["regime"], Momentum(60)) > 1000
     assert _pips(config, m["mean_reverting"], range_rule) > 50
