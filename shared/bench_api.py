@@ -206,14 +206,13 @@ def request_phases(
     API's inference thread: JSON parse + validation, observation, and the bare greedy
     search (``shared.serving.decide``) at each batch size. Median ms of `repeats`."""
     import torch
+    from pydantic_core import from_json
 
     from shared.learning.checkpoint import save_checkpoint
     from shared.model.networks import StochasticMuZeroNet
     from shared.serving.decide import decide
     from shared.serving.model import load_served_model
     from shared.serving.observation import observation_from_bars
-    from pydantic_core import from_json
-
     from shared.serving.schemas import ActRequest
 
     with tempfile.TemporaryDirectory(prefix="mz-bench-search-") as tmp:
