@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import re
 import subprocess
@@ -55,6 +56,8 @@ def bench_act(
     if not target.endswith("/v1/act"):
         target += "/v1/act"
     payload = payload or sample_act_payload()
+    body = json.dumps(payload).encode()  # encoded once: the load generator measures the server, not json.dumps
+    headers = {"content-type": "application/json"}
     latencies: list[float] = []
     errors: list[str] = []
     lock = threading.Lock()
@@ -64,7 +67,7 @@ def bench_act(
     def client_loop() -> None:
         with httpx.Client(timeout=timeout) as client:
             try:
-                client.post(target, json=payload)  # warm the connection; not timed
+                client.post(target, content=body, headers=headers)  # warm the connection; not timed
             finally:
                 ready.wait()
             while True:
@@ -73,7 +76,7 @@ def bench_act(
                         return
                 start = time.perf_counter()
                 try:
-                    response = client.post(target, json=payload)
+                    response = client.post(target, content=body, headers=headers)
                     ok, why = response.status_code == 200, f"{response.status_code} {response.text[:200]}"
                 except httpx.HTTPError as exc:
                     ok, why = False, f"{type(exc).__name__}: {exc}"
@@ -202,16 +205,15 @@ def request_phases(
     ``served_untrained_model`` serves (same config, same seed), one torch thread like the
     API's inference thread: JSON parse + validation, observation, and the bare greedy
     search (``shared.serving.decide``) at each batch size. Median ms of `repeats`."""
-    import json
-
     import torch
+    from pydantic_core import from_json
 
     from shared.learning.checkpoint import save_checkpoint
     from shared.model.networks import StochasticMuZeroNet
     from shared.serving.decide import decide
     from shared.serving.model import load_served_model
     from shared.serving.observation import observation_from_bars
-    from shared.serving.schemas import ActRequest, bars_from_wire
+    from shared.serving.schemas import ActRequest
 
     with tempfile.TemporaryDirectory(prefix="mz-bench-search-") as tmp:
         path = Path(tmp) / "ckpt-000000001.pt"
@@ -220,8 +222,8 @@ def request_phases(
         served = load_served_model(path, 1, config, "cpu")
     raw = json.dumps(payload)
 
-    def parse() -> ActRequest:
-        return ActRequest.model_validate_json(raw)
+    def parse() -> ActRequest:  # as the API does: pydantic-core's JSON parser, then the models
+        return ActRequest.model_validate(from_json(raw))
 
     request = parse()
     position = request.position
@@ -230,7 +232,7 @@ def request_phases(
     def observe():
         assert request.bars is not None
         return observation_from_bars(
-            bars_from_wire(request.bars), position.side, position.bars_held, request.symbol or "EURUSD", served.config
+            request.bars, position.side, position.bars_held, request.symbol or "EURUSD", served.config
         )
 
     obs = observe()

@@ -25,7 +25,6 @@ from shared.serving.schemas import (
     ActionName,
     ActRequest,
     ActResponse,
-    Bar,
     BatchActRequest,
     BatchActResponse,
     Position,
@@ -78,7 +77,7 @@ class Client:
 
     # ---- sessions
     def open_session(self, bars: Any, position: PositionLike = None, symbol: str | None = None) -> Session:
-        body = SessionCreate(symbol=symbol, bars=wire_bars(bars), position=_position(position))
+        body = SessionCreate(symbol=symbol, bars=to_bars(bars), position=_position(position))
         return Session(self, SessionOut.model_validate(self._post("/v1/sessions", body)))
 
     def session(self, session_id: str) -> Session:
@@ -131,7 +130,7 @@ class Session:
         accept_gap: bool = False,
     ) -> ActResponse:
         """Send the newest bar(s) and what was filled on the previous decision; the new decision."""
-        body = SessionBars(bars=wire_bars(bars), filled=filled, position=_position(position), accept_gap=accept_gap)
+        body = SessionBars(bars=to_bars(bars), filled=filled, position=_position(position), accept_gap=accept_gap)
         self.state = SessionOut.model_validate(self.client._post(f"/v1/sessions/{self.id}/bars", body))
         return self.state.decision
 
@@ -140,25 +139,7 @@ class Session:
 
 
 def act_request(bars: Any, position: PositionLike = None, symbol: str | None = None) -> ActRequest:
-    return ActRequest(bars=wire_bars(bars), position=_position(position), symbol=symbol)
-
-
-def wire_bars(bars: Any) -> list[Bar]:
-    """Any bars :func:`to_bars` accepts -> the wire models (timestamps to the microsecond)."""
-    frame = to_bars(bars)
-    stamps = np.datetime_as_string(frame.ts, unit="us")
-    return [
-        Bar.model_validate({"ts": f"{t}Z", "open": o, "high": h, "low": lo, "close": c, "volume": v})
-        for t, o, h, lo, c, v in zip(
-            stamps,
-            frame.open.tolist(),
-            frame.high.tolist(),
-            frame.low.tolist(),
-            frame.close.tolist(),
-            frame.volume.tolist(),
-            strict=True,
-        )
-    ]
+    return ActRequest(bars=to_bars(bars), position=_position(position), symbol=symbol)
 
 
 def _position(position: PositionLike) -> Position | None:

@@ -2,9 +2,10 @@
 
 * :func:`observation_from_bars` turns raw OHLC bars and a position into the exact
   ``[W, 15]`` observation: the market features come from
-  :func:`shared.market.market_from_bars` and the 6 position columns from replaying
-  :class:`shared.env.VecTradingEnv` (a Buy/Sell at the entry bar, then Holds), so no
-  position math is re-derived here.
+  :func:`shared.market.market_from_bars` and the 6 position columns from
+  :func:`position_states`: the arithmetic of :class:`shared.env.VecTradingEnv`'s steps
+  for a Buy/Sell at the entry bar and Holds since, applied to all the held bars at once
+  (a test replays the environment step by step and compares bit for bit).
 * :func:`observation_from_window` checks a ready ``[W, 15]`` observation.
 
 A problem with the input raises :class:`ObservationError`, which names the field
@@ -18,10 +19,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from shared.actions import Action, legal_mask
+from shared.actions import legal_mask
 from shared.config import Config
 from shared.data.bars import Bars
-from shared.env import NUM_POSITION_FEATURES, VecTradingEnv
+from shared.env import NUM_POSITION_FEATURES
+from shared.env.vector import POSITION_SCALE
 from shared.features import NUM_MARKET_FEATURES, warmup_bars
 from shared.market import market_from_bars
 
@@ -84,47 +86,42 @@ def observation_from_bars(bars: Bars, side: int, bars_held: int, symbol: str, co
             market = market_from_bars(symbol, bars.slice(n - need, n), config)
     except (ValueError, ArithmeticError, AssertionError) as exc:
         raise ObservationError(("bars",), f"the features cannot be computed from these bars: {exc}") from exc
-    features = market.features  # [W, 9], rows = bars n-W .. n-1
-
-    # Row space of the replay: W-1 flat padding rows (so an episode may start at the
-    # entry bar whatever its index), bars first..n-1, and one copy of the newest bar
-    # (the environment ends an episode one row before its data ends; the replay stops
-    # before it is ever reached).
-    entry = n - 1 - bars_held  # bar index of the entry fill (the newest bar when flat)
-    first = min(entry, n - W)
-    pad = W - 1
-    span = n - first
-    rows = pad + span + 1
-    feat = np.zeros((rows, NUM_MARKET_FEATURES), dtype=np.float32)
-    feat[pad + span - W : pad + span] = features
-    close = np.empty(rows)
-    close[:pad] = bars.close[first]
-    close[pad : pad + span] = bars.close[first:]
-    close[pad + span] = bars.close[-1]
-    env = VecTradingEnv(
-        feat,
-        close,
-        num_envs=1,
-        pip=spec.pip,
-        spread_pips=spec.spread_pips,
-        window=W,
-        episode_length=bars_held + 1,
-        drawdown_penalty=config.env.drawdown_penalty,
-        strict=True,
-    )
-    with np.errstate(all="ignore"):
-        env.reset(starts=np.array([pad + entry - first]), lengths=np.array([bars_held + 1]))
-        if side != 0:
-            env.step(np.array([Action.BUY if side == 1 else Action.SELL]))
-            hold = np.array([Action.HOLD])
-            for _ in range(bars_held - 1):
-                env.step(hold)
-        obs = env.observe()[0].copy()
-    if int(env.side[0]) != side or int(env.row[0]) != pad + span - 1:
-        raise AssertionError(f"replay ended holding {int(env.side[0])} at row {int(env.row[0])}")  # a bug, not input
+    obs = np.zeros((W, OBS_FEATURES), dtype=np.float32)
+    obs[:, :NUM_MARKET_FEATURES] = market.features  # [W, 9], rows = bars n-W .. n-1
+    if side != 0:
+        with np.errstate(all="ignore"):
+            state = position_states(bars.close[n - 1 - bars_held :], side, spec.pip, spec.spread_pips)
+        shown = min(bars_held, W)  # bars up to the entry show a flat position
+        obs[W - shown :, NUM_MARKET_FEATURES:] = state[bars_held - shown :]
     if not np.isfinite(obs).all():
         raise ObservationError(("bars",), "the observation built from these bars is not finite (extreme prices?)")
-    return Observation(obs=obs, side=side, legal=env.legal_mask()[0].copy())
+    return Observation(obs=obs, side=side, legal=_legal(side))
+
+
+def position_states(close: np.ndarray, side: int, pip: float, spread_pips: float) -> np.ndarray:
+    """[h, 6] float32: the position columns of the h bars after an entry, as
+    :class:`shared.env.VecTradingEnv` writes them for a Buy/Sell at the close of
+    ``close[0]`` followed by h Holds (``close`` holds the entry bar and the h bars since).
+
+    The environment's step arithmetic, as whole-array operations in the same order
+    (maxima and running sums are accumulated bar by bar, as the steps do), so every
+    value equals the step-by-step replay's bit for bit (tested against it).
+    """
+    unrealised = side * (close[1:] - close[0]) / pip - spread_pips  # marked at each bar's close
+    peak = np.maximum.accumulate(np.concatenate([[-spread_pips], unrealised]))[1:]  # from the entry value
+    drawdown = peak - unrealised
+    increase = np.maximum(np.diff(drawdown, prepend=0.0), 0.0)
+    accumulated = np.cumsum(increase)
+    max_drawdown = np.maximum.accumulate(np.concatenate([[0.0], drawdown]))[1:]
+    held = np.arange(1, len(unrealised) + 1)
+    state = np.empty((len(unrealised), NUM_POSITION_FEATURES), dtype=np.float32)
+    state[:, 0] = side
+    state[:, 1] = np.tanh(unrealised / POSITION_SCALE)
+    state[:, 2] = np.tanh(held / POSITION_SCALE)
+    state[:, 3] = np.tanh(-drawdown / POSITION_SCALE)
+    state[:, 4] = np.tanh(-max_drawdown / POSITION_SCALE)
+    state[:, 5] = np.tanh(accumulated / POSITION_SCALE)
+    return state
 
 
 def observation_from_window(window: list[list[float]], config: Config, side: int | None = None) -> Observation:

@@ -9,25 +9,20 @@ the configuration (how many bars the features need, the window size) happen in
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, timedelta
+from datetime import datetime
 from typing import Annotated, Any, Literal
 
-import numpy as np
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, model_validator
 
-from shared.data.bars import Bars
 from shared.jsonsafe import JsonFloat, json_float
 from shared.serving.decide import ACTION_NAMES, Decision
+from shared.serving.wire_bars import MAX_BARS, MAX_PRICE, MAX_TS, MIN_TS, BarList, NonEmptyBarList
 
 ActionName = Literal["HOLD", "BUY", "SELL", "CLOSE"]
 
 # Bounds that keep every later computation finite and every timestamp representable as
-# numpy datetime64[ns] (which ends in 2262).
-MAX_PRICE = 1e9
-MAX_BARS = 5000
+# numpy datetime64[ns] (which ends in 2262): MAX_PRICE, MAX_BARS, MIN_TS, MAX_TS (wire_bars).
 MAX_BATCH = 256
-MIN_TS = datetime(1970, 1, 1, tzinfo=UTC)
-MAX_TS = datetime(2200, 1, 1, tzinfo=UTC)
 
 Price = Annotated[float, Field(gt=0, lt=MAX_PRICE, allow_inf_nan=False)]
 FiniteFloat = Annotated[float, Field(allow_inf_nan=False)]
@@ -119,7 +114,7 @@ class ActRequest(BaseModel):
         json_schema_extra={"examples": _ACT_EXAMPLES},
     )
 
-    bars: list[Bar] | None = Field(None, max_length=MAX_BARS, description="OHLC bars, oldest first")
+    bars: BarList | None = Field(None, description=f"OHLC bars, oldest first (at most {MAX_BARS})")
     window: list[Annotated[list[FiniteFloat], Field(max_length=256)]] | None = Field(
         None, max_length=4096, description="ready observation [window][15], oldest bar first"
     )
@@ -130,8 +125,6 @@ class ActRequest(BaseModel):
     def _one_input(self) -> ActRequest:
         if (self.bars is None) == (self.window is None):
             raise ValueError("send exactly one of 'bars' (OHLC bars) or 'window' (a [64][15] observation)")
-        if self.bars is not None:
-            _increasing(self.bars)
         return self
 
 
@@ -161,15 +154,6 @@ class ActResponse(BaseModel):
     )
 
 
-def _increasing(bars: list[Bar]) -> None:
-    for i in range(1, len(bars)):
-        if bars[i].ts <= bars[i - 1].ts:
-            raise ValueError(
-                f"bars[{i}].ts {bars[i].ts.isoformat()} is not after bars[{i - 1}].ts "
-                f"{bars[i - 1].ts.isoformat()}: timestamps must increase strictly"
-            )
-
-
 # ----------------------------------------------------------------------------- /v1/act/batch
 
 
@@ -194,13 +178,8 @@ class SessionCreate(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     symbol: Symbol | None = Field(None, description="pip size and spread from config.market (default pipeline.symbol)")
-    bars: list[Bar] = Field(min_length=1, max_length=MAX_BARS, description="OHLC bars, oldest first (>= 183)")
+    bars: NonEmptyBarList = Field(description="OHLC bars, oldest first (>= 183)")
     position: Position | None = Field(None, description="position before the newest bar's decision (default flat)")
-
-    @model_validator(mode="after")
-    def _ordered(self) -> SessionCreate:
-        _increasing(self.bars)
-        return self
 
 
 class SessionBars(BaseModel):
@@ -217,7 +196,7 @@ class SessionBars(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    bars: list[Bar] = Field(min_length=1, max_length=MAX_BARS, description="new bars, oldest first")
+    bars: NonEmptyBarList = Field(description="new bars, oldest first")
     filled: ActionName | None = Field(None, description="action filled at the previous newest bar's close")
     position: Position | None = Field(None, description="override: the position before the newest bar's decision")
     accept_gap: bool = Field(False, description="accept missing bars before these (a market holiday)")
@@ -226,7 +205,6 @@ class SessionBars(BaseModel):
     def _one_position(self) -> SessionBars:
         if self.filled is not None and self.position is not None:
             raise ValueError("send 'filled' (what was executed) or 'position' (an override), not both")
-        _increasing(self.bars)
         return self
 
 
@@ -242,22 +220,6 @@ class SessionOut(BaseModel):
 
 
 # ----------------------------------------------------------------------------- conversions
-
-_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
-_MICROSECOND = timedelta(microseconds=1)
-
-
-def bars_from_wire(bars: list[Bar]) -> Bars:
-    """Wire bars -> Bars (timestamps to the microsecond, UTC)."""
-    ts = np.array([(b.ts - _EPOCH) // _MICROSECOND for b in bars], dtype="datetime64[us]").astype("datetime64[ns]")
-    return Bars.from_arrays(
-        ts,
-        [b.open for b in bars],
-        [b.high for b in bars],
-        [b.low for b in bars],
-        [b.close for b in bars],
-        [b.volume or 0.0 for b in bars],
-    )
 
 
 def act_response(decision: Decision) -> ActResponse:

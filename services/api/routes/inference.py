@@ -16,6 +16,7 @@ from fastapi import APIRouter
 from services.api import schemas as S
 from services.api.deps import State
 from services.api.inference import decisions, require_model
+from services.api.json_body import FastJsonRoute
 from shared.config import Config
 from shared.serving.observation import (
     Observation,
@@ -24,9 +25,9 @@ from shared.serving.observation import (
     observation_from_bars,
     observation_from_window,
 )
-from shared.serving.schemas import act_response, bars_from_wire
+from shared.serving.schemas import act_response
 
-router = APIRouter(tags=["inference"])
+router = APIRouter(tags=["inference"], route_class=FastJsonRoute)
 
 _ERRORS: dict[int | str, dict] = {
     422: {"description": "malformed input; `message` says what and where"},
@@ -88,4 +89,4 @@ def build_observation(request: S.ActRequest, config: Config) -> Observation:
         )
     symbol = (request.symbol or config.pipeline.symbol).upper()
     side, held = (position.side, position.bars_held) if position is not None else (0, 0)
-    return observation_from_bars(bars_from_wire(bars), side, held, symbol, config)
+    return observation_from_bars(bars, side, held, symbol, config)

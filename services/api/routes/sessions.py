@@ -25,14 +25,15 @@ from fastapi.responses import JSONResponse
 from services.api import schemas as S
 from services.api.deps import State
 from services.api.inference import decisions, require_model
+from services.api.json_body import FastJsonRoute
 from shared.actions import Action
 from shared.config import Config
 from shared.serving.observation import Observation, bars_needed, observation_from_bars
-from shared.serving.schemas import act_response, bars_from_wire
+from shared.serving.schemas import act_response
 from shared.serving.session import SessionConflict, SessionState, advance, open_session
 from shared.serving.session_store import SessionChanged, SessionStore
 
-router = APIRouter(prefix="/v1/sessions", tags=["sessions"])
+router = APIRouter(prefix="/v1/sessions", tags=["sessions"], route_class=FastJsonRoute)
 
 SessionId = Annotated[str, Path(pattern=r"^[A-Za-z0-9_-]{1,64}$", description="as returned by POST /v1/sessions")]
 _ERRORS: dict[int | str, dict[str, Any]] = {
@@ -129,7 +130,7 @@ def _load(store: SessionStore, session_id: str) -> SessionState:
 
 
 def _open(request: S.SessionCreate, config: Config) -> tuple[SessionState, Observation]:
-    bars = bars_from_wire(request.bars)
+    bars = request.bars
     symbol = (request.symbol or config.pipeline.symbol).upper()
     position = request.position or S.Position()
     observation = observation_from_bars(bars, position.side, position.bars_held, symbol, config)  # validates first
@@ -143,7 +144,7 @@ def _advance(current: SessionState, request: S.SessionBars, config: Config) -> t
     override = None if request.position is None else (request.position.side, request.position.bars_held)
     session = advance(
         current,
-        bars_from_wire(request.bars),
+        request.bars,
         bars_needed(config),
         filled=None if request.filled is None else Action[request.filled],
         position=override,

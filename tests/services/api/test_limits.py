@@ -104,3 +104,25 @@ def test_malformed_content_length_is_400(small_limit):
         sock.sendall(b"POST /v1/act HTTP/1.1\r\nHost: x\r\nContent-Length: -5\r\n\r\n")
         reply = sock.recv(4096)
     assert reply.startswith(b"HTTP/1.1 400"), reply[:200]
+
+
+def test_json_bodies_decode_as_the_standard_library_does():
+    """FastJsonRequest: pydantic-core's parser where it accepts a body, json.loads otherwise
+    (so a bad body gets FastAPI's usual answer)."""
+    import asyncio
+
+    from services.api.json_body import FastJsonRequest
+
+    def decoded(body: bytes):
+        async def receive():
+            return {"type": "http.request", "body": body, "more_body": False}
+
+        request = FastJsonRequest({"type": "http", "method": "POST", "headers": []}, receive)
+        return asyncio.run(request.json())
+
+    for body in [b'{"a": 1.1, "b": [1e-7, 0.30000000000000004, 12345678901234567890123]}', b'{"a":1,"a":2}']:
+        assert decoded(body) == json.loads(body)
+    assert decoded(b'"\\ud800"') == "\ud800"  # pydantic-core refuses a lone surrogate; json.loads does not
+    assert decoded(b"\xef\xbb\xbf{}") == {}  # a UTF-8 BOM
+    with pytest.raises(json.JSONDecodeError):
+        decoded(b"{not json")
