@@ -3,6 +3,7 @@ agreement with the one-tree-at-a-time reference, and a bench smoke test."""
 
 from __future__ import annotations
 
+import json
 import math
 
 import pytest
@@ -14,6 +15,7 @@ from shared.search import SearchConfig, run_search, run_search_single
 from shared.search.bench import MLPStandIn, bench_search
 from shared.search.selection import considered_visits_sequence
 from shared.search.tree import ROOT
+from tests.shared import search_golden
 
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 CODES = 16
@@ -381,3 +383,25 @@ def test_puct_scores_normalise_by_parent_and_siblings():
     pb_c = 1.25 + math.log((5 + 19652 + 1) / 19652)
     explore = [pb_c * math.sqrt(5) * p / (1 + n) for p, n in zip([0.5, 0.25, 0.25], [3, 1, 0])]
     torch.testing.assert_close(got, torch.tensor([[v + e for v, e in zip(value, explore)]], dtype=torch.float64))
+
+
+# ----------------------------------------------------------------------------- pinned outputs
+
+
+@pytest.mark.parametrize("name", list(search_golden.CASES))
+def test_outputs_pinned_to_recorded_values(name):
+    """The search gives bit for bit the outputs recorded before its speed work.
+
+    search_golden.py holds the cases (greedy serving at B = 1 and 8, self-play at B = 16,
+    Reanalyse with the --small model at B = 64, pUCT, the float64 TinyModel) and says how
+    to re-record them when a change is meant to alter results. The real-model cases run
+    the float32 network, whose last bits depend on the CPU's matrix kernels: on another
+    kind of CPU they may need re-recording.
+    """
+    expected = json.loads(search_golden.GOLDEN.read_text())[name]
+    got = search_golden.as_record(search_golden.run_case(name))
+    assert got["dtype"] == expected["dtype"]
+    assert got["action"] == expected["action"]
+    assert got["visit_counts"] == expected["visit_counts"]
+    assert got["policy_target"] == expected["policy_target"]  # exact: Python floats compare bit for bit
+    assert got["root_value"] == expected["root_value"]
