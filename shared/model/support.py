@@ -23,6 +23,8 @@ in h^-1 would cost ~1e-3 pips at +-300.
 
 from __future__ import annotations
 
+import functools
+
 import torch
 from torch import Tensor
 
@@ -59,6 +61,17 @@ def support(
     return torch.linspace(-top, top, bins, device=device, dtype=dtype)
 
 
+@functools.lru_cache(maxsize=16)
+def _support_table(bins: int, vmax: float, eps: float, device: torch.device) -> Tensor:
+    """:func:`support` in float64 on device, built once per key and shared: callers must not write to it.
+
+    Built outside inference mode, so that autograd may save it for backward (training
+    reads it too).
+    """
+    with torch.inference_mode(False):
+        return support(bins, vmax, eps, device=device)
+
+
 def _out_dtype(t: Tensor) -> torch.dtype:
     return t.dtype if t.is_floating_point() else torch.float32
 
@@ -67,7 +80,7 @@ def scalar_to_support(
     x: Tensor, bins: int = DEFAULT_BINS, vmax: float = DEFAULT_VMAX, eps: float = DEFAULT_EPS
 ) -> Tensor:
     """Two-hot projection of scalars: x [..] -> probs [.., bins] (each row sums to 1)."""
-    centres = support(bins, vmax, eps, device=x.device)  # [bins]
+    centres = _support_table(bins, vmax, eps, x.device)  # [bins]
     y = h(x.to(torch.float64).clamp(-vmax, vmax), eps)  # [..]
     pos = (y - centres[0]) / (centres[1] - centres[0])  # [..] in [0, bins-1]
     pos = pos.clamp(0, bins - 1)
@@ -86,7 +99,7 @@ def support_to_scalar(logits: Tensor, vmax: float = DEFAULT_VMAX, eps: float = D
     The expectation is taken in h-space (softmax-weighted mean of the bin centres),
     then mapped back with h^-1.
     """
-    centres = support(logits.shape[-1], vmax, eps, device=logits.device)  # [bins]
+    centres = _support_table(logits.shape[-1], vmax, eps, logits.device)  # [bins]
     probs = torch.softmax(logits.to(torch.float64), dim=-1)  # [.., bins]
     y = (probs * centres).sum(-1)  # [..]
     return h_inverse(y, eps).to(_out_dtype(logits))
