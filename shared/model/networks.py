@@ -39,8 +39,7 @@ from shared.model.tcn import TCN
 
 def scale_to_unit(x: Tensor) -> Tensor:
     """Min-max scale each row of x [B, H] to [0, 1] (MuZero's hidden-state normalisation)."""
-    lo = x.min(dim=-1, keepdim=True).values
-    hi = x.max(dim=-1, keepdim=True).values
+    lo, hi = torch.aminmax(x, dim=-1, keepdim=True)
     return (x - lo) / (hi - lo).clamp_min(1e-5)
 
 
@@ -277,4 +276,5 @@ class StochasticMuZeroNet(nn.Module):
         code_onehot = F.one_hot(code.long(), self.cfg.chance_codes).to(afterstate.dtype)
         state, reward_logits = self.dynamics(afterstate, code_onehot)
         policy_logits, value_logits = self.predict(state)
-        return state, self.to_scalar(reward_logits), policy_logits, self.to_scalar(value_logits)
+        reward, value = self.to_scalar(torch.stack([reward_logits, value_logits])).unbind()  # one decode for both
+        return state, reward, policy_logits, value

@@ -277,6 +277,37 @@ def _select_action(tree: Tree, ctx: _Context, flat: Tensor, children: Tensor, ro
     return sel.masked_argmax(scores, legal)
 
 
+@dataclass(frozen=True)
+class _Subset:
+    """Some of the B trees: ``index`` [n] long, or None for all B in order (then no gather, no scatter)."""
+
+    index: Tensor | None
+
+    def take(self, x: Tensor) -> Tensor:
+        """x [B, ...] -> x at the subset [n, ...]."""
+        return x if self.index is None else x.index_select(0, self.index)
+
+    def put(self, dst: Tensor, src: Tensor) -> None:
+        """dst [B, ...] at the subset <- src [n, ...]."""
+        if self.index is None:
+            dst.copy_(src)
+        else:
+            dst.index_copy_(0, self.index, src)
+
+
+def _split_by_kind(from_chance: Tensor, num_recurrent: int) -> tuple[_Subset | None, _Subset | None]:
+    """from_chance [B] bool with num_recurrent True -> (trees that expand a chance node,
+    trees that expand a decision node); None where no tree does. Each subset keeps tree order.
+    """
+    B = from_chance.shape[0]
+    if num_recurrent == 0:
+        return _Subset(None), None
+    if num_recurrent == B:
+        return None, _Subset(None)
+    order = torch.argsort(from_chance.to(torch.int8), stable=True)  # afterstate leaves first
+    return _Subset(order[: B - num_recurrent]), _Subset(order[B - num_recurrent :])
+
+
 def _expand(
     model: SearchModel,
     tree: Tree,
@@ -292,39 +323,15 @@ def _expand(
     Trees with from_chance False get a chance node (afterstate_inference on their
     parent's state); the others a decision node (recurrent_inference on the afterstate).
     """
-    B = tree.batch_size
-    order = torch.argsort(from_chance.to(torch.int8), stable=True)  # afterstate leaves first
-    to_after, to_state = order[: B - num_recurrent], order[B - num_recurrent :]
-    value = torch.empty(B, dtype=tree.node_values.dtype, device=parent.device)
+    to_after, to_state = _split_by_kind(from_chance, num_recurrent)
+    value = torch.empty(tree.batch_size, dtype=tree.node_values.dtype, device=parent.device)
     parent_flat = ctx.row_base + parent  # [B]
     parent_side = rows(tree.side, parent_flat)  # [B]
-
-    if len(to_after):
-        p, a = parent_flat.index_select(0, to_after), edge.index_select(0, to_after)
-        afterstate, chance_logits, q = model.afterstate_inference(rows(tree.embeddings, p), a)
-        if chance_logits.shape[-1] != tree.chance_probs.shape[-1]:
-            raise ValueError(
-                f"the model has {chance_logits.shape[-1]} chance codes, "
-                f"SearchConfig.num_chance_codes is {tree.chance_probs.shape[-1]}"
-            )
-        tree.embeddings[:, node].index_copy_(0, to_after, afterstate.to(tree.embeddings.dtype))
-        probs = torch.softmax(chance_logits.to(value.dtype), dim=-1)
-        tree.chance_probs[:, node].index_copy_(0, to_after, probs)
-        value.index_copy_(0, to_after, q.to(value.dtype))
-        tree.action_children.view(-1).index_fill_(0, p * NUM_ACTIONS + a, node)
-
-    if len(to_state):
-        p, c = parent_flat.index_select(0, to_state), edge.index_select(0, to_state)
-        state, reward, logits, v = model.recurrent_inference(rows(tree.embeddings, p), c)
-        legal = ctx.legal_by_side[parent_side.index_select(0, to_state) + 1]  # chance never changes the side
-        masked = mask_logits(logits.to(value.dtype), legal)
-        tree.embeddings[:, node].index_copy_(0, to_state, state.to(tree.embeddings.dtype))
-        tree.rewards[:, node].index_copy_(0, to_state, reward.to(value.dtype))
-        tree.legal[:, node].index_copy_(0, to_state, legal)
-        tree.logits[:, node].index_copy_(0, to_state, masked)
-        tree.priors[:, node].index_copy_(0, to_state, floored_softmax(masked))
-        value.index_copy_(0, to_state, v.to(value.dtype))
-        tree.code_children.view(-1).index_fill_(0, p * tree.code_children.shape[-1] + c, node)
+    if to_after is not None:
+        _expand_chance(model, tree, node, to_after, to_after.take(parent_flat), to_after.take(edge), value)
+    if to_state is not None:
+        legal = ctx.legal_by_side[to_state.take(parent_side) + 1]  # chance never changes the side
+        _expand_decision(model, tree, node, to_state, to_state.take(parent_flat), to_state.take(edge), legal, value)
 
     action = edge.clamp(max=NUM_ACTIONS - 1)  # codes index nothing here; where() drops them
     tree.side[:, node] = torch.where(from_chance, parent_side, ctx.side_after[parent_side + 1, action])
@@ -334,6 +341,44 @@ def _expand(
     tree.raw_values[:, node] = value
     tree.node_values[:, node] = value
     tree.node_visits[:, node] = 1
+
+
+def _expand_chance(
+    model: SearchModel, tree: Tree, node: int, subset: _Subset, parent_flat: Tensor, action: Tensor, value: Tensor
+) -> None:
+    """Chance node ``node`` in the trees of subset [n]: parent_flat [n] (flat ids), action [n]; Q into value [B]."""
+    afterstate, chance_logits, q = model.afterstate_inference(rows(tree.embeddings, parent_flat), action)
+    if chance_logits.shape[-1] != tree.chance_probs.shape[-1]:
+        raise ValueError(
+            f"the model has {chance_logits.shape[-1]} chance codes, "
+            f"SearchConfig.num_chance_codes is {tree.chance_probs.shape[-1]}"
+        )
+    subset.put(tree.embeddings[:, node], afterstate.to(tree.embeddings.dtype))
+    subset.put(tree.chance_probs[:, node], torch.softmax(chance_logits.to(value.dtype), dim=-1))
+    subset.put(value, q.to(value.dtype))
+    tree.action_children.view(-1).index_fill_(0, parent_flat * NUM_ACTIONS + action, node)
+
+
+def _expand_decision(
+    model: SearchModel,
+    tree: Tree,
+    node: int,
+    subset: _Subset,
+    parent_flat: Tensor,
+    code: Tensor,
+    legal: Tensor,
+    value: Tensor,
+) -> None:
+    """Decision node ``node`` in the trees of subset [n]: parent_flat [n], code [n], legal [n, A]; value into value [B]."""
+    state, reward, logits, v = model.recurrent_inference(rows(tree.embeddings, parent_flat), code)
+    masked = mask_logits(logits.to(value.dtype), legal)
+    subset.put(tree.embeddings[:, node], state.to(tree.embeddings.dtype))
+    subset.put(tree.rewards[:, node], reward.to(value.dtype))
+    subset.put(tree.legal[:, node], legal)
+    subset.put(tree.logits[:, node], masked)
+    subset.put(tree.priors[:, node], floored_softmax(masked))
+    subset.put(value, v.to(value.dtype))
+    tree.code_children.view(-1).index_fill_(0, parent_flat * tree.code_children.shape[-1] + code, node)
 
 
 def _backup(tree: Tree, ctx: _Context, path: Tensor, leaf_t: Tensor, node: int) -> None:
