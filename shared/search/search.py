@@ -153,9 +153,25 @@ def run_search(
     if not bool(legal.any(-1).all()):
         raise ValueError("every root needs at least one legal action")
 
+    with torch.inference_mode():  # no autograd bookkeeping on the search's many small ops
+        tree, noise = _search(model, obs, legal, side, config, generator)
+    # Outside inference mode: the outputs are ordinary tensors that callers may write to
+    # (the tree's fields stay inference tensors: read-only outside inference mode).
+    return _summarise(tree, config, noise)
+
+
+def _search(
+    model: SearchModel,
+    obs: Tensor,
+    legal: Tensor,
+    side: Tensor,
+    config: SearchConfig,
+    generator: torch.Generator | None,
+) -> tuple[Tree, RootNoise]:
+    """The searched trees and the root noise they used; arguments as run_search's, checked."""
     state, logits, value = model.initial_inference(obs)
     dtype = value.dtype
-    noise = draw_root_noise(config, legal, generator, device)
+    noise = draw_root_noise(config, legal, generator, obs.device)
     masked = mask_logits(logits.to(dtype), legal)
     tree = init_tree(
         config.num_simulations,
@@ -172,7 +188,7 @@ def run_search(
     height = 0  # deepest node, in half-steps from the root (root = 0)
     for sim in range(config.num_simulations):
         height = _simulate(model, tree, ctx, sim, height)
-    return _summarise(tree, config, noise)
+    return tree, noise
 
 
 @dataclass

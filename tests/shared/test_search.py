@@ -284,6 +284,15 @@ def test_runs_on_a_torch_network(device):
         assert torch.isfinite(out.policy_target).all() and torch.isfinite(out.root_value).all()
 
 
+def test_outputs_are_ordinary_tensors():
+    """The search runs in inference mode, its outputs do not: callers may write to them."""
+    obs, legal, side = make_batch(3, 16, "cpu")
+    out = run_search(TinyModel(wiggle=0.3), obs, legal, side, SearchConfig(num_simulations=4), gen(0, "cpu"))
+    for t in (out.action, out.policy_target, out.root_value, out.visit_counts):
+        assert not t.is_inference()
+        t.add_(0)
+
+
 def test_rejects_rows_without_legal_actions():
     obs, legal, side = make_batch(2, 15, "cpu")
     legal[1] = False
