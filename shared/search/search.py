@@ -13,8 +13,9 @@ One simulation (``_simulate``) is:
 3. **back up** the new node's value along the recorded path in one vectorised step:
    every chance edge adds its reward and one discount, action edges add nothing.
 
-The only host sync per simulation reads two integers (how many trees expand each kind,
-and the deepest leaf, which bounds the next traversal).
+One host sync per simulation reads two integers (how many trees expand each kind,
+and the deepest leaf, which bounds the next traversal). On the CPU, where a sync is
+cheap, the traversal also stops as soon as every walk has ended (one flag per level).
 
 Randomness (Gumbel or Dirichlet noise, pUCT's action sampling) is drawn once, before
 the search, as one row per environment: the result for environment i depends only on
@@ -204,6 +205,7 @@ class _Context:
     discount_prefix: Tensor  # [S + 2] P_t = d_0 * ... * d_t
     discount_prefix_before: Tensor  # [S + 2] P_{t-1}, 0 for t = 0
     scratch_nodes: Tensor  # [B] long, the scratch node
+    stop_early: bool  # end a traversal once every walk has ended (a host sync per level: CPU only)
 
     @staticmethod
     def build(config: SearchConfig, tree: Tree) -> _Context:
@@ -229,6 +231,9 @@ class _Context:
             discount_prefix=prefix,
             discount_prefix_before=torch.cat([prefix.new_zeros(1), prefix[:-1]]),
             scratch_nodes=torch.full((B,), tree.scratch, dtype=torch.long, device=device),
+            # On the CPU reading one flag per level costs far less than a level of tree
+            # ops; on an accelerator it would stall the queue of kernels.
+            stop_early=device.type == "cpu",
         )
 
 
@@ -252,40 +257,57 @@ def _traverse(tree: Tree, ctx: _Context, sim: int, height: int) -> tuple[Tensor,
 
     Returns path [B, height + 2] (the node at each half-step; scratch after the tree's
     leaf parent, and always in the last column) and edges [B, height + 1] (the action
-    or code chosen at each half-step). An unexpanded edge leads to the scratch node,
-    whose children are scratch too, so a finished walk stays there: no per-tree branching.
+    or code chosen at each half-step; 0 past the point where every walk had ended). An
+    unexpanded edge leads to the scratch node, whose children are scratch too, so a
+    finished walk stays there: no per-tree branching. With ``ctx.stop_early`` the walk
+    stops as soon as every tree has reached the scratch node (most walks end above the
+    deepest node), and the path is padded with the scratch node, as walking on would have.
     """
     node = torch.zeros_like(ctx.row_base)  # [B] all at the root
     nodes, choices = [], []
     for t in range(height + 1):
-        flat = ctx.row_base + node
+        flat = None if t == 0 else ctx.row_base + node  # None: the root, read as a slice
         if t % 2 == 0:
-            children = rows(tree.action_children, flat)  # [B, A]
+            children = _at(tree.action_children, flat)  # [B, A]
             choice = _select_action(tree, ctx, flat, children, sim if t == 0 else None)
         else:
-            children = rows(tree.code_children, flat)  # [B, C]
+            children = _at(tree.code_children, flat)  # [B, C]
             visits = tree.node_visits.gather(1, children)
-            choice = sel.chance_scores(rows(tree.chance_probs, flat), visits).argmax(-1)
+            choice = sel.chance_scores(_at(tree.chance_probs, flat), visits).argmax(-1)
         nodes.append(node)
         choices.append(choice)
         node = children.gather(1, choice.unsqueeze(1)).squeeze(1)
-    nodes.append(ctx.scratch_nodes)
+        if ctx.stop_early and t < height and bool((node == tree.scratch).all()):
+            break
+    done = len(choices)
+    nodes.extend([ctx.scratch_nodes] * (height + 2 - done))
+    choices.extend([torch.zeros_like(ctx.row_base)] * (height + 1 - done))
     return torch.stack(nodes, 1), torch.stack(choices, 1)
 
 
-def _select_action(tree: Tree, ctx: _Context, flat: Tensor, children: Tensor, root_sim: int | None) -> Tensor:
-    """Action [B] at the decision nodes flat [B] (flat ids) with children [B, A]; root_sim is set at the root."""
+def _at(x: Tensor, flat: Tensor | None) -> Tensor:
+    """x [B, N, ...] at one node per tree -> [B, ...]: flat ids flat [B], or the root (None, a view)."""
+    return x[:, ROOT] if flat is None else rows(x, flat)
+
+
+def _select_action(
+    tree: Tree, ctx: _Context, flat: Tensor | None, children: Tensor, root_sim: int | None
+) -> Tensor:
+    """Action [B] at the decision nodes flat [B] (flat ids; None: the roots) with children [B, A].
+
+    root_sim, the simulation's index, is set at the root.
+    """
     cfg = ctx.config
     visits, q = children_stats(tree, children)
-    legal = rows(tree.legal, flat)
-    priors = rows(tree.priors, flat)
+    legal = _at(tree.legal, flat)
+    priors = _at(tree.priors, flat)
     if cfg.root == "puct":
         scores = sel.puct_scores(
-            priors, q, visits, rows(tree.node_visits, flat), rows(tree.node_values, flat), cfg.pb_c_init, cfg.pb_c_base
+            priors, q, visits, _at(tree.node_visits, flat), _at(tree.node_values, flat), cfg.pb_c_init, cfg.pb_c_base
         )
         return sel.masked_argmax(scores, legal)
-    logits = rows(tree.logits, flat)
-    sigma = sel.gumbel_sigma(rows(tree.raw_values, flat), priors, q, visits, cfg.c_visit, cfg.c_scale)
+    logits = _at(tree.logits, flat)
+    sigma = sel.gumbel_sigma(_at(tree.raw_values, flat), priors, q, visits, cfg.c_visit, cfg.c_scale)
     if root_sim is None:
         scores = sel.gumbel_interior_scores(logits, sigma, visits)
     else:

@@ -3,6 +3,7 @@ agreement with the one-tree-at-a-time reference, and a bench smoke test."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 
@@ -282,6 +283,25 @@ def test_runs_on_a_torch_network(device):
         out = run_search(model, obs.float(), legal, side, SearchConfig(num_simulations=8, root=root), gen(1, device))
         assert legal[torch.arange(4), out.action].all()
         assert torch.isfinite(out.policy_target).all() and torch.isfinite(out.root_value).all()
+
+
+@pytest.mark.parametrize("root", ["gumbel", "puct"])
+def test_early_stopped_traversal_gives_the_same_trees(monkeypatch, root):
+    """On the CPU a traversal stops once every walk has ended; walking on (as on a GPU) changes nothing."""
+    from shared.search import search as search_module
+
+    model = TinyModel(wiggle=0.4)
+    obs, legal, side = make_batch(9, 17, "cpu", random_masks=True)
+    cfg = SearchConfig(num_simulations=24, root=root)
+    early = run_search(model, obs, legal, side, cfg, gen(3, "cpu"))
+    build = search_module._Context.build
+    monkeypatch.setattr(
+        search_module._Context, "build", staticmethod(lambda c, t: dataclasses.replace(build(c, t), stop_early=False))
+    )
+    full = run_search(model, obs, legal, side, cfg, gen(3, "cpu"))
+    for field in dataclasses.fields(early.tree):
+        assert torch.equal(getattr(early.tree, field.name), getattr(full.tree, field.name)), field.name
+    assert torch.equal(early.action, full.action) and torch.equal(early.policy_target, full.policy_target)
 
 
 def test_outputs_are_ordinary_tensors():
