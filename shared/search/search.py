@@ -290,9 +290,7 @@ def _at(x: Tensor, flat: Tensor | None) -> Tensor:
     return x[:, ROOT] if flat is None else rows(x, flat)
 
 
-def _select_action(
-    tree: Tree, ctx: _Context, flat: Tensor | None, children: Tensor, root_sim: int | None
-) -> Tensor:
+def _select_action(tree: Tree, ctx: _Context, flat: Tensor | None, children: Tensor, root_sim: int | None) -> Tensor:
     """Action [B] at the decision nodes flat [B] (flat ids; None: the roots) with children [B, A].
 
     root_sim, the simulation's index, is set at the root.
