@@ -7,6 +7,7 @@ import dataclasses
 import json
 import math
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -423,14 +424,18 @@ def test_outputs_pinned_to_recorded_values(name):
 
     search_golden.py holds the cases (greedy serving at B = 1 and 8, self-play at B = 16,
     Reanalyse with the --small model at B = 64, pUCT, the float64 TinyModel) and says how
-    to re-record them when a change is meant to alter results. The real-model cases run
-    the float32 network, whose last bits depend on the CPU's matrix kernels: on another
-    kind of CPU they may need re-recording.
+    to re-record them when a change is meant to alter results. The float64 case is
+    compared bit for bit; the real-model cases run the float32 network, whose last bits
+    depend on the CPU's matrix kernels (AVX2 or AVX-512, oneDNN's choices), so their
+    floats are held to 1e-5 relative and their actions and visit counts exactly.
     """
     expected = json.loads(search_golden.GOLDEN.read_text())[name]
     got = search_golden.as_record(search_golden.run_case(name))
     assert got["dtype"] == expected["dtype"]
     assert got["action"] == expected["action"]
     assert got["visit_counts"] == expected["visit_counts"]
-    assert got["policy_target"] == expected["policy_target"]  # exact: Python floats compare bit for bit
-    assert got["root_value"] == expected["root_value"]
+    for field in ("policy_target", "root_value"):
+        if got["dtype"] == ["torch.float64"]:
+            assert got[field] == expected[field]  # exact: Python floats compare bit for bit
+        else:
+            np.testing.assert_allclose(got[field], expected[field], rtol=1e-5, atol=1e-6, err_msg=field)
