@@ -1,6 +1,7 @@
-"""It learns: self-play + learning on the learnable `sine` series, with a tiny model in
-about two minutes a seed, must trade, clear random trading by 30 % of perfect foresight
-on the held-out test split, and on seed 0 beat the momentum rule there.
+"""It learns: self-play + learning on the learnable `sine` series, with a tiny model,
+must trade, clear random trading by 30 % of perfect foresight on the held-out test
+split, and beat the momentum rule there, on two seeds (trained at once, one per core,
+about four minutes).
 
 This is the guard against a learner that silently stops learning: it asserts results a
 broken learner cannot reach (random trading loses the spread, the momentum rule already
@@ -8,11 +9,13 @@ earns ~40 % of perfect foresight on this series), not that training ran. Trainin
 on one torch thread so the outcome is the same on every machine (with two threads the
 reduction order, and so the outcome of a seed, varied from run to run).
 
-Measured with this configuration (test split; momentum 772, perfect foresight 1,814,
-random -389): seed 0 1,084 pips (40 trades), seed 1 558 (25), seed 2 488 (15). So the
-tiny model does not beat momentum on every seed -- the momentum bar is held on seed 0
-only, where it was seen to pass, and the other bar on both; docs/RESULTS.md has the
-curves of the small preset, where every seed of five beats momentum."""
+The budget was chosen on the validation split (momentum 837 there): after 6 rounds of
+self-play seeds 0, 1, 2 made 984, 579, 541; after 8 rounds 1,039, 1,284, 641; after 10
+rounds 1,082, 1,288, 588. At 8 rounds on the test split (momentum 772, perfect
+foresight 1,814, random -389): seed 0 1,050 pips, seed 1 1,215. Seed 2 (536 on the test
+split) does not beat momentum at any of these budgets: the tiny model is not reliable
+on every seed, which is why this guard names its two; docs/RESULTS.md has the curves of
+the small preset, where every seed of five beats momentum."""
 
 import multiprocessing
 from concurrent.futures import ProcessPoolExecutor
@@ -55,7 +58,7 @@ TINY = dict(
     ),
     train=dict(num_envs=8, warmup_policy="random", checkpoint_every=10**9),
 )
-ENV_STEPS = 8 * 240 * 6  # six rounds of self-play
+ENV_STEPS = 8 * 240 * 8  # eight rounds of self-play
 
 
 SEEDS = (0, 1)
@@ -109,5 +112,4 @@ def test_greedy_agent_beats_momentum_on_the_test_split(outcomes, seed):
     assert got["finite_losses"]
     assert got["trades"] > 10  # it trades, rather than winning by staying flat
     assert got["agent"] > got["random"] + 0.3 * got["oracle"]  # by a margin no luck explains
-    if seed == 0:
-        assert got["agent"] > got["momentum"]  # beats the rule that already exploits the series
+    assert got["agent"] > got["momentum"]  # beats the rule that already exploits the series
