@@ -4,8 +4,8 @@ The file was recorded from the search as it was before its speed work (commit 0d
 ``test_search.py::test_outputs_pinned_to_recorded_values`` checks that today's search
 gives the very same actions, visit counts, policy targets and root values. Cases cover
 the batch sizes that matter: greedy serving (B = 1, 8, default model, 15 simulations),
-self-play (B = 16, Gumbel noise), Reanalyse (B = 64, the --small preset's model and 4
-simulations), pUCT, and the hand-built float64 TinyModel of test_search.py.
+self-play (B = 16, Gumbel noise), Reanalyse (B = 64, the --small preset's model sizes
+with 16 chance codes, as recorded, and 4 simulations), pUCT, and the hand-built float64 TinyModel of test_search.py.
 
 Re-record (only when a change is *meant* to alter search results):
 ``PYTHONPATH=. python -m tests.shared.search_golden``.
@@ -25,6 +25,8 @@ from shared.search import SearchConfig, SearchOutput, run_search
 
 GOLDEN = Path(__file__).with_name("search_golden.json")
 
+# Spelled out, not imported from the --small preset: the preset changes (one chance code
+# since), the recorded case must not.
 SMALL_MODEL = {"tcn_channels": 16, "hidden": 64, "head_hidden": 32, "encoder_hidden": 32, "residual_blocks": 1}
 GREEDY = {"gumbel_scale": 0.0, "dirichlet_fraction": 0.0, "temperature": 0.0}
 

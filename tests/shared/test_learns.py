@@ -62,7 +62,7 @@ ENV_STEPS = 8 * 240 * 8  # eight rounds of self-play
 SEEDS = (0, 1)
 
 
-def train_and_score(seed: int, out_dir: str) -> dict[str, float]:
+def train_and_score(seed: int, out_dir: str) -> dict[str, float | int | bool]:
     """Train seed `seed` of the tiny config on `sine`; the greedy agent's and the rules'
     pips on the test split. Runs in a worker process, on one torch thread."""
     torch.set_num_threads(1)
