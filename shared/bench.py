@@ -208,6 +208,7 @@ def _print_pipeline(report: dict) -> None:
         print(
             f"  {c} clients: p50 = {a[f'ratio_p50_to_search_b{c}']:.2f} x a bare B={c} search;"
             f" p99 / p50 = {a['ratio_p99_to_p50']:.2f} (target <= 4)"
+            + ("" if a.get("mean_batch") is None else f"; {a['mean_batch']:.1f} observations per search")
         )
         print(
             f"  in-process, per request: JSON parse + validation {p['parse_ms']:.2f} ms, observation"

@@ -47,14 +47,17 @@ def bench_act(
     """Send `requests` POST /v1/act from `concurrency` threads (one HTTP client each).
 
     `url` is the API's base URL (``http://host:port``) or the full ``/v1/act`` URL.
-    Returns latency p50/p90/p99/mean in ms, requests/s over the whole run, and the
-    count of non-200 answers (their first status and message under ``first_error``).
+    Returns latency p50/p90/p99/mean in ms, requests/s over the whole run, the count of
+    non-200 answers (their first status and message under ``first_error``), and the mean
+    number of observations per search the server ran meanwhile (``mean_batch``, from its
+    ``/metrics``; None where it exports none), which says how well clients shared searches.
     """
     import httpx
 
     target = url.rstrip("/")
     if not target.endswith("/v1/act"):
         target += "/v1/act"
+    metrics_url = target.removesuffix("/v1/act") + "/metrics"
     payload = payload or sample_act_payload()
     body = json.dumps(payload).encode()  # encoded once: the load generator measures the server, not json.dumps
     headers = {"content-type": "application/json"}
@@ -89,10 +92,15 @@ def bench_act(
     with ThreadPoolExecutor(max_workers=concurrency) as pool:
         futures = [pool.submit(client_loop) for _ in range(concurrency)]
         ready.wait()
+        before = _search_batches(metrics_url)
         start = time.perf_counter()
         for f in futures:
             f.result()
     wall = time.perf_counter() - start
+    after = _search_batches(metrics_url)
+    mean_batch = None
+    if before is not None and after is not None and after[0] > before[0]:
+        mean_batch = (after[1] - before[1]) / (after[0] - before[0])
     ms = np.array(latencies) * 1000.0 if latencies else np.zeros(1)
     return {
         "url": target,
@@ -106,7 +114,30 @@ def bench_act(
         "mean_ms": float(ms.mean()),
         "requests_per_s": len(latencies) / wall if wall > 0 else 0.0,
         "wall_s": wall,
+        "mean_batch": mean_batch,
     }
+
+
+def _search_batches(metrics_url: str) -> tuple[float, float] | None:
+    """(searches, observations searched) so far, from the API's batch-size histogram;
+    None when its /metrics cannot be read or lacks it."""
+    import httpx
+    from prometheus_client.parser import text_string_to_metric_families
+
+    try:
+        text = httpx.get(metrics_url, timeout=5.0).text
+        values = {
+            sample.name: sample.value
+            for family in text_string_to_metric_families(text)
+            if family.name == "microzero_api_inference_batch_size"
+            for sample in family.samples
+            if sample.name.endswith(("_count", "_sum"))
+        }
+    except (httpx.HTTPError, ValueError):
+        return None
+    if not values:
+        return None
+    return values["microzero_api_inference_batch_size_count"], values["microzero_api_inference_batch_size_sum"]
 
 
 @contextlib.contextmanager

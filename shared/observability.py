@@ -59,6 +59,18 @@ API_LATENCY = Histogram(
     ["method", "route"],
     buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5),
 )
+# How well concurrent requests share a search: a mean batch near the number of clients
+# means each search answers everyone waiting; near 1, requests queue behind each other.
+API_INFERENCE_BATCH = Histogram(
+    "microzero_api_inference_batch_size",
+    "Observations answered by one batched search of the API",
+    buckets=(1, 2, 4, 8, 16, 32, 64, 128),
+)
+API_INFERENCE_SECONDS = Histogram(
+    "microzero_api_inference_seconds",
+    "Wall time of one batched search of the API",
+    buckets=(0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1),
+)
 
 
 def serve_metrics(port: int, host: str = "127.0.0.1") -> int:

@@ -26,6 +26,7 @@ import asyncio
 import logging
 import queue
 import threading
+import time
 from collections.abc import Sequence
 from concurrent.futures import Future
 
@@ -34,6 +35,7 @@ import torch
 from fastapi import HTTPException
 
 from shared.actions import NUM_ACTIONS, Action
+from shared.observability import API_INFERENCE_BATCH, API_INFERENCE_SECONDS
 from shared.serving.decide import Decision, decide
 from shared.serving.model import ServedModel
 from shared.serving.observation import Observation
@@ -157,13 +159,17 @@ class InferenceEngine:
             for _, future in batch:
                 future.set_exception(NoModelError("no checkpoint is loaded yet"))
             return
+        flat = [o for observations, _ in batch for o in observations]
+        started = time.perf_counter()
         try:
-            decisions = decide(served, [o for observations, _ in batch for o in observations])
+            decisions = decide(served, flat)
         except Exception as exc:
             log.exception("inference failed for a batch of %d", sum(len(o) for o, _ in batch))
             for _, future in batch:
                 future.set_exception(exc)
             return
+        API_INFERENCE_SECONDS.observe(time.perf_counter() - started)
+        API_INFERENCE_BATCH.observe(len(flat))
         self.batches += 1
         start = 0
         for observations, future in batch:
