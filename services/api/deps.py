@@ -69,7 +69,9 @@ class ApiState:
         self._registry_retry_at = 0.0
         self._registry_lock = threading.Lock()
         self.holder = ModelHolder()
-        self.engine = InferenceEngine(self.holder, max_batch=max_batch, torch_threads=torch_threads)
+        self.engine = InferenceEngine(
+            self.holder, max_batch=max_batch, torch_threads=torch_threads, gather_s=config.pipeline.api_gather_s
+        )
         # Serialises "read the best, load, swap" (watcher) against promotion, so an
         # older best can never be swapped in after a newer one.
         self.load_lock = threading.RLock()

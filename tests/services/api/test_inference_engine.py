@@ -1,0 +1,74 @@
+"""The inference thread's batching policy, with the search replaced by a recorder: which
+requests share a search, and that a lone client is never kept waiting."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+from services.api.inference import InferenceEngine, ModelHolder
+
+
+class RecordingEngine(InferenceEngine):
+    """Answers each batch after `search_s`, recording how many requests it held."""
+
+    def __init__(self, gather_s: float, search_s: float) -> None:
+        super().__init__(ModelHolder(), max_batch=32, gather_s=gather_s)
+        self.search_s, self.sizes = search_s, []
+
+    def _answer(self, batch) -> None:
+        self.sizes.append(len(batch))
+        time.sleep(self.search_s)
+        for observations, future in batch:
+            future.set_result([None] * len(observations))
+
+
+def clients_in_step(engine: InferenceEngine, clients: int, calls: int) -> None:
+    """`clients` threads, each calling again as soon as it is answered (after ~1 ms of
+    "parsing", staggered by client, as the event loop would stagger them)."""
+
+    def client(k: int) -> None:
+        for _ in range(calls):
+            time.sleep(0.0005 * (k + 1))
+            engine.submit([k]).result(timeout=10)
+
+    threads = [threading.Thread(target=client, args=(k,)) for k in range(clients)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+
+
+def test_clients_in_step_share_one_search():
+    engine = RecordingEngine(gather_s=0.05, search_s=0.005)
+    engine.start()
+    try:
+        clients_in_step(engine, clients=4, calls=30)
+    finally:
+        engine.stop()
+    later = engine.sizes[5:]  # once the engine has seen all four in flight at once
+    assert sum(later) / len(later) > 3.5, engine.sizes
+
+
+def test_without_gathering_staggered_clients_split_into_smaller_searches():
+    engine = RecordingEngine(gather_s=0.0, search_s=0.005)
+    engine.start()
+    try:
+        clients_in_step(engine, clients=4, calls=30)
+    finally:
+        engine.stop()
+    assert sum(engine.sizes) / len(engine.sizes) < 3.5, engine.sizes  # what gathering is for
+
+
+def test_a_lone_client_is_never_waited_for():
+    engine = RecordingEngine(gather_s=1.0, search_s=0.0)
+    engine.start()
+    try:
+        started = time.monotonic()
+        for i in range(20):
+            engine.submit([i]).result(timeout=10)
+        elapsed = time.monotonic() - started
+    finally:
+        engine.stop()
+    assert engine.sizes == [1] * 20
+    assert elapsed < 1.0  # one gather wait alone would take 1 s
