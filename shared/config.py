@@ -249,8 +249,8 @@ class PipelineConfig(BaseModel):
     api_max_body_bytes: int = Field(4 * 1024 * 1024, ge=1024, description="larger request bodies get 413")
     api_status_refresh_s: float = Field(2.0, gt=0, description="how often /status and /readyz data are refreshed")
     api_status_timeout_s: float = Field(0.5, gt=0, description="socket timeout of the status refresher's Redis calls")
-    # 8 clients calling in step on 2 cores: 0 -> batches of 4, ~300 requests/s; 5 ms -> ~7, ~420/s
-    # (services/api/inference.py). A lone client is never waited for.
+    # 8 clients calling in step on 2 cores: 0 -> batches of 4, ~285 requests/s; 5 ms -> ~7, ~340/s
+    # (services/api/inference.py). A client alone is not waited for (after a burst, 4 searches at most).
     api_gather_s: float = Field(
         0.005, ge=0, description="longest wait before a search for clients that called in step recently"
     )

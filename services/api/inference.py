@@ -21,11 +21,12 @@ module only adds what serving many clients needs:
 * Gathering: clients that call in step (a bot per symbol, each calling again as soon as
   it is answered) fall into two groups that alternate, each searched while the other is
   being parsed: 8 such clients got batches of 4 (``microzero bench pipeline``). So the
-  thread remembers how many requests were outstanding at the end of its searches in the
-  last second, and before a search with fewer it waits for the rest, at most
-  ``gather_s`` (``pipeline.api_gather_s``). With 5 ms the same clients got batches of
-  ~7 and ~420 requests/s instead of ~300 (2 idle cores). Alone, a client is never
-  waited for.
+  thread remembers how many requests were outstanding when each of its last
+  ``RECENT_SEARCHES`` searches ended (the batch plus those queued meanwhile), and before a
+  search with fewer than the most of them it waits for the rest, at most ``gather_s``
+  (``pipeline.api_gather_s``). With 5 ms the same clients got batches of ~7 and ~340
+  requests/s instead of ~285 (2 idle cores). A client alone is not waited for (after a
+  burst, for the next few searches at most).
 """
 
 from __future__ import annotations
@@ -85,12 +86,13 @@ class ModelHolder:
 
 
 _Item = tuple[list[Observation], Future]
-RECENT_S = 1.0  # how far back the engine looks for the number of clients in step
+RECENT_SEARCHES = 4  # how many searches back the engine looks for clients calling in step
 
 
 class InferenceEngine:
     """A single inference thread running batched greedy searches for queued observations;
-    `gather_s`: the longest it waits for clients that called in step recently (0 = never)."""
+    `gather_s`: the longest it waits, before a search, for the requests (not observations)
+    it expects from clients calling in step (0 = never)."""
 
     def __init__(
         self,
@@ -104,7 +106,7 @@ class InferenceEngine:
         self.max_pending, self.gather_s = max_pending, gather_s
         self._queue: queue.Queue[_Item | None] = queue.Queue()
         self._thread: threading.Thread | None = None
-        self._outstanding: deque[tuple[float, int]] = deque()  # (time, requests waiting) after each search
+        self._outstanding: deque[int] = deque([1], maxlen=RECENT_SEARCHES)  # requests, at each search's end
         self.batches = 0
         self.requests = 0
 
@@ -148,7 +150,7 @@ class InferenceEngine:
             if item is None:
                 return
             batch, size = [item], len(item[0])
-            deadline, expected = time.monotonic() + self.gather_s, self._recent_concurrency()
+            deadline, expected = time.monotonic() + self.gather_s, max(self._outstanding)
             while size < self.max_batch:
                 wait = deadline - time.monotonic() if len(batch) < expected else 0.0
                 try:
@@ -166,15 +168,8 @@ class InferenceEngine:
             batch = [(o, f) for o, f in batch if f.set_running_or_notify_cancel()]
             if batch:
                 self._answer(batch)
-                self._outstanding.append((time.monotonic(), len(batch) + self._queue.qsize()))
-
-    def _recent_concurrency(self) -> int:
-        """The most requests outstanding at the end of a search in the last second: how
-        many clients are in step with each other (1 when alone)."""
-        horizon = time.monotonic() - RECENT_S
-        while self._outstanding and self._outstanding[0][0] < horizon:
-            self._outstanding.popleft()
-        return max((n for _, n in self._outstanding), default=1)
+                # Clients in step: those just answered will call again while the queued are searched.
+                self._outstanding.append(min(len(batch) + self._queue.qsize(), self.max_batch))
 
     def _requeue_front(self, item: _Item) -> None:
         with self._queue.mutex:

@@ -291,7 +291,8 @@ def test_act_with_bars_and_window(env):
     result = bench_act(env["url"], concurrency=4, requests=24, payload=sample_act_payload(side=-1, bars_held=5))
     assert result["errors"] == 0 and result["requests"] == 24, result
     assert result["p50_ms"] > 0 and result["requests_per_s"] > 0
-    # /metrics counts observations per search: never more than the 4 clients in flight.
+    # /metrics counts observations per search (wired up; never more than the 4 clients in
+    # flight). How well they share searches is tested in test_inference_engine.py.
     assert result["mean_batch"] is not None and 1 <= result["mean_batch"] <= 4, result
 
 

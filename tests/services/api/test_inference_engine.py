@@ -50,20 +50,36 @@ def test_clients_in_step_share_one_search():
     assert sum(later) / len(later) > 3.5, engine.sizes
 
 
-def test_without_gathering_staggered_clients_split_into_smaller_searches():
-    engine = RecordingEngine(gather_s=0.0, search_s=0.005)
+def test_after_a_burst_a_lone_client_waits_a_few_times_at_most():
+    engine = RecordingEngine(gather_s=0.2, search_s=0.0)
     engine.start()
     try:
-        clients_in_step(engine, clients=4, calls=30)
+        clients_in_step(engine, clients=4, calls=5)
+        started = time.monotonic()
+        for i in range(10):
+            engine.submit([i]).result(timeout=10)
+        elapsed = time.monotonic() - started
     finally:
         engine.stop()
-    assert sum(engine.sizes) / len(engine.sizes) < 3.5, engine.sizes  # what gathering is for
+    assert elapsed < 1.0  # RECENT_SEARCHES gather waits (0.2 s each) at most, not one per call (2 s)
+
+
+def test_stop_during_a_gather_answers_the_batch_and_returns():
+    engine = RecordingEngine(gather_s=5.0, search_s=0.0)
+    engine._outstanding.append(3)  # as if three clients had been calling in step
+    engine.start()
+    waiting = engine.submit(["alone"])
+    time.sleep(0.2)  # the thread is gathering for the two that never come
+    started = time.monotonic()
+    engine.stop()
+    assert time.monotonic() - started < 2.0
+    assert waiting.result(timeout=1) == [None]
 
 
 def test_a_lone_client_is_never_waited_for():
     engine = RecordingEngine(gather_s=1.0, search_s=0.0)
     engine.start()
-    try:
+    try:  # no client has called in step yet: nothing to gather for
         started = time.monotonic()
         for i in range(20):
             engine.submit([i]).result(timeout=10)
