@@ -192,6 +192,7 @@ class LearningConfig(BaseModel):
     sigma_weight: float = Field(1.0, ge=0)
     commitment_weight: float = Field(0.25, ge=0)
     code_diversity_weight: float = Field(0.0, ge=0)
+    consistency_weight: float = Field(0.0, ge=0)
 
 
 class TrainConfig(BaseModel):

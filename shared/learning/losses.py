@@ -9,6 +9,10 @@ and for k < K, with as^k = afterstate(s^k, a_{t+k}) and (c, c^e) = encoder(o_{t+
     sigma       CE(c, sigma^k)             c is the encoder's one-hot, detached
     commitment  ||c - c^e||^2              c^e the encoder's softmax (VQ-VAE style)
     reward      CE(two-hot r_{t+k}, r^k)   s^{k+1}, r^k = dynamics(as^k, c), c straight-through
+    consistency 1 - cos(s^{k+1}, h(o_{t+k+1}))   the state the dynamics reach against the one the
+                                           representation gives the real next window, the latter
+                                           without gradient (EfficientZero's temporal consistency,
+                                           Ye et al. 2021, with no projection heads)
 and once per batch:
     diversity   1 - H(mean c) / log C      codebook diversity of the straight-through codes: 0
                                            when the batch uses every code equally, 1 when one
@@ -37,7 +41,7 @@ from shared.config import LearningConfig
 from shared.learning.replay import Batch
 from shared.model import StochasticMuZeroNet
 
-COMPONENTS = ("policy", "value", "q", "sigma", "commitment", "reward")  # per sample; diversity is per batch
+COMPONENTS = ("policy", "value", "q", "sigma", "commitment", "reward", "consistency")  # per sample
 
 
 @dataclass(frozen=True)
@@ -94,6 +98,9 @@ def stochastic_muzero_loss(model: StochasticMuZeroNet, batch: Batch, config: Lea
 
     parts = {name: torch.zeros(N, device=batch.obs.device) for name in COMPONENTS}  # each [N]
     state = model.represent(batch.obs)  # [N, H]
+    if config.consistency_weight > 0:  # what the dynamics should reach: h(o_{t+k+1}), no gradient
+        with torch.no_grad():
+            reached = model.represent(batch.next_obs.flatten(0, 1)).view(N, K, -1)  # [N, K, H]
     for k in range(K + 1):
         scale = 1.0 if k == 0 else 1.0 / K
         policy_logits, value_logits = model.predict(state)  # [N, A], [N, bins]
@@ -113,6 +120,9 @@ def stochastic_muzero_loss(model: StochasticMuZeroNet, batch: Batch, config: Lea
         state, reward_logits = model.dynamics(afterstate, codes[:, k])  # [N, H], [N, bins]
         reward_target = model.to_support(batch.target_rewards[:, k])
         parts["reward"] += masks[:, k] * soft_cross_entropy(reward_logits, reward_target) / K
+        if config.consistency_weight > 0:
+            similarity = F.cosine_similarity(state, reached[:, k], dim=-1)  # [N]
+            parts["consistency"] += masks[:, k] * (1 - similarity) / K
         state = scale_gradient(state, config.state_gradient_scale)
 
     weights = {name: getattr(config, f"{name}_weight") for name in COMPONENTS}

@@ -546,6 +546,61 @@ def test_total_loss_priorities_and_gradients_by_hand():
     torch.testing.assert_close(model.reward.grad, expected_grad.to(model.reward.grad.dtype))
 
 
+class ShiftModel(ConstantModel):
+    """ConstantModel whose state is the newest bar's first two features and whose dynamics
+    add a learnable shift: the consistency term is countable by hand."""
+
+    def __init__(self):
+        super().__init__()
+        self.shift = torch.nn.Parameter(torch.tensor([1.0, -1.0]))
+
+    def represent(self, obs):
+        return obs[:, -1, :2]
+
+    def dynamics(self, afterstate, code):
+        return afterstate + self.shift, self.reward.expand(afterstate.shape[0], -1)
+
+
+def test_consistency_loss_by_hand():
+    N, K, W, F_ = 2, 2, 3, 15
+    masks = np.array([[1, 1, 1], [1, 0, 0]], bool)  # sample 1: only its first transition is real
+    obs = np.zeros((N, W, F_), np.float32)
+    obs[:, -1, :2] = [[1.0, 2.0], [0.5, 0.5]]
+    next_obs = np.zeros((N, K, W, F_), np.float32)
+    next_obs[:, :, -1, :2] = [[[2.0, 1.0], [0.0, 3.0]], [[1.0, 1.0], [9.0, 9.0]]]
+    zeros = np.zeros((N, K + 1), np.float32)
+    batch = Batch(
+        obs=obs,
+        next_obs=next_obs,
+        actions=np.zeros((N, K), np.int64),
+        target_values=zeros,
+        reward_sums=zeros,
+        bootstrap_discounts=zeros,
+        target_rewards=np.zeros((N, K), np.float32),
+        target_policies=np.full((N, K + 1, 4), 0.25, np.float32),
+        legal_masks=np.ones((N, K + 1, 4), bool),
+        masks=masks,
+        weights=np.array([1.0, 0.5], np.float32),
+        indices=np.arange(N),
+    ).to("cpu")
+    model = ShiftModel()
+    without = stochastic_muzero_loss(model, batch, LearningConfig(unroll_steps=K))
+    out = stochastic_muzero_loss(model, batch, LearningConfig(unroll_steps=K, consistency_weight=2.0))
+
+    def cos(a, b):
+        a, b = np.asarray(a), np.asarray(b)
+        return float(a @ b / np.linalg.norm(a) / np.linalg.norm(b))
+
+    # states reached: s1 = s0 + (1, -1), s2 = s1 + (1, -1); targets h(o_{t+1}), h(o_{t+2})
+    sample0 = ((1 - cos([2, 1], [2, 1])) + (1 - cos([3, 0], [0, 3]))) / K  # 0 and 1, over K
+    sample1 = (1 - cos([1.5, -0.5], [1, 1])) / K  # the second transition is past the end
+    expected = 2.0 * (1.0 * sample0 + 0.5 * sample1) / N
+    assert float((out.loss - without.loss).detach()) == pytest.approx(expected, rel=1e-5)
+    assert out.metrics["consistency_loss"] == pytest.approx((sample0 + sample1) / N, rel=1e-5)
+    out.loss.backward()
+    assert model.shift.grad is not None and model.shift.grad.abs().sum() > 0  # through the dynamics only
+
+
 def test_code_diversity_loss_by_hand():
     from shared.learning.losses import code_diversity_loss
 
