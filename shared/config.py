@@ -146,6 +146,11 @@ class SearchConfig(BaseModel):
 #   on sine, seed 0, 34,560 env steps, the agent with it at 1.0 or 0.1 made 1,222 pips
 #   or collapsed to never trading, against the agent without it (docs/LEARNING.md), i.e.
 #   for the agent the collapsed codebook works like a deterministic MuZero.
+# * ``consistency_weight``: EfficientZero's temporal consistency, 1 - cos(state the dynamics
+#   reach, h(next window) without gradient), per unroll step / K (losses.py). Off by default:
+#   on sine (validation, seeds 0 and 1, --small) at 1.0 it made 4,808 / 3,651 pips at 11.5 k
+#   env steps and 4,856 / 4,428 at 23 k against 4,309 / 3,698 and 5,071 / 4,710 without
+#   (docs/RESULTS.md §0): not shown to help.
 # * ``state_gradient_scale=0.5``: MuZero's ``scale_gradient(state, 0.5)`` after each
 #   recurrent step, so the gradient reaching the representation from deep unroll steps
 #   stays bounded; every prediction made by the recurrent functions is weighted 1/unroll.
