@@ -48,7 +48,8 @@ def _command(args: argparse.Namespace, symbol: str, out: Path) -> str:
     else:
         words += ["--minutes", f"{args.minutes:g}"]
     words += ["--seeds", ",".join(map(str, args.seeds)), "--symbol", symbol, "--out", str(out)]
-    words += ["--small"] * args.small + ["--device", args.device, "--threads", str(args.threads)]
+    words += ["--small"] * args.small + [w for text in args.set for w in ("--set", text)]
+    words += ["--device", args.device, "--threads", str(args.threads)]
     for folder in args.reuse_runs_from:
         words += ["--reuse-runs-from", folder]
     return shlex.join(words)
@@ -63,7 +64,7 @@ def _run(args: argparse.Namespace, config: Config) -> int:
     from shared.experiments.ppo import MissingDependency
     from shared.experiments.report import write_results
     from shared.experiments.runner import Budget, run_experiment
-    from shared.experiments.variants import get_experiment
+    from shared.experiments.variants import SMALL, apply_overrides, get_experiment, parse_settings
     from shared.market import open_market
 
     # One thread by default: measured on the shared 2-core box, a small model trained
@@ -76,6 +77,10 @@ def _run(args: argparse.Namespace, config: Config) -> int:
         raise ValueError("--curve draws MuZero against PPO: use it with `experiment ppo`")
     if not args.curve and (args.steps is None) == (args.minutes is None):
         raise ValueError("give a budget: --steps, --minutes or --curve")
+    # The preset, then the user's --set on top of it (a config file or MZ_* variable would
+    # be overridden by the preset); each variant's own overrides come last.
+    config = apply_overrides(config, SMALL) if args.small else config
+    config = apply_overrides(config, parse_settings(args.set))
     symbol = (args.symbol or config.data.default_symbol).upper()
     store = BarStore(config.data.db_path)
     ensure_sample(store, symbol)
@@ -95,7 +100,6 @@ def _run(args: argparse.Namespace, config: Config) -> int:
             out,
             seeds=args.seeds,
             budget=budget,
-            small=args.small,
             device=args.device,
             progress=not args.quiet,
             reuse_from=[Path(p) for p in args.reuse_runs_from],
@@ -129,10 +133,8 @@ def _run_curve(args: argparse.Namespace, config: Config, symbol: str, store, out
 
     from shared.experiments.curve import curve_table, plot_curves, run_curves
     from shared.experiments.ppo import MissingDependency
-    from shared.experiments.variants import SMALL, apply_overrides
     from shared.market import load_market
 
-    config = apply_overrides(config, SMALL) if args.small else config
     start = time.monotonic()
     try:
         report = run_curves(
@@ -201,8 +203,17 @@ def register(subparsers) -> None:
     parser.add_argument(
         "--small",
         action="store_true",
-        help="small preset for quick runs: ~145 k-parameter model, 4 simulations, 16 envs, lr 1e-3, "
-        "2 samples per insert (variant overrides still apply; listed in results.md)",
+        help="small preset for quick runs: ~145 k-parameter model, one chance code, 4 simulations, 16 envs, "
+        "lr 1e-3, 16 samples per insert (shared/experiments/variants.py SMALL; --set and variant overrides "
+        "still apply)",
+    )
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="SECTION.FIELD=VALUE",
+        help="a config setting applied after --small, e.g. --set learning.lr=0.003 (repeatable; "
+        "the value is read as JSON, else as text)",
     )
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     parser.add_argument(

@@ -9,6 +9,7 @@ and budget and evaluated greedily on the same validation split.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -124,10 +125,30 @@ def apply_overrides(config: Config, overrides: dict[str, Any]) -> Config:
         current = getattr(config, section, None)
         if current is None or not isinstance(values, dict):
             raise ValueError(f"override section {section!r} is not a config section with fields")
+        unknown = sorted(set(values) - set(type(current).model_fields))
+        if unknown:
+            raise ValueError(f"{section} has no setting {', '.join(unknown)}")
         updates[section] = type(current).model_validate(_merge(current.model_dump(), values))
     result = config.model_copy(update=updates)
     result._one_window()  # type: ignore[operator]  # the cross-section check Config runs at construction
     return result
+
+
+def parse_settings(settings: list[str]) -> dict[str, Any]:
+    """``["learning.lr=0.003", "search.root=puct"]`` -> ``{"learning": {"lr": 0.003}, "search":
+    {"root": "puct"}}``: each value is read as JSON (numbers, true/false, null), else kept as text."""
+    out: dict[str, dict[str, Any]] = {}
+    for text in settings:
+        key, sep, raw = text.partition("=")
+        section, dot, name = key.strip().partition(".")
+        if not sep or not dot or not section or not name or "." in name:
+            raise ValueError(f"--set takes section.field=value, e.g. learning.lr=0.003; got {text!r}")
+        try:
+            value = json.loads(raw)
+        except json.JSONDecodeError:
+            value = raw
+        out.setdefault(section, {})[name] = value
+    return out
 
 
 def variant_config(config: Config, variant: Variant, small: bool = False) -> Config:

@@ -84,6 +84,23 @@ def test_overrides_win_over_environment_variables(monkeypatch):
     assert cfg.env.window == cfg.model.window == 32
 
 
+def test_settings_parse_as_json_and_name_their_mistakes():
+    from shared.experiments.variants import parse_settings
+
+    parsed = parse_settings(["learning.lr=0.003", "search.root=puct", "features.time_features=false"])
+    assert parsed == {"learning": {"lr": 0.003}, "search": {"root": "puct"}, "features": {"time_features": False}}
+    config = apply_overrides(apply_overrides(Config(), SMALL), parsed)
+    assert config.learning.lr == 0.003 and config.search.root == "puct" and not config.features.time_features
+    assert config.learning.samples_per_insert == SMALL["learning"]["samples_per_insert"]  # the rest of the preset
+    for bad in ("lr=0.1", "learning.lr", "learning.lr.x=1"):
+        with pytest.raises(ValueError, match="section.field=value"):
+            parse_settings([bad])
+    with pytest.raises(ValueError, match="env has no setting windw"):
+        apply_overrides(Config(), parse_settings(["env.windw=32"]))
+    with pytest.raises(ValueError, match="lr"):
+        apply_overrides(Config(), parse_settings(["learning.lr=-1"]))
+
+
 def test_time_features_off_zeroes_columns_5_to_8_only():
     on = variant_config(Config(), _variants("time-features")["with-time"])
     off = variant_config(Config(), _variants("time-features")["without-time"])
@@ -221,6 +238,13 @@ def test_runner_writes_a_table_with_intervals_and_reuses_finished_runs(tmp_path,
     assert all(r["copied_from"] for r in rows["with-time"]["runs"])
     assert rows["with-time"]["summary"] == report["rows"][0]["summary"]
     assert not any(r["copied_from"] for r in rows["without-time"]["runs"])
+
+    # --set applies after the preset and is part of the run's settings: a new setting is a new run.
+    assert (
+        _cli(tmp_path, "stochastic", "--steps", "20", "--seeds", "0", "--out", str(out), "--set", "learning.lr=0.01")
+        == 2
+    )
+    assert "other settings" in capsys.readouterr().err
 
     # A different budget in the same folder is refused rather than mixed in.
     assert _cli(tmp_path, "stochastic", "--steps", "21", "--seeds", "0", "--out", str(out)) == 2
