@@ -100,7 +100,7 @@ def stochastic_muzero_loss(model: StochasticMuZeroNet, batch: Batch, config: Lea
     state = model.represent(batch.obs)  # [N, H]
     if config.consistency_weight > 0:  # what the dynamics should reach: h(o_{t+k+1}), no gradient
         with torch.no_grad():
-            reached = model.represent(batch.next_obs.flatten(0, 1)).view(N, K, -1)  # [N, K, H]
+            next_states = model.represent(batch.next_obs.flatten(0, 1)).view(N, K, -1)  # [N, K, H]
     for k in range(K + 1):
         scale = 1.0 if k == 0 else 1.0 / K
         policy_logits, value_logits = model.predict(state)  # [N, A], [N, bins]
@@ -121,7 +121,7 @@ def stochastic_muzero_loss(model: StochasticMuZeroNet, batch: Batch, config: Lea
         reward_target = model.to_support(batch.target_rewards[:, k])
         parts["reward"] += masks[:, k] * soft_cross_entropy(reward_logits, reward_target) / K
         if config.consistency_weight > 0:
-            similarity = F.cosine_similarity(state, reached[:, k], dim=-1)  # [N]
+            similarity = F.cosine_similarity(state, next_states[:, k], dim=-1)  # [N]
             parts["consistency"] += masks[:, k] * (1 - similarity) / K
         state = scale_gradient(state, config.state_gradient_scale)
 
