@@ -239,7 +239,7 @@ def test_runner_writes_a_table_with_intervals_and_reuses_finished_runs(tmp_path,
     assert rows["with-time"]["summary"] == report["rows"][0]["summary"]
     assert not any(r["copied_from"] for r in rows["without-time"]["runs"])
 
-    # --set applies after the preset and is part of the run's settings: a new setting is a new run.
+    # --set reaches the runs' config: a new setting is a new run, refused in this folder.
     assert (
         _cli(tmp_path, "stochastic", "--steps", "20", "--seeds", "0", "--out", str(out), "--set", "learning.lr=0.01")
         == 2

@@ -1,5 +1,6 @@
 """The inference thread's batching policy, with the search replaced by a recorder: which
-requests share a search, and that a lone client is never kept waiting."""
+requests share a search, how long a client alone can be kept waiting, and that stopping
+interrupts a gather."""
 
 from __future__ import annotations
 
