@@ -4,8 +4,10 @@ interrupts a gather."""
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
+from collections.abc import Iterator
 
 from services.api.inference import InferenceEngine, ModelHolder
 
@@ -40,28 +42,34 @@ def clients_in_step(engine: InferenceEngine, clients: int, calls: int) -> None:
         t.join()
 
 
-def test_clients_in_step_share_one_search():
-    engine = RecordingEngine(gather_s=0.05, search_s=0.005)
+@contextlib.contextmanager
+def running(engine: InferenceEngine) -> Iterator[InferenceEngine]:
     engine.start()
     try:
-        clients_in_step(engine, clients=4, calls=30)
+        yield engine
     finally:
         engine.stop()
+
+
+def lone_calls(engine: InferenceEngine, calls: int) -> float:
+    """Seconds one client takes for `calls` requests, each sent once the last is answered."""
+    started = time.monotonic()
+    for i in range(calls):
+        engine.submit([i]).result(timeout=10)
+    return time.monotonic() - started
+
+
+def test_clients_in_step_share_one_search():
+    with running(RecordingEngine(gather_s=0.05, search_s=0.005)) as engine:
+        clients_in_step(engine, clients=4, calls=30)
     later = engine.sizes[5:]  # once the engine has seen all four in flight at once
     assert sum(later) / len(later) > 3.5, engine.sizes
 
 
 def test_after_a_burst_a_lone_client_waits_a_few_times_at_most():
-    engine = RecordingEngine(gather_s=0.2, search_s=0.0)
-    engine.start()
-    try:
+    with running(RecordingEngine(gather_s=0.2, search_s=0.0)) as engine:
         clients_in_step(engine, clients=4, calls=5)
-        started = time.monotonic()
-        for i in range(10):
-            engine.submit([i]).result(timeout=10)
-        elapsed = time.monotonic() - started
-    finally:
-        engine.stop()
+        elapsed = lone_calls(engine, 10)
     assert elapsed < 1.0  # RECENT_SEARCHES gather waits (0.2 s each) at most, not one per call (2 s)
 
 
@@ -78,14 +86,7 @@ def test_stop_during_a_gather_answers_the_batch_and_returns():
 
 
 def test_a_lone_client_is_never_waited_for():
-    engine = RecordingEngine(gather_s=1.0, search_s=0.0)
-    engine.start()
-    try:  # no client has called in step yet: nothing to gather for
-        started = time.monotonic()
-        for i in range(20):
-            engine.submit([i]).result(timeout=10)
-        elapsed = time.monotonic() - started
-    finally:
-        engine.stop()
+    with running(RecordingEngine(gather_s=1.0, search_s=0.0)) as engine:
+        elapsed = lone_calls(engine, 20)  # no client has called in step yet: nothing to gather for
     assert engine.sizes == [1] * 20
     assert elapsed < 1.0  # one gather wait alone would take 1 s
