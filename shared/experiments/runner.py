@@ -286,15 +286,15 @@ def run_experiment(
     *,
     seeds: list[int],
     budget: Budget,
-    small: bool = False,
     device: str = "cpu",
     progress: bool = True,
     reuse_from: Sequence[Path] = (),
 ) -> dict:
-    """Every variant x seed, then the baselines; returns the rows of the results table."""
+    """Every variant x seed, then the baselines; returns the rows of the results table.
+    `config` already holds any preset (``--small``) and ``--set``; each variant's overrides go on top."""
     if not seeds:
         raise ValueError("give at least one seed")
-    configs = {v.name: variant_config(config, v, small) for v in experiment.variants}  # validate all before any run
+    configs = {v.name: variant_config(config, v) for v in experiment.variants}  # validate all before any run
     if any(v.agent == "ppo" for v in experiment.variants):
         from shared.experiments.ppo import require_sb3
 
