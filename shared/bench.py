@@ -142,7 +142,7 @@ def _print_train(r: dict) -> None:
     print(f"  ratio learner / bare  {r['ratio']:8.2f}   (target >= 0.8; stored targets)")
     print(
         f"  with fresh targets    {r['fresh_targets_steps_per_s']:8.2f}   ratio to the plain learner "
-        f"{r['fresh_targets_ratio']:.2f} (value bootstraps + Reanalyse, {r['reanalysed_roots_per_step']:.0f} roots searched/step)"
+        f"{r['fresh_targets_ratio']:.2f} (value bootstraps + Reanalyse, {r['searched_roots_per_step']:.0f} roots searched/step)"
     )
 
 

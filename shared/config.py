@@ -107,16 +107,24 @@ class SearchConfig(BaseModel):
 
 
 # Learner choices not fixed by the architecture, and why (docs/RESULTS.md has the runs):
-# * ``discount=0.99, td_steps=10``: the structure of H1 bars lives at 24-48 bars (a day
-#   or two); gamma = 0.99 is an effective horizon of 1 / (1 - gamma) = 100 bars, a few
-#   such swings, and keeps |returns| well inside the value support (0.997 let them reach
-#   400-600 pips); n = 10 bootstraps inside one swing, so an old policy's actions weigh
-#   on a target for at most 10 bars.
-# * ``value_bootstrap="network"``: z_t bootstraps from the value of s_{t+m} computed at
-#   sample time by the target network (EfficientZero): warm-up episodes have no search
-#   value at all, and stored root values go stale as the policy improves. "stored" uses
-#   the search values recorded at play time (MuZero). The episode end is a time limit:
-#   targets near it bootstrap from the value of the state at the cut.
+# * ``discount=0.99``: the structure of H1 bars lives at 24-48 bars (a day or two);
+#   gamma = 0.99 is an effective horizon of 1 / (1 - gamma) = 100 bars, a few such swings,
+#   and keeps |returns| well inside the value support (0.997 let them reach 400-600 pips).
+# * ``value_bootstrap="search", td_steps=3``: z_t = 3 rewards of the played actions, then
+#   the value of the *improved* policy at s_{t+3}: sum_a pi'(a) Q(a) of a fresh noise-free
+#   search by the target network (SearchOutput.improved_value). Most of the replay was
+#   played by older, worse policies (the first episodes by the random warm-up); a target
+#   that follows their actions for 10 bars, or bootstraps from a value head trained on
+#   such targets, learns what *they* earn, so each round of self-play improves the policy
+#   only once. Bootstrapping from the improved policy after a few bars is policy iteration
+#   on the stored bars (MuZero Reanalyse's fresh search values; EfficientZero shortens n
+#   for old data for the same reason). On sine (validation, seeds 0 and 1, --small) at
+#   11.5 k / 23 k env steps: 5,349 / 5,048 and 5,191 / 5,173 pips, against 4,309 / 3,698 and
+#   5,071 / 4,710 with "network" and n = 10, 4,485 / 4,358 and 4,993 / 5,093 with "network"
+#   and n = 3; "search" with n = 10 made 2,796 / 4,931 on seed 0 and n = 1 5,349 / 4,478
+#   (docs/RESULTS.md §0). "network" bootstraps from the target network's value head (cheaper:
+#   no search), "stored" from the search values recorded at play time (MuZero). The episode
+#   end is a time limit: targets near it bootstrap from the state at the cut.
 # * ``target_update_interval=100``: the target network trails the learner by at most 100
 #   steps (EfficientZero: 200 at batch 256), so targets move slowly enough to chase.
 # * ``reanalyse_fraction=0.25``: a quarter of each batch's positions get a fresh policy
@@ -172,10 +180,10 @@ class LearningConfig(BaseModel):
     min_replay_positions: int = Field(2_000, ge=1, description="no learning before the buffer holds this many")
 
     # Targets and unroll.
-    td_steps: int = Field(10, ge=1)
+    td_steps: int = Field(3, ge=1)
     discount: float = Field(0.99, gt=0, le=1)
     unroll_steps: int = Field(5, ge=1)
-    value_bootstrap: Literal["network", "stored"] = "network"
+    value_bootstrap: Literal["search", "network", "stored"] = "search"
     # "terminal" treats the cut as the end of the world (v = 0 there): only an ablation of
     # the time-limit bootstrap (docs/LEARNING.md); the market goes on after an episode.
     episode_end: Literal["time_limit", "terminal"] = "time_limit"

@@ -36,7 +36,7 @@ class TrainBench:
     bare_peak_mib: float
     fresh_targets_steps_per_s: float  # the configured learner: value bootstraps + Reanalyse
     fresh_targets_ratio: float  # configured / plain learner (1.0 = fresh targets cost nothing)
-    reanalysed_roots_per_step: float
+    searched_roots_per_step: float  # Reanalyse's roots + the search bootstraps' roots
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -107,5 +107,5 @@ def bench_train(config: Config, market: MarketData, device_name: str = "cpu", st
         bare_peak,
         fresh_rate,
         fresh_rate / learner_rate,
-        fresh.reanalysed_roots / max(fresh.steps, 1),
+        fresh.searched_roots / max(fresh.steps, 1),
     )

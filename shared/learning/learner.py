@@ -79,7 +79,7 @@ class Learner:
         )
         self.generator = torch.Generator(device=self.device).manual_seed(seed)
         self.target = copy.deepcopy(model).eval().requires_grad_(False)
-        self.reanalysed_roots = 0  # positions searched anew by Reanalyse, in all
+        self.searched_roots = 0  # positions searched anew for targets (Reanalyse, search bootstraps), in all
 
     def sync_target(self) -> None:
         """Copy the learner's weights into the target network."""
@@ -94,13 +94,13 @@ class Learner:
         batch, searched = refresh_targets(
             self.target,
             batch.to(self.device),
-            bootstrap=cfg.value_bootstrap == "network",
+            bootstrap=cfg.value_bootstrap,
             fraction=cfg.reanalyse_fraction,
             search=self.search,
             generator=self.generator,
         )
         refresh_s = time.perf_counter() - started
-        self.reanalysed_roots += searched
+        self.searched_roots += searched
         self.model.train()
         out = stochastic_muzero_loss(self.model, batch, cfg)
         self.optimizer.zero_grad(set_to_none=True)
@@ -115,7 +115,7 @@ class Learner:
             out.metrics,
             grad_norm=float(grad_norm),
             lr=self.optimizer.param_groups[0]["lr"],
-            reanalysed_roots=float(searched),
+            searched_roots=float(searched),
             target_refresh_s=refresh_s,
         )
         if self.writer is not None:

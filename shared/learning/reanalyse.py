@@ -23,22 +23,40 @@ from dataclasses import replace
 import torch
 from torch import Tensor
 
+from shared.actions import LEGAL_BY_SIDE as _LEGAL
 from shared.config import SearchConfig
 from shared.learning.replay import Batch
 from shared.model import StochasticMuZeroNet
 from shared.search import run_search
 
 SIDE_COLUMN = 9  # position-state column 0: the side held before the decision
+LEGAL_BY_SIDE = torch.from_numpy(_LEGAL)  # [3, A] bool, row side + 1
 
 
 @torch.no_grad()
-def bootstrap_values(target: StochasticMuZeroNet, batch: Batch) -> Tensor:
-    """Value targets [N, K+1] of a tensor batch sampled with bootstrap observations."""
+def bootstrap_values(target: StochasticMuZeroNet, batch: Batch, search: SearchConfig | None = None) -> Tensor:
+    """Value targets [N, K+1] of a tensor batch sampled with bootstrap observations.
+
+    `search` None: v is the target network's value head. Otherwise v is the value of the
+    improved policy of a fresh noise-free search from each bootstrap state."""
     if batch.bootstrap_obs is None:
         raise ValueError("the batch holds no bootstrap observations; sample it with bootstrap_obs=True")
     N, K1 = batch.reward_sums.shape
-    _, _, values = target.initial_inference(batch.bootstrap_obs.flatten(0, 1))  # [N*(K+1)]
+    obs = batch.bootstrap_obs.flatten(0, 1)  # [N*(K+1), W, F]
+    if search is None:
+        _, _, values = target.initial_inference(obs)  # [N*(K+1)]
+    else:
+        values = improved_values(target, obs, search)
     return batch.reward_sums + batch.bootstrap_discounts * values.view(N, K1).to(batch.reward_sums.dtype)
+
+
+@torch.no_grad()
+def improved_values(target: StochasticMuZeroNet, obs: Tensor, search: SearchConfig) -> Tensor:
+    """obs [M, W, F] -> [M]: the value of the improved policy of a noise-free search from each."""
+    side = obs[:, -1, SIDE_COLUMN].round().long()
+    legal = LEGAL_BY_SIDE.to(obs.device)[side + 1]
+    quiet = search.model_copy(update={"gumbel_scale": 0.0, "dirichlet_fraction": 0.0, "temperature": 0.0})
+    return run_search(target, obs, legal, side, quiet).improved_value
 
 
 @torch.no_grad()
@@ -70,13 +88,21 @@ def refresh_targets(
     target: StochasticMuZeroNet,
     batch: Batch,
     *,
-    bootstrap: bool,
+    bootstrap: str,
     fraction: float,
     search: SearchConfig,
     generator: torch.Generator | None = None,
 ) -> tuple[Batch, int]:
-    """The batch with fresh value targets (if `bootstrap`) and reanalysed policies; roots searched."""
+    """(the batch with fresh value targets and reanalysed policies, roots searched).
+
+    `bootstrap` is ``learning.value_bootstrap``: "stored" keeps the replay's targets,
+    "network" bootstraps from the target network's value, "search" from the improved
+    policy's value of a fresh search (one root per value target)."""
     target.eval()
-    values = bootstrap_values(target, batch) if bootstrap else batch.target_values
-    policies, searched = reanalyse_policies(target, batch, fraction, search, generator)
-    return replace(batch, target_values=values, target_policies=policies), searched
+    searched = 0
+    values = batch.target_values
+    if bootstrap != "stored":
+        values = bootstrap_values(target, batch, search if bootstrap == "search" else None)
+        searched += values.numel() if bootstrap == "search" else 0
+    policies, reanalysed = reanalyse_policies(target, batch, fraction, search, generator)
+    return replace(batch, target_values=values, target_policies=policies), searched + reanalysed

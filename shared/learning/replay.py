@@ -213,9 +213,9 @@ class ReplayBuffer:
     def sample(self, batch_size: int, bootstrap_obs: bool | None = None) -> Batch:
         """Draw `batch_size` positions with P(i) ~ priority^alpha (with replacement);
         `bootstrap_obs` adds the observations the value targets bootstrap from (default:
-        when ``value_bootstrap`` is "network")."""
+        unless ``value_bootstrap`` is "stored")."""
         if bootstrap_obs is None:
-            bootstrap_obs = self.config.value_bootstrap == "network"
+            bootstrap_obs = self.config.value_bootstrap != "stored"
         if len(self) == 0:
             raise ValueError("cannot sample from an empty replay buffer")
         N, K, A = batch_size, self.config.unroll_steps, NUM_ACTIONS

@@ -74,15 +74,20 @@ def _children(node: _Decision) -> tuple[list[float], list[float]]:
     return visits, values
 
 
-def _gumbel_sigma(node: _Decision, config: SearchConfig) -> tuple[list[float], list[float]]:
-    """(visits, sigma(completed Q)) of a decision node, Q rescaled by the node's own actions."""
+def _completed_q(node: _Decision) -> tuple[list[float], list[float]]:
+    """(visits, completed Q) of a decision node: Q of visited actions, the mixed value for the others."""
     visits, q = _children(node)
     total = sum(visits)
     probs = [max(p, _TINY) if n > 0 else 0.0 for p, n in zip(node.priors, visits)]
     mass = sum(probs)
     weighted_q = sum(p * v for p, v in zip(probs, q)) / mass if mass > 0 else 0.0
     mixed = (node.raw_value + total * weighted_q) / (total + 1)
-    completed = [v if n > 0 else mixed for v, n in zip(q, visits)]
+    return visits, [v if n > 0 else mixed for v, n in zip(q, visits)]
+
+
+def _gumbel_sigma(node: _Decision, config: SearchConfig) -> tuple[list[float], list[float]]:
+    """(visits, sigma(completed Q)) of a decision node, Q rescaled by the node's own actions."""
+    visits, completed = _completed_q(node)
     factor = (max(visits) + config.c_visit) * config.c_scale
     return visits, [factor * x for x in _rescale(completed, min(completed), max(completed))]
 
@@ -134,7 +139,7 @@ def run_search_single(
     device = obs.device
     legal_all = legal_mask.to(device=device, dtype=torch.bool)
     noise = draw_root_noise(config, legal_all, generator, device)
-    out_action, out_policy, out_value, out_visits = [], [], [], []
+    out_action, out_policy, out_value, out_improved, out_visits = [], [], [], [], []
     dtype = torch.get_default_dtype()
     for i in range(obs.shape[0]):
         state, logits, value = model.initial_inference(obs[i : i + 1])
@@ -153,11 +158,13 @@ def run_search_single(
         out_action.append(action)
         out_policy.append(policy)
         out_value.append(root.value)
+        out_improved.append(sum(p * q for p, q in zip(policy, _completed_q(root)[1])))
         out_visits.append(visits)
     return SearchOutput(
         action=torch.tensor(out_action, dtype=torch.long, device=device),
         policy_target=torch.tensor(out_policy, dtype=dtype, device=device).reshape(-1, NUM_ACTIONS),
         root_value=torch.tensor(out_value, dtype=dtype, device=device),
+        improved_value=torch.tensor(out_improved, dtype=dtype, device=device),
         visit_counts=torch.tensor(out_visits, dtype=torch.long, device=device).reshape(-1, NUM_ACTIONS),
     )
 

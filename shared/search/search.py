@@ -61,6 +61,9 @@ class SearchOutput:
     action: Tensor  # [B] long, the action to play
     policy_target: Tensor  # [B, 4] float, 0 on illegal actions (improved policy / visit distribution)
     root_value: Tensor  # [B] float, mean of the returns backed up through the root (pips)
+    # [B] float, sum_a policy_target(a) * completed Q(a): the value of the improved policy
+    # (pips), where root_value is that of the mix of actions the simulations tried.
+    improved_value: Tensor
     visit_counts: Tensor  # [B, 4] long
     tree: Tree | None = None
 
@@ -448,6 +451,7 @@ def _summarise(tree: Tree, config: SearchConfig, noise: RootNoise) -> SearchOutp
     children = tree.action_children[:, ROOT]
     visits, q = children_stats(tree, children)  # [B, A]
     legal = tree.legal[:, ROOT]
+    completed = sel.completed_q(tree.raw_values[:, ROOT], tree.priors[:, ROOT], q, visits)  # [B, A]
     if config.root == "gumbel":
         logits = tree.logits[:, ROOT]
         sigma = sel.gumbel_sigma(
@@ -463,6 +467,7 @@ def _summarise(tree: Tree, config: SearchConfig, noise: RootNoise) -> SearchOutp
         action=action,
         policy_target=policy,
         root_value=tree.node_values[:, ROOT].clone(),
+        improved_value=(policy * completed).sum(-1),
         visit_counts=visits.long(),
         tree=tree,
     )

@@ -11,6 +11,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from shared.actions import legal_mask
 from shared.data.bars import Bars
 from shared.env import VecTradingEnv
 from shared.episode import Episode
@@ -635,6 +636,36 @@ def test_value_targets_bootstrap_from_the_target_network(market, played):
                 assert float(z[n, k]) == pytest.approx(float(expected), abs=1e-5)
     past_end = ~batch.masks
     assert past_end.any() and (z[past_end] == 0).all()  # masked in the loss; no bootstrap past the end
+
+
+def test_search_bootstrap_uses_the_value_of_the_improved_policy(market, played):
+    """value_bootstrap="search": z = reward_sum + discount * sum_a pi'(a) completed Q(a) of a
+    noise-free search from the bootstrap state, each root as if searched alone."""
+    from shared.learning.reanalyse import bootstrap_values
+    from shared.search import SearchConfig, run_search
+
+    replay = ReplayBuffer(market, small_config(value_bootstrap="search"), W, PENALTY, seed=0)
+    for e in played[0]:
+        replay.insert(e)
+    torch.manual_seed(0)
+    target = StochasticMuZeroNet(SMALL).eval()
+    batch = replay.sample(16).to("cpu")
+    search = SearchConfig(num_simulations=4, gumbel_scale=1.0, num_chance_codes=SMALL.chance_codes)
+    z = bootstrap_values(target, batch, search)
+    quiet = search.model_copy(update={"gumbel_scale": 0.0})
+    for n in range(4):
+        for k in range(batch.masks.shape[1]):
+            obs = batch.bootstrap_obs[n, k][None]
+            side = obs[:, -1, 9].round().long()
+            legal = torch.as_tensor(legal_mask(side.numpy()))
+            out = run_search(target, obs, legal, side, quiet)
+            visits, q = out.visit_counts[0], out.tree.node_values[0, out.tree.action_children[0, 0]]
+            assert (visits[legal[0]] > 0).all()  # 4 simulations visit every legal action: Q is complete
+            by_hand = (out.policy_target[0] * q).sum()  # the policy is 0 on illegal actions
+            expected = batch.reward_sums[n, k] + batch.bootstrap_discounts[n, k] * by_hand
+            assert float(z[n, k]) == pytest.approx(float(expected), abs=1e-4)
+    network = bootstrap_values(target, batch)
+    assert not torch.allclose(z[batch.masks], network[batch.masks])  # a different estimate than the value head's
 
 
 def test_reanalyse_searches_the_first_rows_inside_the_episode(replay):

@@ -155,6 +155,8 @@ def test_backup_adds_rewards_and_discount_on_chance_edges_only(device):
     assert tree.code_children[0, 1, 0].item() == 2  # sigma's top code
     torch.testing.assert_close(tree.node_values[0, 1].item(), (q + r + 0.9 * v) / 2)
     torch.testing.assert_close(out.root_value.item(), (v0 + q + (r + 0.9 * v)) / 3)
+    # Hold, the only legal action, has all the improved policy: its value is Hold's Q.
+    torch.testing.assert_close(out.improved_value.item(), (q + r + 0.9 * v) / 2)
     assert tree.node_visits[0, :3].tolist() == [3.0, 2.0, 1.0]
     assert out.visit_counts.tolist() == [[2, 0, 0, 0]]
     # A deeper chain: every chance edge discounts once, action edges never.
@@ -224,6 +226,7 @@ def test_batched_matches_single_tree_reference(device, cfg):
     assert torch.equal(out.visit_counts, ref.visit_counts)
     torch.testing.assert_close(out.policy_target, ref.policy_target, rtol=1e-9, atol=1e-12)
     torch.testing.assert_close(out.root_value, ref.root_value, rtol=1e-9, atol=1e-12)
+    torch.testing.assert_close(out.improved_value, ref.improved_value, rtol=1e-9, atol=1e-12)
 
 
 @pytest.mark.parametrize("device", DEVICES)
