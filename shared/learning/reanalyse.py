@@ -6,9 +6,11 @@ Both run the *target network*, a copy of the learner's weights refreshed every
 ``learning.target_update_interval`` steps, in eval mode and without gradient:
 
 * :func:`bootstrap_values` completes every n-step value target of a batch,
-  z = reward_sum + gamma^m v(s_{t+k+m}), with v from the target network on the
-  bootstrap observations the replay sampled. Warm-up episodes (no search, no values)
-  and old episodes (values of an old policy) get the current network's estimate.
+  z = reward_sum + gamma^m v(s_{t+k+m}), on the bootstrap observations the replay
+  sampled, with v the value of the improved policy of a fresh noise-free search from
+  each (``value_bootstrap="search"``) or the target network's value head ("network").
+  Warm-up episodes (no search, no values) and old episodes (values of an old policy)
+  get the current network's estimate.
 * :func:`reanalyse_policies` replaces the policy targets of the first ``fraction`` of
   the batch's positions (the batch is an i.i.d. draw, so its first rows are a random
   subset) by the improved policy of a new batched search from each of their unroll
@@ -23,14 +25,14 @@ from dataclasses import replace
 import torch
 from torch import Tensor
 
-from shared.actions import LEGAL_BY_SIDE as _LEGAL
+from shared.actions import LEGAL_BY_SIDE
 from shared.config import SearchConfig
 from shared.learning.replay import Batch
 from shared.model import StochasticMuZeroNet
 from shared.search import run_search
 
 SIDE_COLUMN = 9  # position-state column 0: the side held before the decision
-LEGAL_BY_SIDE = torch.from_numpy(_LEGAL)  # [3, A] bool, row side + 1
+_LEGAL_BY_SIDE = torch.from_numpy(LEGAL_BY_SIDE)  # [3, A] bool, row side + 1
 
 
 @torch.no_grad()
@@ -54,7 +56,7 @@ def bootstrap_values(target: StochasticMuZeroNet, batch: Batch, search: SearchCo
 def improved_values(target: StochasticMuZeroNet, obs: Tensor, search: SearchConfig) -> Tensor:
     """obs [M, W, F] -> [M]: the value of the improved policy of a noise-free search from each."""
     side = obs[:, -1, SIDE_COLUMN].round().long()
-    legal = LEGAL_BY_SIDE.to(obs.device)[side + 1]
+    legal = _LEGAL_BY_SIDE.to(obs.device)[side + 1]
     quiet = search.model_copy(update={"gumbel_scale": 0.0, "dirichlet_fraction": 0.0, "temperature": 0.0})
     return run_search(target, obs, legal, side, quiet).improved_value
 
