@@ -1,7 +1,7 @@
 """It learns: self-play + learning on the learnable `sine` series, with a tiny model,
-must trade, clear random trading by 30 % of perfect foresight on the held-out test
-split, and beat the momentum rule there, on two seeds (trained at once, one per core,
-about four minutes).
+must trade, earn more than half of perfect foresight on the held-out test split and beat
+the momentum rule there, on two seeds (trained at once, one per core, about two
+minutes).
 
 This is the guard against a learner that silently stops learning: it asserts results a
 broken learner cannot reach (random trading loses the spread, the momentum rule already
@@ -9,13 +9,11 @@ earns ~40 % of perfect foresight on this series), not that training ran. Trainin
 on one torch thread so the outcome is the same on every machine (with two threads the
 reduction order, and so the outcome of a seed, varied from run to run).
 
-The budget was chosen on the validation split (momentum 837 there): after 6 rounds of
-self-play seeds 0, 1, 2 made 984, 579, 541; after 8 rounds 1,039, 1,284, 641; after 10
-rounds 1,082, 1,288, 588. At 8 rounds on the test split (momentum 772, perfect
-foresight 1,814, random -389): seed 0 1,050 pips, seed 1 1,215. Seed 2 (536 on the test
-split) does not beat momentum at any of these budgets: the tiny model is not reliable
-on every seed, which is why this guard names its two; docs/RESULTS.md has the curves of
-the small preset, where every seed of five beats momentum."""
+The budget was chosen on the validation split (momentum 837, perfect foresight 1,793
+there), with the value targets that bootstrap from the improved policy (docs/LEARNING.md):
+after 4 rounds of self-play seeds 0, 1, 2 made 1,516, 1,486, 1,396 pips; after 6 rounds
+1,525, 1,496, 1,414; after 8 rounds 1,460, 1,474, 1,470. With the earlier targets (the
+value head after 10 bars) 8 rounds made 1,039, 1,284, 641 and seed 2 never beat momentum."""
 
 import multiprocessing
 from concurrent.futures import ProcessPoolExecutor
@@ -51,14 +49,14 @@ TINY = dict(
         lr=1e-3,
         batch_size=32,
         unroll_steps=3,
-        samples_per_insert=16,  # 8 (at six rounds) beat momentum on seed 1 only, not on 0
+        samples_per_insert=16,  # as in the --small preset
         samples_per_insert_tolerance=500,
         min_replay_positions=1000,
         target_update_interval=50,
     ),
     train=dict(num_envs=8, warmup_policy="random", checkpoint_every=10**9),
 )
-ENV_STEPS = 8 * 240 * 8  # eight rounds of self-play
+ENV_STEPS = 4 * 240 * 8  # four rounds of self-play (one random warm-up, three searched)
 SEEDS = (0, 1)
 
 
@@ -109,5 +107,5 @@ def test_greedy_agent_beats_momentum_on_the_test_split(outcomes, seed):
     )
     assert got["finite_losses"]
     assert got["trades"] > 10  # it trades, rather than winning by staying flat
-    assert got["agent"] > got["random"] + 0.3 * got["oracle"]  # by a margin no luck explains
+    assert got["agent"] > 0.5 * got["oracle"]  # by a margin no luck explains (random trading loses)
     assert got["agent"] > got["momentum"]  # beats the rule that already exploits the series
