@@ -118,11 +118,11 @@ class SearchConfig(BaseModel):
 #   such targets, learns what *they* earn, so each round of self-play improves the policy
 #   only once. Bootstrapping from the improved policy after a few bars is policy iteration
 #   on the stored bars (MuZero Reanalyse's fresh search values; EfficientZero shortens n
-#   for old data for the same reason). On sine (validation, seeds 0 and 1, --small) at
-#   11.5 k / 23 k env steps: 5,349 / 5,048 and 5,191 / 5,173 pips, against 4,309 / 3,698 and
-#   5,071 / 4,710 with "network" and n = 10, 4,485 / 4,358 and 4,993 / 5,093 with "network"
-#   and n = 3; "search" with n = 10 made 2,796 / 4,931 on seed 0 and n = 1 5,349 / 4,478
-#   (docs/RESULTS.md §0). "network" bootstraps from the target network's value head (cheaper:
+#   for old data for the same reason). On sine (validation, --small), pips at 11.5 k / 23 k
+#   env steps, seed 0 and seed 1: 5,349 / 5,191 and 5,048 / 5,173, against 4,309 / 5,071 and
+#   3,698 / 4,710 with "network" and n = 10, 4,485 / 4,993 and 4,358 / 5,093 with "network"
+#   and n = 3; on seed 0 "search" with n = 10 made 2,796 / 4,931 and with n = 1 5,349 / 4,478
+#   (docs/LEARNING.md). "network" bootstraps from the target network's value head (cheaper:
 #   no search), "stored" from the search values recorded at play time (MuZero). The episode
 #   end is a time limit: targets near it bootstrap from the state at the cut.
 # * ``target_update_interval=100``: the target network trails the learner by at most 100
@@ -164,6 +164,10 @@ class SearchConfig(BaseModel):
 #   stays bounded; every prediction made by the recurrent functions is weighted 1/unroll.
 
 
+# Where a value target's bootstrap v(s_{t+m}) comes from (reanalyse.bootstrap_values).
+ValueBootstrap = Literal["search", "network", "stored"]
+
+
 class LearningConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -183,7 +187,7 @@ class LearningConfig(BaseModel):
     td_steps: int = Field(3, ge=1)
     discount: float = Field(0.99, gt=0, le=1)
     unroll_steps: int = Field(5, ge=1)
-    value_bootstrap: Literal["search", "network", "stored"] = "search"
+    value_bootstrap: ValueBootstrap = "search"
     # "terminal" treats the cut as the end of the world (v = 0 there): only an ablation of
     # the time-limit bootstrap (docs/LEARNING.md); the market goes on after an episode.
     episode_end: Literal["time_limit", "terminal"] = "time_limit"

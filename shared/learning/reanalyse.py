@@ -21,12 +21,13 @@ from __future__ import annotations
 
 import math
 from dataclasses import replace
+from typing import get_args
 
 import torch
 from torch import Tensor
 
 from shared.actions import LEGAL_BY_SIDE
-from shared.config import SearchConfig
+from shared.config import SearchConfig, ValueBootstrap
 from shared.learning.replay import Batch
 from shared.model import StochasticMuZeroNet
 from shared.search import run_search
@@ -47,7 +48,7 @@ def bootstrap_values(target: StochasticMuZeroNet, batch: Batch, search: SearchCo
     obs = batch.bootstrap_obs.flatten(0, 1)  # [N*(K+1), W, F]
     if search is None:
         _, _, values = target.initial_inference(obs)  # [N*(K+1)]
-    else:
+    else:  # every row, also those past the episode end (discount 0): a fixed batch shape
         values = improved_values(target, obs, search)
     return batch.reward_sums + batch.bootstrap_discounts * values.view(N, K1).to(batch.reward_sums.dtype)
 
@@ -90,7 +91,7 @@ def refresh_targets(
     target: StochasticMuZeroNet,
     batch: Batch,
     *,
-    bootstrap: str,
+    bootstrap: ValueBootstrap,
     fraction: float,
     search: SearchConfig,
     generator: torch.Generator | None = None,
@@ -99,12 +100,16 @@ def refresh_targets(
 
     `bootstrap` is ``learning.value_bootstrap``: "stored" keeps the replay's targets,
     "network" bootstraps from the target network's value, "search" from the improved
-    policy's value of a fresh search (one root per value target)."""
+    policy's value of a fresh search (one root per value target).
+    Anything else is refused."""
+    if bootstrap not in get_args(ValueBootstrap):
+        raise ValueError(f"bootstrap must be one of {', '.join(get_args(ValueBootstrap))}; got {bootstrap!r}")
     target.eval()
     searched = 0
     values = batch.target_values
     if bootstrap != "stored":
         values = bootstrap_values(target, batch, search if bootstrap == "search" else None)
-        searched += values.numel() if bootstrap == "search" else 0
+    if bootstrap == "search":
+        searched += values.numel()
     policies, reanalysed = reanalyse_policies(target, batch, fraction, search, generator)
     return replace(batch, target_values=values, target_policies=policies), searched + reanalysed

@@ -668,6 +668,29 @@ def test_search_bootstrap_uses_the_value_of_the_improved_policy(market, played):
     assert not torch.allclose(z[batch.masks], network[batch.masks])  # a different estimate than the value head's
 
 
+@pytest.mark.parametrize("mode", ["search", "network", "stored"])
+def test_refresh_targets_follows_the_bootstrap_mode(replay, mode):
+    """Each value_bootstrap mode: where z comes from and how many roots are searched."""
+    from shared.learning.reanalyse import bootstrap_values, refresh_targets
+    from shared.search import SearchConfig
+
+    torch.manual_seed(0)
+    target = StochasticMuZeroNet(SMALL).eval()
+    batch = replay.sample(8).to("cpu")
+    search = SearchConfig(num_simulations=4, gumbel_scale=0.0, num_chance_codes=SMALL.chance_codes)
+    fresh, searched = refresh_targets(target, batch, bootstrap=mode, fraction=0.25, search=search)
+    reanalysed = int(batch.masks[:2].sum())  # ceil(0.25 * 8) rows, their steps inside the episode
+    expected = {
+        "search": bootstrap_values(target, batch, search),
+        "network": bootstrap_values(target, batch),
+        "stored": batch.target_values,
+    }[mode]
+    assert torch.equal(fresh.target_values, expected)
+    assert searched == reanalysed + (batch.masks.numel() if mode == "search" else 0)
+    with pytest.raises(ValueError, match="bootstrap must be one of"):
+        refresh_targets(target, batch, bootstrap=True, fraction=0.25, search=search)  # type: ignore[arg-type]
+
+
 def test_reanalyse_searches_the_first_rows_inside_the_episode(replay):
     from shared.learning.reanalyse import reanalyse_policies
     from shared.search import SearchConfig, run_search

@@ -1,6 +1,6 @@
 """It learns: self-play + learning on the learnable `sine` series, with a tiny model,
 must trade, earn more than half of perfect foresight on the held-out test split and beat
-the momentum rule there, on two seeds (trained at once, one per core, about two
+the momentum rule there, on two seeds (trained at once, one per core, under two
 minutes).
 
 This is the guard against a learner that silently stops learning: it asserts results a
