@@ -47,7 +47,13 @@ def test_exited_services_restart_with_backoff_and_stop_ends_all():
 
         pid = steady.process.pid
         os.kill(pid, signal.SIGKILL)
-        wait_for(lambda: supervisor.poll() and steady.running, timeout=5)
+
+        def steady_restarted() -> bool:
+            # poll() is also True when the crasher exits again, so wait for steady's own restart.
+            supervisor.poll()
+            return steady.restarts == 1 and steady.running
+
+        wait_for(steady_restarted, timeout=5)
         assert steady.running and steady.restarts == 1 and steady.process.pid != pid
         assert steady.last_exit_code == -signal.SIGKILL
         assert any(line.startswith("steady exited (killed by SIGKILL)") for name, line in lines)
