@@ -26,14 +26,13 @@ from typing import get_args
 import torch
 from torch import Tensor
 
-from shared.actions import LEGAL_BY_SIDE
 from shared.config import SearchConfig, ValueBootstrap
 from shared.learning.replay import Batch
 from shared.model import StochasticMuZeroNet
 from shared.search import run_search
+from shared.search.tree import side_tables
 
 SIDE_COLUMN = 9  # position-state column 0: the side held before the decision
-_LEGAL_BY_SIDE = torch.from_numpy(LEGAL_BY_SIDE)  # [3, A] bool, row side + 1
 
 
 @torch.no_grad()
@@ -57,7 +56,7 @@ def bootstrap_values(target: StochasticMuZeroNet, batch: Batch, search: SearchCo
 def improved_values(target: StochasticMuZeroNet, obs: Tensor, search: SearchConfig) -> Tensor:
     """obs [M, W, F] -> [M]: the value of the improved policy of a noise-free search from each."""
     side = obs[:, -1, SIDE_COLUMN].round().long()
-    legal = _LEGAL_BY_SIDE.to(obs.device)[side + 1]
+    legal = side_tables(obs.device)[0][side + 1]  # legal_by_side [3, A], row side + 1
     quiet = search.model_copy(update={"gumbel_scale": 0.0, "dirichlet_fraction": 0.0, "temperature": 0.0})
     return run_search(target, obs, legal, side, quiet).improved_value
 

@@ -454,9 +454,7 @@ def _summarise(tree: Tree, config: SearchConfig, noise: RootNoise) -> SearchOutp
     completed = sel.completed_q(tree.raw_values[:, ROOT], tree.priors[:, ROOT], q, visits)  # [B, A]
     if config.root == "gumbel":
         logits = tree.logits[:, ROOT]
-        sigma = sel.gumbel_sigma(
-            tree.raw_values[:, ROOT], tree.priors[:, ROOT], q, visits, config.c_visit, config.c_scale
-        )
+        sigma = sel.sigma_of_completed(completed, visits, config.c_visit, config.c_scale)
         policy = torch.softmax(logits + sigma, dim=-1) * legal
         scores = sel.gumbel_root_scores(tree.root_gumbel, logits, sigma, visits, visits.amax(-1))
         action = sel.masked_argmax(scores, legal)

@@ -72,7 +72,11 @@ def gumbel_sigma(
     to [0, 1] by the min and max over the node's own actions (Gumbel MuZero's monotone
     transform; mctx ``qtransform_completed_by_mix_value`` with ``rescale_values=True``).
     """
-    completed = completed_q(raw_value, priors, q, visits)
+    return sigma_of_completed(completed_q(raw_value, priors, q, visits), visits, c_visit, c_scale)
+
+
+def sigma_of_completed(completed: Tensor, visits: Tensor, c_visit: float, c_scale: float) -> Tensor:
+    """:func:`gumbel_sigma` of an already completed Q [..., A]; visits [..., A] -> [..., A]."""
     rescaled = rescale(completed, completed.amin(-1, keepdim=True), completed.amax(-1, keepdim=True))
     return (visits.amax(-1, keepdim=True) + c_visit) * c_scale * rescaled
 
