@@ -90,6 +90,29 @@ class RangeReversion:
         return _move_to(env.side, target.astype(np.int8))
 
 
+class HourOfDay:
+    """Intraday seasonality, the simple rule of a market whose drift follows the clock:
+    holds the side of the mean move that the coming bar's hour of day (UTC) made over
+    the last `days` days. Only moves that ended before the current bar count: causal."""
+
+    def __init__(self, market: MarketData, days: int = 20) -> None:
+        if days < 1:
+            raise ValueError(f"days must be >= 1, got {days}")
+        moves = np.diff(market.close)  # [T-1]: move j is held from row j to row j + 1
+        hour = market.ts[1:].astype("datetime64[h]").astype(np.int64) % 24  # [T-1] the hour each move ends in
+        expected = np.zeros(len(market.close))  # [T] row t: mean of the earlier moves of move t's hour
+        for h in range(24):
+            rows = np.flatnonzero(hour == h)
+            total = np.concatenate([[0.0], np.cumsum(moves[rows])])
+            k = np.arange(len(rows))
+            first = np.maximum(k - days, 0)
+            expected[rows] = (total[k] - total[first]) / np.maximum(k - first, 1)
+        self.side = np.sign(expected).astype(np.int8)  # [T]
+
+    def __call__(self, env: VecTradingEnv, obs: np.ndarray) -> np.ndarray:
+        return _move_to(env.side, self.side[env.row])
+
+
 class PerfectForesight:
     """The reference ceiling, not a strategy: knows every future close and holds, at
     each bar, the side of a cost-aware optimal path (dynamic programming over
@@ -118,6 +141,7 @@ BASELINES: dict[str, Callable[[MarketData, int], Policy]] = {
     "random": lambda market, seed: RandomLegal(seed),
     "momentum": lambda market, seed: Momentum(),
     "range": lambda market, seed: RangeReversion(),
+    "hour": lambda market, seed: HourOfDay(market),
 }
 # Reference points that are not tradeable strategies.
 REFERENCES: dict[str, Callable[[MarketData, int], Policy]] = {

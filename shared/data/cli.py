@@ -56,14 +56,16 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         choices=KINDS,
         default="sine",
         help="sine: periodic drift plus noise; mean_reverting: an Ornstein-Uhlenbeck price; regime: trends that "
-        "flip at random; random_walk: no edge (a control)",
+        "flip at random; intraday: a drift set by the hour of day; random_walk: no edge (a control)",
     )
     synth.add_argument("--symbol", default="SYNTH", help="symbol to store them under (default SYNTH)")
     synth.add_argument("--bars", type=int, default=20_000, help="number of bars (default 20000)")
     synth.add_argument("--seed", type=int, default=0)
     synth.add_argument("--period", type=float, default=48.0, help="sine period in bars (default 48)")
     synth.add_argument(
-        "--drift-pips", type=float, help="sine: peak drift, regime: trend, per bar in pips (per-kind default)"
+        "--drift-pips",
+        type=float,
+        help="sine: peak drift, regime: trend, intraday: hourly drift, per bar in pips (per-kind default)",
     )
     synth.add_argument("--noise-pips", type=float, help="noise per bar in pips (per-kind default)")
     synth.add_argument("--theta", type=float, default=0.05, help="mean_reverting: pull back per bar (default 0.05)")

@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from shared.backtest import backtest
-from shared.baselines import Momentum, PerfectForesight, RandomLegal, RangeReversion, buy_and_hold
+from shared.baselines import HourOfDay, Momentum, PerfectForesight, RandomLegal, RangeReversion, buy_and_hold
 from shared.config import Config
 from shared.experiments.stats import t_interval
 from shared.market import MarketData
@@ -137,6 +137,7 @@ def run_curves(
         "perfect foresight": oracle["total_pips"],
         "momentum (60 bars)": _pips(Momentum(), config, market, split)["total_pips"],
         "range reversion (60 bars)": _pips(RangeReversion(), config, market, split)["total_pips"],
+        "hour of day (20 days)": _pips(HourOfDay(market), config, market, split)["total_pips"],
         "buy & hold": _pips(buy_and_hold, config, market, split)["total_pips"],
         "random legal": float(np.mean([_pips(RandomLegal(s), config, market, split)["total_pips"] for s in seeds])),
     }

@@ -27,7 +27,7 @@ import numpy as np
 from tqdm import tqdm
 
 from shared.backtest import BacktestResult, backtest
-from shared.baselines import Momentum, RandomLegal, buy_and_hold
+from shared.baselines import HourOfDay, Momentum, RandomLegal, buy_and_hold
 from shared.config import Config
 from shared.experiments.stats import bootstrap_mean_interval, t_interval
 from shared.experiments.variants import Experiment, Variant, variant_config
@@ -259,9 +259,10 @@ def _mean_or_none(values) -> float | None:
 
 
 def baseline_results(config: Config, market: MarketData, seeds: list[int]) -> dict[str, list[dict]]:
-    """Random legal actions (one run per seed), the momentum rule and buy & hold
-    (deterministic: one run each). Buy & hold is there because an undertrained agent
-    often collapses to "always long" in every chunk, which then scores exactly it."""
+    """Random legal actions (one run per seed), the momentum rule, buy & hold and the
+    hour-of-day rule (deterministic: one run each). Buy & hold is there because an
+    undertrained agent often collapses to "always long" in every chunk, which then
+    scores exactly it; the hour-of-day rule is what the time columns alone can earn."""
 
     def one(policy) -> dict:
         evaluation = greedy_backtest(policy, config, market)
@@ -275,6 +276,7 @@ def baseline_results(config: Config, market: MarketData, seeds: list[int]) -> di
         "random": [one(RandomLegal(seed)) for seed in seeds],
         "momentum": [one(Momentum())],
         "buy_hold": [one(buy_and_hold)],
+        "hour_of_day": [one(HourOfDay(market))],
     }
 
 

@@ -1,9 +1,11 @@
+import dataclasses
+
 import numpy as np
 import pytest
 from gymnasium.utils.env_checker import check_env
 
 from shared.backtest import backtest, chunk_episodes
-from shared.baselines import Momentum, RandomLegal, buy_and_hold, flat
+from shared.baselines import HourOfDay, Momentum, RandomLegal, buy_and_hold, flat
 from shared.config import Config
 from shared.env.gym import TradingEnv
 from shared.splits import Split
@@ -93,3 +95,17 @@ def test_perfect_foresight_matches_brute_force_over_every_path():
     oracle = PerfectForesight(close, 1.0, spread)
     total = sum(env.step(oracle(env, obs)).pnl[0] for _ in range(8))
     assert total == pytest.approx(best)
+
+
+def test_hour_of_day_rule_follows_the_past_moves_of_each_hour_and_never_the_future(market):
+    rule = HourOfDay(market, days=3)
+    moves = np.diff(market.close)
+    hour = market.ts[1:].astype("datetime64[h]").astype(np.int64) % 24
+    t = 500
+    same_hour = np.flatnonzero(hour[:t] == hour[t])[-3:]  # the last 3 earlier moves ending in move t's hour
+    assert rule.side[t] == np.sign(moves[same_hour].mean())
+    future = dataclasses.replace(market, close=np.concatenate([market.close[: t + 1], market.close[t + 1 :] * 1.01]))
+    np.testing.assert_array_equal(HourOfDay(future, days=3).side[: t + 1], rule.side[: t + 1])
+    assert rule.side[0] == 0  # no history yet: flat
+    with pytest.raises(ValueError, match="days"):
+        HourOfDay(market, days=0)

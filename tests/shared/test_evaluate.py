@@ -53,7 +53,7 @@ TINY = ModelConfig(
     dropout=0.0,
     chance_codes=8,  # not the config's 16: evaluate must adapt
 )
-BASELINE_NAMES = ("flat", "buy_hold", "random", "momentum", "range", "oracle")
+BASELINE_NAMES = ("flat", "buy_hold", "random", "momentum", "range", "hour", "oracle")
 SECTIONS = (
     "Verdict",
     "Expectancy confidence interval",

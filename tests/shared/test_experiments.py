@@ -198,7 +198,7 @@ def test_runner_writes_a_table_with_intervals_and_reuses_finished_runs(tmp_path,
     assert _cli(tmp_path, *args) == 0
     report = json.loads((out / "results.json").read_text())
     names = [row["name"] for row in report["rows"]]
-    assert names == ["stochastic-16", "deterministic-1", "random", "momentum", "buy_hold"]
+    assert names == ["stochastic-16", "deterministic-1", "random", "momentum", "buy_hold", "hour_of_day"]
     for row in report["rows"][:2]:
         s = row["summary"]
         assert s["runs"] == 2 and {"mean", "low", "high", "n"} <= set(s["total_pips"])
