@@ -93,11 +93,14 @@ class RangeReversion:
 class HourOfDay:
     """Intraday seasonality, the simple rule of a market whose drift follows the clock:
     holds the side of the mean move that the coming bar's hour of day (UTC) made over
-    the last `days` days. Only moves that ended before the current bar count: causal."""
+    the last `days` days (the last `days` x bars-per-hour moves of that hour; on bars of
+    an hour or longer, the last `days` of them). Only moves that ended at or before the
+    current bar count: causal."""
 
     def __init__(self, market: MarketData, days: int = 20) -> None:
         if days < 1:
             raise ValueError(f"days must be >= 1, got {days}")
+        per_hour = days * max(1, round(3600 / market.bar_seconds))  # moves of one hour of day in `days` days
         moves = np.diff(market.close)  # [T-1]: move j is held from row j to row j + 1
         hour = market.ts[1:].astype("datetime64[h]").astype(np.int64) % 24  # [T-1] the hour each move ends in
         expected = np.zeros(len(market.close))  # [T] row t: mean of the earlier moves of move t's hour
@@ -105,7 +108,7 @@ class HourOfDay:
             rows = np.flatnonzero(hour == h)
             total = np.concatenate([[0.0], np.cumsum(moves[rows])])
             k = np.arange(len(rows))
-            first = np.maximum(k - days, 0)
+            first = np.maximum(k - per_hour, 0)
             expected[rows] = (total[k] - total[first]) / np.maximum(k - first, 1)
         self.side = np.sign(expected).astype(np.int8)  # [T]
 

@@ -14,6 +14,7 @@ test split is read once, for the report. Runs are resumable: a finished
 
 from __future__ import annotations
 
+import itertools
 import json
 import time
 from pathlib import Path
@@ -183,8 +184,8 @@ def plot_curves(report: dict, path: Path) -> Path:
         high = [p["total_pips"]["high"] if p["total_pips"]["high"] is not None else m for p, m in zip(curve, mean)]
         ax.plot(x, mean, marker="o", color=colours.get(agent), label=f"{agent} (mean of {len(report['seeds'])} seeds)")
         ax.fill_between(x, low, high, color=colours.get(agent), alpha=0.2)
-    styles = ["k--", "g:", "c--", "m-.", "r:"]
-    for (name, pips), style in zip(report["baselines"].items(), styles):
+    styles = ["k--", "g:", "c--", "m-.", "r:", "y:"]
+    for (name, pips), style in zip(report["baselines"].items(), itertools.cycle(styles)):
         ax.axhline(pips, linestyle=style[1:], color=style[0], linewidth=1, label=f"{name}: {pips:,.0f}")
     ax.set_xlabel("environment steps played")
     ax.set_ylabel(f"net pips on the {report['split']} split (greedy, spread paid)")

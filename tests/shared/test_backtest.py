@@ -97,15 +97,33 @@ def test_perfect_foresight_matches_brute_force_over_every_path():
     assert total == pytest.approx(best)
 
 
-def test_hour_of_day_rule_follows_the_past_moves_of_each_hour_and_never_the_future(market):
-    rule = HourOfDay(market, days=3)
-    moves = np.diff(market.close)
-    hour = market.ts[1:].astype("datetime64[h]").astype(np.int64) % 24
+def _hour_rule_by_hand(close: np.ndarray, ts: np.ndarray, last: int) -> np.ndarray:
+    """At row t: the sign of the mean of the last `last` moves close[j] -> close[j + 1]
+    with j + 1 <= t that ended in the hour of day of ts[t + 1]; 0 without any."""
+    hour = ts.astype("datetime64[h]").astype(np.int64) % 24
+    side = np.zeros(len(close), dtype=np.int8)
+    for t in range(len(close) - 1):
+        past = [close[j + 1] - close[j] for j in range(t) if hour[j + 1] == hour[t + 1]][-last:]
+        side[t] = np.sign(np.mean(past)) if past else 0
+    return side
+
+
+@pytest.mark.parametrize("days", [1, 3, 20])
+def test_hour_of_day_rule_is_the_mean_of_each_hours_past_moves_and_never_reads_the_future(market, days):
+    keep = np.ones(1200, dtype=bool)
+    keep[[100, 101, 102, 503, 777]] = False  # missing bars: the rule goes by the clock, not by bar counts
+    rows = np.flatnonzero(keep)
+    gappy = dataclasses.replace(market, close=market.close[rows], ts=market.ts[rows], features=market.features[rows])
+    rule = HourOfDay(gappy, days=days)
+    np.testing.assert_array_equal(rule.side, _hour_rule_by_hand(gappy.close, gappy.ts, days))
     t = 500
-    same_hour = np.flatnonzero(hour[:t] == hour[t])[-3:]  # the last 3 earlier moves ending in move t's hour
-    assert rule.side[t] == np.sign(moves[same_hour].mean())
-    future = dataclasses.replace(market, close=np.concatenate([market.close[: t + 1], market.close[t + 1 :] * 1.01]))
-    np.testing.assert_array_equal(HourOfDay(future, days=3).side[: t + 1], rule.side[: t + 1])
-    assert rule.side[0] == 0  # no history yet: flat
+    future = dataclasses.replace(gappy, close=np.concatenate([gappy.close[: t + 1], gappy.close[t + 1 :] * 1.01]))
+    np.testing.assert_array_equal(HourOfDay(future, days=days).side[: t + 1], rule.side[: t + 1])
+
+
+def test_hour_of_day_rule_counts_days_not_bars_on_shorter_bars(market):
+    quarter_hours = market.ts[0] + np.arange(len(market)) * np.timedelta64(15, "m")
+    m15 = dataclasses.replace(market, ts=quarter_hours)
+    np.testing.assert_array_equal(HourOfDay(m15, days=5).side, _hour_rule_by_hand(m15.close, m15.ts, 5 * 4))
     with pytest.raises(ValueError, match="days"):
         HourOfDay(market, days=0)

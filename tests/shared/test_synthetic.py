@@ -39,8 +39,8 @@ def test_each_learnable_kind_is_exploited_by_its_rule_and_the_control_by_none(ma
 
 
 def test_knowing_the_phase_of_the_sine_earns_about_85_percent_of_perfect_foresight(markets):
-    """The ceiling of a causal trader on `sine`: told the generator's phase, it holds the
-    side of the coming bar's drift, and still earns only ~85 % of perfect foresight,
+    """Near the ceiling of a causal trader on `sine`: told the generator's phase, it holds
+    the side of the coming bar's drift, and still earns only ~85 % of perfect foresight,
     which also harvests the noise. (docs/RESULTS.md: issue #10's 85 % goal on `sine` asks
     a learned agent to match this rule.)"""
     config, m = markets
@@ -105,7 +105,7 @@ def test_structure_of_the_returns():
     moves, hour = np.diff(bars.close) / 1e-4, bars.ts[1:].astype("datetime64[h]").astype(np.int64) % 24
     by_hour = np.array([moves[hour == h].mean() for h in range(24)])
     np.testing.assert_allclose(np.abs(by_hour), 1.0, atol=0.05)  # each hour drifts one pip, up or down
-    assert 4 < (by_hour > 0).sum() < 20  # both signs occur
+    assert (by_hour > 0).sum() == 12  # half of the hours up, half down: a day nets no drift
 
     walk = np.diff(synthetic_bars("random_walk", 50_000, seed=0).close) / 1e-4
     assert abs(np.corrcoef(walk[:-1], walk[1:])[0, 1]) < 0.02 and walk.std() == pytest.approx(2.0, rel=0.05)
