@@ -35,7 +35,11 @@ class ModelConfig(BaseModel):
     # Discrete spaces.
     actions: int = Field(4, ge=1)
     # 1 code = a deterministic MuZero (the dynamics always see the same code); the
-    # `stochastic` experiment compares it with the default 16.
+    # `stochastic` experiment compares it with the default 16. On this market's bars 16
+    # codes carry nothing: the codebook collapses to one code (perplexity 1.0) within
+    # ~15 learner steps even on `regime`, whose trend flips at random, and at the small
+    # size one code did as well (regime) or better (sine) (docs/RESULTS.md §0), so
+    # `--small` uses 1. The full size keeps 16 until it is compared at that size.
     chance_codes: int = Field(16, ge=1, description="size of the one-hot chance codebook (1 = deterministic)")
 
     # Categorical scalars (value, reward, Q): `support_bins` bins spaced evenly in
