@@ -206,7 +206,7 @@ def test_runner_writes_a_table_with_intervals_and_reuses_finished_runs(tmp_path,
         assert s["pooled_expectancy"]["n"] == sum(r["trades"] for r in row["runs"])
         assert [r["reused"] for r in row["runs"]] == [False, False]
     md = (out / "results.md").read_text()
-    assert "microzero" in md and "stochastic-16" in md and md.count("\n| ") == 1 + 5  # header + 5 rows
+    assert "microzero" in md and "stochastic-16" in md and md.count("\n| ") == 1 + 6  # header + 6 rows
     assert (out / "deterministic-1" / "seed1" / "checkpoints").is_dir()
 
     result_file = out / "stochastic-16" / "seed0" / "result.json"
