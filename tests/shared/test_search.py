@@ -430,7 +430,10 @@ def test_outputs_pinned_to_recorded_values(name):
     to re-record them when a change is meant to alter results. The float64 case is
     compared bit for bit; the real-model cases run the float32 network, whose last bits
     depend on the CPU's matrix kernels (AVX2 or AVX-512, oneDNN's choices), so their
-    floats are held to 1e-5 relative and their actions and visit counts exactly.
+    actions and visit counts are held exactly and their floats to 5e-5 absolute plus
+    1e-4 relative: an AMD EPYC differed from the recording machine by up to 8.4e-6
+    absolute (5.3e-5 relative) in policy targets, where a change to the search moves
+    them by orders of magnitude more.
     """
     expected = json.loads(search_golden.GOLDEN.read_text())[name]
     got = search_golden.as_record(search_golden.run_case(name))
@@ -441,4 +444,4 @@ def test_outputs_pinned_to_recorded_values(name):
         if got["dtype"] == ["torch.float64"]:
             assert got[field] == expected[field]  # exact: Python floats compare bit for bit
         else:
-            np.testing.assert_allclose(got[field], expected[field], rtol=1e-5, atol=1e-6, err_msg=field)
+            np.testing.assert_allclose(got[field], expected[field], rtol=1e-4, atol=5e-5, err_msg=field)
