@@ -25,8 +25,11 @@ from shared.model.networks import StochasticMuZeroNet
 from shared.selfplay import SearchPolicy
 
 BARS = synthetic_bars("sine", 1500, seed=0)
-# Small enough that a 20-step run takes about a second.
+# Small enough that a 20-step run takes about a second. Two simulations: the search runs
+# in self-play and in every learner step (the bootstrap values), and it is what these
+# tests' time went on; what they check (the runner, the curve, the reuse) needs no more.
 TINY = {
+    "search": dict(num_simulations=2),
     "model": dict(
         tcn_channels=8, hidden=16, head_hidden=8, encoder_hidden=8, residual_blocks=0, support_bins=21, support_max=30.0
     ),

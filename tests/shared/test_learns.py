@@ -1,7 +1,7 @@
 """It learns: self-play + learning on the learnable `sine` series, with a tiny model,
 must trade, earn more than half of perfect foresight on the held-out test split and beat
-the momentum rule there, on two seeds (trained at once, one per core: 77 s on the
-machine where the budget was chosen, 201 s on a slower 2-core AMD EPYC).
+the momentum rule there, on two seeds (trained at once, one per core: about 100 s on a
+2-core AMD EPYC).
 
 This is the guard against a learner that silently stops learning: it asserts results a
 broken learner cannot reach (random trading loses the spread, the momentum rule already
@@ -11,7 +11,8 @@ reduction order, and so the outcome of a seed, varied from run to run).
 
 The budget was chosen on the validation split (momentum 837, perfect foresight 1,793
 there), with the value targets that bootstrap from the improved policy (docs/LEARNING.md):
-after 4 rounds of self-play seeds 0, 1, 2 made 1,516, 1,486, 1,396 pips; after 6 rounds
+after 3 rounds of self-play seeds 0, 1, 2 made 1,526, 1,434, 1,275 pips (86-89 s of
+training each, two at once); after 4 rounds 1,516, 1,486, 1,396 (117 s); after 6 rounds
 1,525, 1,496, 1,414; after 8 rounds 1,460, 1,474, 1,470. With the earlier targets (the
 value head after 10 bars) 8 rounds made 1,039, 1,284, 641 and seed 2 never beat momentum."""
 
@@ -56,7 +57,7 @@ TINY = dict(
     ),
     train=dict(num_envs=8, warmup_policy="random", checkpoint_every=10**9),
 )
-ENV_STEPS = 4 * 240 * 8  # four rounds of self-play (one random warm-up, three searched)
+ENV_STEPS = 3 * 240 * 8  # three rounds of self-play (one random warm-up, two searched)
 SEEDS = (0, 1)
 
 
