@@ -37,6 +37,16 @@ def _milestones(text: str) -> list[int]:
     return values
 
 
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return value
+
+
 def _command(args: argparse.Namespace, symbol: str, out: Path) -> str:
     """The command line that repeats this run, rebuilt from the parsed options (sys.argv
     is not ours when main() is called from Python)."""
@@ -49,7 +59,7 @@ def _command(args: argparse.Namespace, symbol: str, out: Path) -> str:
         words += ["--minutes", f"{args.minutes:g}"]
     words += ["--seeds", ",".join(map(str, args.seeds)), "--symbol", symbol, "--out", str(out)]
     words += ["--small"] * args.small + [w for text in args.set for w in ("--set", text)]
-    words += ["--device", args.device, "--threads", str(args.threads)]
+    words += ["--device", args.device, "--threads", str(args.threads)] + ["--jobs", str(args.jobs)] * (args.jobs > 1)
     for folder in args.reuse_runs_from:
         words += ["--reuse-runs-from", folder]
     return shlex.join(words)
@@ -103,6 +113,7 @@ def _run(args: argparse.Namespace, config: Config) -> int:
             device=args.device,
             progress=not args.quiet,
             reuse_from=[Path(p) for p in args.reuse_runs_from],
+            jobs=args.jobs,
         )
     except MissingDependency as exc:
         print(f"microzero experiment {experiment.name}: {exc}", file=sys.stderr)
@@ -146,6 +157,7 @@ def _run_curve(args: argparse.Namespace, config: Config, symbol: str, store, out
             split=args.split,
             device=args.device,
             progress=not args.quiet,
+            jobs=args.jobs,
         )
     except MissingDependency as exc:
         print(f"microzero experiment ppo: {exc}", file=sys.stderr)
@@ -217,7 +229,7 @@ def register(subparsers) -> None:
     )
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     parser.add_argument(
-        "--threads", type=int, default=1, help="torch CPU threads (default 1; see the comment in cli.py)"
+        "--threads", type=_positive, default=1, help="torch CPU threads (default 1; see the comment in cli.py)"
     )
     parser.add_argument(
         "--reuse-runs-from",
@@ -226,6 +238,13 @@ def register(subparsers) -> None:
         metavar="DIR",
         help="another experiment's output folder: a finished run there with identical settings (config, seed, "
         "budget, data) is copied instead of retrained, e.g. stochastic-16 = window-64 = with-time (repeatable)",
+    )
+    parser.add_argument(
+        "--jobs",
+        type=_positive,
+        default=1,
+        help="runs (variant or agent x seed) trained at once, one process each with --threads torch threads "
+        "(default 1); a seed's result is the same either way, but a --minutes budget buys less on shared cores",
     )
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     parser.set_defaults(func=_run)

@@ -24,6 +24,7 @@ import numpy as np
 from shared.backtest import backtest
 from shared.baselines import HourOfDay, Momentum, PerfectForesight, RandomLegal, RangeReversion, buy_and_hold
 from shared.config import Config
+from shared.experiments.jobs import run_all
 from shared.experiments.stats import t_interval
 from shared.market import MarketData
 
@@ -98,6 +99,28 @@ def _ppo_points(
     ]
 
 
+def curve_points(
+    agent: str,
+    config: Config,
+    market: MarketData,
+    run_dir: Path,
+    seed: int,
+    milestones: list[int],
+    split: str,
+    device: str,
+) -> list[dict]:
+    """One agent's points for one seed: read from ``run_dir/curve.json`` if it holds these
+    milestones on this split, else trained, scored and written there."""
+    done = run_dir / "curve.json"
+    stored = json.loads(done.read_text()) if done.exists() else {}
+    if stored.get("milestones") == milestones and stored.get("split") == split:
+        return stored["points"]
+    make = _muzero_points if agent == "muzero" else _ppo_points
+    points = make(config, market, run_dir, seed, milestones, split, device)
+    done.write_text(json.dumps({"milestones": milestones, "split": split, "points": points}, indent=2))
+    return points
+
+
 def run_curves(
     config: Config,
     market: MarketData,
@@ -108,31 +131,30 @@ def run_curves(
     split: str = "validation",
     device: str = "cpu",
     progress: bool = True,
+    jobs: int = 1,
 ) -> dict:
-    """Every agent x seed (resumable), then the baselines; returns the report dict."""
+    """Every agent x seed (resumable; `jobs` runs at once, see jobs.py), then the
+    baselines; returns the report dict."""
     from shared.experiments.ppo import require_sb3
 
     require_sb3()
     milestones = sorted(set(milestones))
-    runs: dict[str, list[list[dict]]] = {agent: [] for agent in AGENTS}
-    for seed in seeds:
-        for agent in AGENTS:
-            run_dir = Path(out_dir) / agent / f"seed{seed}"
-            done = run_dir / "curve.json"
-            stored = json.loads(done.read_text()) if done.exists() else {}
-            if stored.get("milestones") == milestones and stored.get("split") == split:
-                points = stored["points"]
-            else:
-                make = _muzero_points if agent == "muzero" else _ppo_points
-                points = make(config, market, run_dir, seed, milestones, split, device)
-                done.write_text(json.dumps({"milestones": milestones, "split": split, "points": points}, indent=2))
-            runs[agent].append(points)
-            if progress:
-                print(
-                    f"{agent} seed {seed}: "
-                    + ", ".join(f"{p['env_steps']:,} steps {p['total_pips']:,.0f} pips" for p in points),
-                    flush=True,
-                )
+    units = [(agent, seed) for seed in seeds for agent in AGENTS]
+    calls = [
+        (agent, config, market, Path(out_dir) / agent / f"seed{seed}", seed, milestones, split, device)
+        for agent, seed in units
+    ]
+    done: dict[int, list[dict]] = {}
+    for i, points in run_all(curve_points, calls, jobs):
+        done[i] = points
+        if progress:
+            agent, seed = units[i]
+            print(
+                f"{agent} seed {seed}: "
+                + ", ".join(f"{p['env_steps']:,} steps {p['total_pips']:,.0f} pips" for p in points),
+                flush=True,
+            )
+    runs = {agent: [done[i] for i, (a, _) in enumerate(units) if a == agent] for agent in AGENTS}
     oracle = _pips(PerfectForesight(market.close, market.pip, market.spread_pips), config, market, split)
     baselines = {
         "perfect foresight": oracle["total_pips"],

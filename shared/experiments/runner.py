@@ -29,6 +29,7 @@ from tqdm import tqdm
 from shared.backtest import BacktestResult, backtest
 from shared.baselines import HourOfDay, Momentum, RandomLegal, buy_and_hold
 from shared.config import Config
+from shared.experiments.jobs import run_all
 from shared.experiments.stats import bootstrap_mean_interval, t_interval
 from shared.experiments.variants import Experiment, Variant, variant_config
 from shared.market import MarketData
@@ -291,9 +292,11 @@ def run_experiment(
     device: str = "cpu",
     progress: bool = True,
     reuse_from: Sequence[Path] = (),
+    jobs: int = 1,
 ) -> dict:
-    """Every variant x seed, then the baselines; returns the rows of the results table.
-    `config` already holds any preset (``--small``) and ``--set``; each variant's overrides go on top."""
+    """Every variant x seed (`jobs` of them at once, see jobs.py), then the baselines;
+    returns the rows of the results table. `config` already holds any preset
+    (``--small``) and ``--set``; each variant's overrides go on top."""
     if not seeds:
         raise ValueError("give at least one seed")
     configs = {v.name: variant_config(config, v) for v in experiment.variants}  # validate all before any run
@@ -301,26 +304,39 @@ def run_experiment(
         from shared.experiments.ppo import require_sb3
 
         require_sb3()  # fail before hours of MuZero training, not after
-    rows: list[dict[str, Any]] = []
     markets: dict[str, MarketData] = {}
-    bar = tqdm(total=len(configs) * len(seeds), desc=f"experiment {experiment.name}", unit="run", disable=not progress)
-    for variant in experiment.variants:
-        cfg = configs[variant.name]
+    for cfg in configs.values():
         key = cfg.features.model_dump_json()  # the features are all that differs between markets
         if key not in markets:
             markets[key] = load_market(cfg)
-        market = markets[key]
-        runs = []
-        for seed in seeds:
-            bar.set_postfix_str(f"{variant.name} seed {seed}")
-            run_dir = Path(out_dir) / variant.name / f"seed{seed}"
-            runs.append(run_one(cfg, variant, market, run_dir, seed, budget, device, reuse_from))
-            bar.update(1)
-            m = runs[-1]["metrics"]
-            tqdm.write(
-                f"{variant.name} seed {seed}: {m['total_pips']:.1f} pips, {m['trades']} trades"
-                + (" (reused)" if runs[-1]["reused"] else ""),
-            )
+    units = [(variant, seed) for variant in experiment.variants for seed in seeds]
+    calls = [
+        (
+            configs[v.name],
+            v,
+            markets[configs[v.name].features.model_dump_json()],
+            Path(out_dir) / v.name / f"seed{seed}",
+            seed,
+            budget,
+            device,
+            list(reuse_from),
+        )
+        for v, seed in units
+    ]
+    done: dict[int, dict] = {}
+    bar = tqdm(total=len(units), desc=f"experiment {experiment.name}", unit="run", disable=not progress)
+    for i, result in run_all(run_one, calls, jobs):
+        done[i] = result
+        bar.update(1)
+        (variant, seed), m = units[i], result["metrics"]
+        tqdm.write(
+            f"{variant.name} seed {seed}: {m['total_pips']:.1f} pips, {m['trades']} trades"
+            + (" (reused)" if result["reused"] else ""),
+        )
+    bar.close()
+    rows: list[dict[str, Any]] = []
+    for variant in experiment.variants:
+        runs = [done[i] for i, (v, _) in enumerate(units) if v is variant]
         rows.append(
             {
                 "name": variant.name,
@@ -331,7 +347,6 @@ def run_experiment(
                 "runs": [_brief(r) for r in runs],
             }
         )
-    bar.close()
     # Baselines on the same split; the split bounds depend on the window, so once per window.
     windows: dict[int, Config] = {}
     for variant in experiment.variants:

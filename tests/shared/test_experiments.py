@@ -3,7 +3,9 @@ table with confidence intervals and reuses finished runs, the intervals are righ
 the PPO baseline only ever plays legal actions."""
 
 import json
+import os
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -16,6 +18,7 @@ from shared.data.store import BarStore
 from shared.data.synthetic import synthetic_bars
 from shared.env import VecTradingEnv
 from shared.env.gym import TradingEnv
+from shared.experiments.jobs import run_all
 from shared.experiments.ppo import PPOPolicy, train_ppo
 from shared.experiments.runner import greedy_backtest
 from shared.experiments.stats import bootstrap_mean_interval, t_interval
@@ -254,6 +257,48 @@ def test_runner_writes_a_table_with_intervals_and_reuses_finished_runs(tmp_path,
     assert "other settings" in capsys.readouterr().err
 
 
+def _in_worker(x, tmp):
+    """run_all's test function: where it ran, on how many threads; "boom" fails."""
+    if x == "boom":
+        raise ValueError("run boom failed")
+    (Path(tmp) / f"done-{x}").write_text("")
+    return x, os.getpid(), torch.get_num_threads()
+
+
+@pytest.mark.timeout(120)
+def test_run_all_runs_calls_in_other_processes_on_this_processs_threads(tmp_path):
+    got = dict(run_all(_in_worker, [(i, tmp_path) for i in range(3)], jobs=2))
+    assert sorted(got) == [0, 1, 2] and [got[i][0] for i in range(3)] == [0, 1, 2]
+    assert all(pid != os.getpid() for _, pid, _ in got.values())
+    assert {threads for _, _, threads in got.values()} == {torch.get_num_threads()}
+    # One failing run raises its error; the run already going when it failed still finished.
+    with pytest.raises(ValueError, match="run boom failed"):
+        list(run_all(_in_worker, [("a", tmp_path), ("boom", tmp_path)], jobs=2))
+    assert (tmp_path / "done-a").exists()
+    with pytest.raises(ValueError, match="at least 1"):
+        list(run_all(_in_worker, [], jobs=0))
+
+
+@pytest.mark.timeout(180)
+def test_jobs_give_the_same_runs_as_one_after_another(tmp_path):
+    BarStore(tmp_path / "bars.duckdb").import_bars("SYNTH", BARS, source="test")
+    args = ("stochastic", "--steps", "20", "--seeds", "0,1")
+    assert _cli(tmp_path, *args, "--out", str(tmp_path / "one")) == 0
+    assert _cli(tmp_path, *args, "--out", str(tmp_path / "two"), "--jobs", "2") == 0
+    one, two = (json.loads((tmp_path / d / "results.json").read_text()) for d in ("one", "two"))
+    assert [row["name"] for row in one["rows"]] == [row["name"] for row in two["rows"]]
+    for a, b in zip(one["rows"], two["rows"], strict=True):
+        untimed = [{k: v for k, v in row["summary"].items() if k != "train_s_per_run"} for row in (a, b)]
+        assert untimed[0] == untimed[1], a["name"]
+    for variant in ("stochastic-16", "deterministic-1"):
+        for seed in (0, 1):
+            ran = [
+                json.loads((tmp_path / d / variant / f"seed{seed}" / "result.json").read_text()) for d in ("one", "two")
+            ]
+            assert ran[0]["trade_pips"] == ran[1]["trade_pips"] and ran[0]["metrics"] == ran[1]["metrics"]
+    assert "--jobs 2" in two["command"] and "--jobs" not in one["command"]
+
+
 @pytest.mark.timeout(120)
 def test_ppo_policy_plays_only_legal_actions(tmp_path):
     cfg = apply_overrides(Config(), TINY)
@@ -291,7 +336,8 @@ def test_ppo_experiment_without_sb3_exits_2_with_the_install_hint(tmp_path, monk
 def test_ppo_curve_scores_both_agents_at_each_env_step_milestone(tmp_path):
     BarStore(tmp_path / "bars.duckdb").import_bars("SYNTH", BARS, source="test")
     out = tmp_path / "curve"
-    assert _cli(tmp_path, "ppo", "--curve", "2048,4096", "--seeds", "0", "--out", str(out)) == 0
+    # MuZero and PPO train at once, in two processes
+    assert _cli(tmp_path, "ppo", "--curve", "2048,4096", "--seeds", "0", "--out", str(out), "--jobs", "2") == 0
     report = json.loads((out / "curve.json").read_text())
     assert report["split"] == "validation" and report["milestones"] == [2048, 4096]
     for agent in ("muzero", "ppo"):
@@ -307,5 +353,9 @@ def test_ppo_curve_scores_both_agents_at_each_env_step_milestone(tmp_path):
     assert (out / "curve.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "MuZero % of PF" in (out / "curve.md").read_text()
     stamp = (out / "muzero" / "seed0" / "curve.json").stat().st_mtime_ns
-    assert _cli(tmp_path, "ppo", "--curve", "2048,4096", "--seeds", "0", "--out", str(out)) == 0  # reused
+    (out / "ppo" / "seed0" / "curve.json").unlink()  # PPO retrains, here in this process: the same points
+    assert _cli(tmp_path, "ppo", "--curve", "2048,4096", "--seeds", "0", "--out", str(out)) == 0  # MuZero reused
     assert (out / "muzero" / "seed0" / "curve.json").stat().st_mtime_ns == stamp
+    again = json.loads((out / "curve.json").read_text())["runs"]
+    strip = lambda points: [{k: v for k, v in p.items() if k != "train_s"} for p in points]  # noqa: E731
+    assert strip(again["ppo"][0]) == strip(report["runs"]["ppo"][0])
