@@ -243,8 +243,9 @@ def register(subparsers) -> None:
         "--jobs",
         type=_positive,
         default=1,
-        help="runs (variant or agent x seed) trained at once, one process each with --threads torch threads "
-        "(default 1); a seed's result is the same either way, but a --minutes budget buys less on shared cores",
+        help="runs (variant or agent x seed) trained at once, each in a fresh process on --threads torch threads "
+        "(default 1); with --threads 1 a seed's result is the same either way (a --minutes budget buys less "
+        "on shared cores)",
     )
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     parser.set_defaults(func=_run)

@@ -99,6 +99,16 @@ def _ppo_points(
     ]
 
 
+def stored_points(run_dir: Path, milestones: list[int], split: str) -> list[dict] | None:
+    """A finished run's points from ``run_dir/curve.json``, if it holds these milestones
+    scored on this split; else None."""
+    done = run_dir / "curve.json"
+    stored = json.loads(done.read_text()) if done.exists() else {}
+    if stored.get("milestones") == milestones and stored.get("split") == split:
+        return stored["points"]
+    return None
+
+
 def curve_points(
     agent: str,
     config: Config,
@@ -109,15 +119,12 @@ def curve_points(
     split: str,
     device: str,
 ) -> list[dict]:
-    """One agent's points for one seed: read from ``run_dir/curve.json`` if it holds these
-    milestones on this split, else trained, scored and written there."""
-    done = run_dir / "curve.json"
-    stored = json.loads(done.read_text()) if done.exists() else {}
-    if stored.get("milestones") == milestones and stored.get("split") == split:
-        return stored["points"]
+    """Train one agent for one seed, score its checkpoints and write ``run_dir/curve.json``."""
     make = _muzero_points if agent == "muzero" else _ppo_points
     points = make(config, market, run_dir, seed, milestones, split, device)
-    done.write_text(json.dumps({"milestones": milestones, "split": split, "points": points}, indent=2))
+    (run_dir / "curve.json").write_text(
+        json.dumps({"milestones": milestones, "split": split, "points": points}, indent=2)
+    )
     return points
 
 
@@ -140,20 +147,25 @@ def run_curves(
     require_sb3()
     milestones = sorted(set(milestones))
     units = [(agent, seed) for seed in seeds for agent in AGENTS]
+    done: dict[int, list[dict]] = {}
+    to_train: list[int] = []
+    for i, (agent, seed) in enumerate(units):
+        stored = stored_points(Path(out_dir) / agent / f"seed{seed}", milestones, split)
+        if stored is None:
+            to_train.append(i)
+        else:
+            done[i] = stored
     calls = [
         (agent, config, market, Path(out_dir) / agent / f"seed{seed}", seed, milestones, split, device)
-        for agent, seed in units
+        for agent, seed in (units[i] for i in to_train)
     ]
-    done: dict[int, list[dict]] = {}
-    for i, points in run_all(curve_points, calls, jobs):
+    finished = run_all(curve_points, calls, jobs)
+    for i, points in itertools.chain(sorted(done.items()), ((to_train[k], points) for k, points in finished)):
         done[i] = points
         if progress:
             agent, seed = units[i]
-            print(
-                f"{agent} seed {seed}: "
-                + ", ".join(f"{p['env_steps']:,} steps {p['total_pips']:,.0f} pips" for p in points),
-                flush=True,
-            )
+            line = ", ".join(f"{p['env_steps']:,} steps {p['total_pips']:,.0f} pips" for p in points)
+            print(f"{agent} seed {seed}: {line}", flush=True)
     runs = {agent: [done[i] for i, (a, _) in enumerate(units) if a == agent] for agent in AGENTS}
     oracle = _pips(PerfectForesight(market.close, market.pip, market.spread_pips), config, market, split)
     baselines = {

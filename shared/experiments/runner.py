@@ -188,17 +188,18 @@ def _same_run(spec: dict, reuse_from: list[Path]) -> Path | None:
     return None
 
 
-def run_one(
+def stored_run(
     config: Config,
     variant: Variant,
     market: MarketData,
     run_dir: Path,
     seed: int,
     budget: Budget,
-    device: str,
     reuse_from: Sequence[Path] = (),
-) -> dict:
-    """Train and evaluate one (variant, seed), or return its stored (or an identical) result."""
+) -> tuple[dict, dict | None]:
+    """The run's spec (written to ``run_dir/spec.json``), and its finished result: stored
+    there, or copied from an identical run in `reuse_from`; None if it is still to train.
+    A folder holding a run with other settings is an error."""
     spec = run_spec(config, variant, seed, budget, market)
     result_path = run_dir / "result.json"
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -209,12 +210,27 @@ def run_one(
         )
     _write_json(spec_path, spec)
     if result_path.exists():
-        return json.loads(result_path.read_text()) | {"reused": True}
+        return spec, json.loads(result_path.read_text()) | {"reused": True}
     same = _same_run(spec, list(reuse_from))
     if same is not None:  # identical settings and seed: training again would repeat it
         result = json.loads(same.read_text()) | {"spec": spec, "copied_from": str(same.parent)}
         _write_json(result_path, result)
-        return result | {"reused": True}
+        return spec, result | {"reused": True}
+    return spec, None
+
+
+def train_and_evaluate(
+    config: Config,
+    variant: Variant,
+    market: MarketData,
+    run_dir: Path,
+    seed: int,
+    budget: Budget,
+    device: str,
+    spec: dict,
+) -> dict:
+    """Train (or resume) one run and backtest it; writes and returns ``run_dir/result.json``."""
+    result_path = run_dir / "result.json"
     start = time.monotonic()
     if variant.agent == "ppo":
         from shared.experiments.ppo import PPOPolicy
@@ -310,30 +326,41 @@ def run_experiment(
         if key not in markets:
             markets[key] = load_market(cfg)
     units = [(variant, seed) for variant in experiment.variants for seed in seeds]
-    calls = [
-        (
-            configs[v.name],
-            v,
-            markets[configs[v.name].features.model_dump_json()],
-            Path(out_dir) / v.name / f"seed{seed}",
-            seed,
-            budget,
-            device,
-            list(reuse_from),
-        )
-        for v, seed in units
-    ]
-    done: dict[int, dict] = {}
     bar = tqdm(total=len(units), desc=f"experiment {experiment.name}", unit="run", disable=not progress)
-    for i, result in run_all(run_one, calls, jobs):
-        done[i] = result
-        bar.update(1)
+
+    def report(i: int, result: dict) -> None:
         (variant, seed), m = units[i], result["metrics"]
+        bar.update(1)
         tqdm.write(
             f"{variant.name} seed {seed}: {m['total_pips']:.1f} pips, {m['trades']} trades"
             + (" (reused)" if result["reused"] else ""),
         )
-    bar.close()
+
+    def start(k: int) -> None:
+        variant, seed = units[to_train[k]]
+        bar.set_postfix_str(f"started {variant.name} seed {seed}")
+
+    # Stored, copied and mismatched runs are settled here, before anything trains.
+    done: dict[int, dict] = {}
+    to_train: list[int] = []
+    calls = []
+    for i, (variant, seed) in enumerate(units):
+        cfg, run_dir = configs[variant.name], Path(out_dir) / variant.name / f"seed{seed}"
+        market = markets[cfg.features.model_dump_json()]
+        spec, stored = stored_run(cfg, variant, market, run_dir, seed, budget, reuse_from)
+        if stored is None:
+            to_train.append(i)
+            calls.append((cfg, variant, market, run_dir, seed, budget, device, spec))
+        else:
+            done[i] = stored
+    for i, result in sorted(done.items()):
+        report(i, result)
+    try:
+        for k, result in run_all(train_and_evaluate, calls, jobs, started=start):
+            done[to_train[k]] = result
+            report(to_train[k], result)
+    finally:
+        bar.close()
     rows: list[dict[str, Any]] = []
     for variant in experiment.variants:
         runs = [done[i] for i, (v, _) in enumerate(units) if v is variant]

@@ -5,6 +5,7 @@ the PPO baseline only ever plays legal actions."""
 import json
 import os
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -18,6 +19,7 @@ from shared.data.store import BarStore
 from shared.data.synthetic import synthetic_bars
 from shared.env import VecTradingEnv
 from shared.env.gym import TradingEnv
+from shared.experiments import runner
 from shared.experiments.jobs import run_all
 from shared.experiments.ppo import PPOPolicy, train_ppo
 from shared.experiments.runner import greedy_backtest
@@ -258,33 +260,50 @@ def test_runner_writes_a_table_with_intervals_and_reuses_finished_runs(tmp_path,
 
 
 def _in_worker(x, tmp):
-    """run_all's test function: where it ran, on how many threads; "boom" fails."""
+    """run_all's test function: where it ran, on how many threads; "boom" fails, "slow" sleeps."""
     if x == "boom":
         raise ValueError("run boom failed")
+    if x == "slow":
+        time.sleep(3)
     (Path(tmp) / f"done-{x}").write_text("")
     return x, os.getpid(), torch.get_num_threads()
 
 
 @pytest.mark.timeout(120)
-def test_run_all_runs_calls_in_other_processes_on_this_processs_threads(tmp_path):
-    got = dict(run_all(_in_worker, [(i, tmp_path) for i in range(3)], jobs=2))
+def test_run_all_runs_calls_in_fresh_processes_on_this_processs_threads(tmp_path):
+    threads = torch.get_num_threads()
+    ours = 2 if threads == 1 else 1  # not what a fresh process would pick by itself
+    torch.set_num_threads(ours)
+    try:
+        got = dict(run_all(_in_worker, [(i, tmp_path) for i in range(3)], jobs=2))
+    finally:
+        torch.set_num_threads(threads)
     assert sorted(got) == [0, 1, 2] and [got[i][0] for i in range(3)] == [0, 1, 2]
-    assert all(pid != os.getpid() for _, pid, _ in got.values())
-    assert {threads for _, _, threads in got.values()} == {torch.get_num_threads()}
-    # One failing run raises its error; the run already going when it failed still finished.
+    pids = {pid for _, pid, _ in got.values()}
+    assert os.getpid() not in pids and len(pids) == 3  # a process per run
+    assert {n for _, _, n in got.values()} == {ours}
+    # A failing run raises its error; the run going beside it finishes; nothing starts after it.
     with pytest.raises(ValueError, match="run boom failed"):
-        list(run_all(_in_worker, [("a", tmp_path), ("boom", tmp_path)], jobs=2))
-    assert (tmp_path / "done-a").exists()
+        list(run_all(_in_worker, [("boom", tmp_path), ("slow", tmp_path), ("late", tmp_path)], jobs=2))
+    assert (tmp_path / "done-slow").exists() and not (tmp_path / "done-late").exists()
     with pytest.raises(ValueError, match="at least 1"):
         list(run_all(_in_worker, [], jobs=0))
 
 
 @pytest.mark.timeout(180)
-def test_jobs_give_the_same_runs_as_one_after_another(tmp_path):
+def test_jobs_give_the_same_runs_as_one_after_another(tmp_path, monkeypatch, capsys):
     BarStore(tmp_path / "bars.duckdb").import_bars("SYNTH", BARS, source="test")
     args = ("stochastic", "--steps", "20", "--seeds", "0,1")
+    asked = []
+
+    def recording(fn, calls, jobs, **kwargs):
+        asked.append((len(calls), jobs))
+        return run_all(fn, calls, jobs, **kwargs)
+
+    monkeypatch.setattr(runner, "run_all", recording)
     assert _cli(tmp_path, *args, "--out", str(tmp_path / "one")) == 0
     assert _cli(tmp_path, *args, "--out", str(tmp_path / "two"), "--jobs", "2") == 0
+    assert asked == [(4, 1), (4, 2)]
     one, two = (json.loads((tmp_path / d / "results.json").read_text()) for d in ("one", "two"))
     assert [row["name"] for row in one["rows"]] == [row["name"] for row in two["rows"]]
     for a, b in zip(one["rows"], two["rows"], strict=True):
@@ -297,6 +316,15 @@ def test_jobs_give_the_same_runs_as_one_after_another(tmp_path):
             ]
             assert ran[0]["trade_pips"] == ran[1]["trade_pips"] and ran[0]["metrics"] == ran[1]["metrics"]
     assert "--jobs 2" in two["command"] and "--jobs" not in one["command"]
+
+    # Finished runs are read here, not sent to workers; another setting in the folder is
+    # refused before anything trains.
+    assert _cli(tmp_path, *args, "--out", str(tmp_path / "two"), "--jobs", "2") == 0
+    assert asked[-1] == (0, 2)
+    capsys.readouterr()
+    lr = ("--set", "learning.lr=0.01")
+    assert _cli(tmp_path, *args, "--out", str(tmp_path / "two"), "--jobs", "2", *lr) == 2
+    assert "other settings" in capsys.readouterr().err and len(asked) == 3
 
 
 @pytest.mark.timeout(120)
