@@ -6,8 +6,9 @@ the momentum rule there, on two seeds (trained at once, one per core: about 100 
 This is the guard against a learner that silently stops learning: it asserts results a
 broken learner cannot reach (random trading loses the spread, the momentum rule already
 earns ~40 % of perfect foresight on this series), not that training ran. Training runs
-on one torch thread so the outcome is the same on every machine (with two threads the
-reduction order, and so the outcome of a seed, varied from run to run).
+on one torch thread so a seed repeats its run (with two threads the reduction order,
+and so the outcome of a seed, varied from run to run); a CPU with other float32 kernels
+(AVX2 rather than AVX-512) can still end a seed elsewhere, which the margins allow for.
 
 The budget was chosen on the validation split (momentum 837, perfect foresight 1,793
 there), with the value targets that bootstrap from the improved policy (docs/LEARNING.md):
