@@ -148,19 +148,15 @@ def run_curves(
     milestones = sorted(set(milestones))
     units = [(agent, seed) for seed in seeds for agent in AGENTS]
     done: dict[int, list[dict]] = {}
-    to_train: list[int] = []
+    calls: dict[int, tuple] = {}
     for i, (agent, seed) in enumerate(units):
-        stored = stored_points(Path(out_dir) / agent / f"seed{seed}", milestones, split)
+        run_dir = Path(out_dir) / agent / f"seed{seed}"
+        stored = stored_points(run_dir, milestones, split)
         if stored is None:
-            to_train.append(i)
+            calls[i] = (agent, config, market, run_dir, seed, milestones, split, device)
         else:
             done[i] = stored
-    calls = [
-        (agent, config, market, Path(out_dir) / agent / f"seed{seed}", seed, milestones, split, device)
-        for agent, seed in (units[i] for i in to_train)
-    ]
-    finished = run_all(curve_points, calls, jobs)
-    for i, points in itertools.chain(sorted(done.items()), ((to_train[k], points) for k, points in finished)):
+    for i, points in itertools.chain(list(done.items()), run_all(curve_points, calls, jobs)):
         done[i] = points
         if progress:
             agent, seed = units[i]

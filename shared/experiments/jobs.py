@@ -14,21 +14,23 @@ pipe this process opened; nothing from the network is unpickled.
 from __future__ import annotations
 
 import multiprocessing
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Hashable, Iterator, Mapping
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
+
+Key = TypeVar("Key", bound=Hashable)
 
 
 def run_all(
     fn: Callable[..., Any],
-    calls: Sequence[tuple],
+    calls: Mapping[Key, tuple],
     jobs: int,
-    started: Callable[[int], None] = lambda i: None,
-) -> Iterator[tuple[int, Any]]:
-    """Yield ``(i, fn(*calls[i]))`` for every call, in the order they finish; ``started(i)``
-    is called here as call i begins.
+    started: Callable[[Key], None] = lambda key: None,
+) -> Iterator[tuple[Key, Any]]:
+    """Yield ``(key, fn(*calls[key]))`` for every call, in the order they finish;
+    ``started(key)`` is called here as that call begins.
 
     ``jobs`` 1 (or a single call) runs them in this process, one after another; more
     runs up to that many at once in worker processes. No more are handed to the workers
@@ -38,9 +40,9 @@ def run_all(
     if jobs < 1:
         raise ValueError(f"jobs must be at least 1, got {jobs}")
     if jobs == 1 or len(calls) <= 1:
-        for i, args in enumerate(calls):
-            started(i)
-            yield i, fn(*args)
+        for key, args in calls.items():
+            started(key)
+            yield key, fn(*args)
         return
     pool = ProcessPoolExecutor(
         max_workers=min(jobs, len(calls)),
@@ -49,14 +51,15 @@ def run_all(
         initargs=(torch.get_num_threads(),),
         max_tasks_per_child=1,
     )
-    waiting = iter(range(len(calls)))
-    running: dict[Future, int] = {}
+    waiting = iter(calls.items())
+    running: dict[Future, Key] = {}
 
     def submit_next() -> None:
-        i = next(waiting, None)
-        if i is not None:
-            started(i)
-            running[pool.submit(fn, *calls[i])] = i
+        item = next(waiting, None)
+        if item is not None:
+            key, args = item
+            started(key)
+            running[pool.submit(fn, *args)] = key
 
     try:
         for _ in range(min(jobs, len(calls))):
@@ -64,9 +67,9 @@ def run_all(
         while running:
             finished, _ = wait(running, return_when=FIRST_COMPLETED)
             for future in finished:
-                i = running.pop(future)
+                key = running.pop(future)
                 result = future.result()  # raises a failed run's error before another starts
                 submit_next()
-                yield i, result
+                yield key, result
     finally:
         pool.shutdown(wait=True, cancel_futures=True)

@@ -15,6 +15,7 @@ chunks); the test split is never touched here.
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import shutil
 import time
@@ -336,29 +337,25 @@ def run_experiment(
             + (" (reused)" if result["reused"] else ""),
         )
 
-    def start(k: int) -> None:
-        variant, seed = units[to_train[k]]
+    def start(i: int) -> None:
+        variant, seed = units[i]
         bar.set_postfix_str(f"started {variant.name} seed {seed}")
 
     # Stored, copied and mismatched runs are settled here, before anything trains.
     done: dict[int, dict] = {}
-    to_train: list[int] = []
-    calls = []
+    calls: dict[int, tuple] = {}
     for i, (variant, seed) in enumerate(units):
         cfg, run_dir = configs[variant.name], Path(out_dir) / variant.name / f"seed{seed}"
         market = markets[cfg.features.model_dump_json()]
         spec, stored = stored_run(cfg, variant, market, run_dir, seed, budget, reuse_from)
         if stored is None:
-            to_train.append(i)
-            calls.append((cfg, variant, market, run_dir, seed, budget, device, spec))
+            calls[i] = (cfg, variant, market, run_dir, seed, budget, device, spec)
         else:
             done[i] = stored
-    for i, result in sorted(done.items()):
-        report(i, result)
     try:
-        for k, result in run_all(train_and_evaluate, calls, jobs, started=start):
-            done[to_train[k]] = result
-            report(to_train[k], result)
+        for i, result in itertools.chain(list(done.items()), run_all(train_and_evaluate, calls, jobs, started=start)):
+            done[i] = result
+            report(i, result)
     finally:
         bar.close()
     rows: list[dict[str, Any]] = []

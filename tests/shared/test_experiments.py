@@ -275,7 +275,7 @@ def test_run_all_runs_calls_in_fresh_processes_on_this_processs_threads(tmp_path
     ours = 2 if threads == 1 else 1  # not what a fresh process would pick by itself
     torch.set_num_threads(ours)
     try:
-        got = dict(run_all(_in_worker, [(i, tmp_path) for i in range(3)], jobs=2))
+        got = dict(run_all(_in_worker, {i: (i, tmp_path) for i in range(3)}, jobs=2))
     finally:
         torch.set_num_threads(threads)
     assert sorted(got) == [0, 1, 2] and [got[i][0] for i in range(3)] == [0, 1, 2]
@@ -284,10 +284,10 @@ def test_run_all_runs_calls_in_fresh_processes_on_this_processs_threads(tmp_path
     assert {n for _, _, n in got.values()} == {ours}
     # A failing run raises its error; the run going beside it finishes; nothing starts after it.
     with pytest.raises(ValueError, match="run boom failed"):
-        list(run_all(_in_worker, [("boom", tmp_path), ("slow", tmp_path), ("late", tmp_path)], jobs=2))
+        list(run_all(_in_worker, {x: (x, tmp_path) for x in ("boom", "slow", "late")}, jobs=2))
     assert (tmp_path / "done-slow").exists() and not (tmp_path / "done-late").exists()
     with pytest.raises(ValueError, match="at least 1"):
-        list(run_all(_in_worker, [], jobs=0))
+        list(run_all(_in_worker, {}, jobs=0))
 
 
 @pytest.mark.timeout(180)
