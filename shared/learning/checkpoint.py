@@ -64,7 +64,8 @@ class Checkpoint:
     sha256: str
 
     def model_config(self) -> ModelConfig:
-        return ModelConfig.model_validate(self.config["model"])
+        # Checkpoints saved before `support_space` existed were trained in h-space.
+        return ModelConfig.model_validate({"support_space": "h", **self.config["model"]})
 
     def learning_config(self) -> LearningConfig | None:
         learning = self.config.get("learning")

@@ -12,7 +12,7 @@ import numpy as np
 import torch
 
 from shared.config import FeatureConfig, LearningConfig, SearchConfig
-from shared.learning.checkpoint import Checkpoint, save_checkpoint
+from shared.learning.checkpoint import Checkpoint, CheckpointError, save_checkpoint
 from shared.learning.losses import stochastic_muzero_loss
 from shared.learning.reanalyse import refresh_targets
 from shared.learning.replay import Batch, ReplayBuffer
@@ -141,7 +141,19 @@ class Learner:
         )
 
     def restore(self, checkpoint: Checkpoint) -> None:
-        """Resume from a loaded checkpoint (weights, optimizer state if saved, step count)."""
+        """Resume from a loaded checkpoint (weights, optimizer state if saved, step count).
+
+        Refused when the checkpoint's model settings differ from this model's: weights of
+        the same shapes would load, but mean something else (e.g. another support space).
+        """
+        saved, current = checkpoint.model_config().model_dump(), self.model.cfg.model_dump()
+        changed = sorted(name for name in current if saved.get(name) != current[name])
+        if changed:
+            detail = ", ".join(f"{name} {saved.get(name)!r} -> {current[name]!r}" for name in changed)
+            raise CheckpointError(
+                f"checkpoint {checkpoint.path} was trained with other model settings ({detail}); "
+                "train into a new folder, or set them back"
+            )
         self.model.load_state_dict(checkpoint.state_dict)
         if checkpoint.optimizer is not None:
             self.optimizer.load_state_dict(checkpoint.optimizer)

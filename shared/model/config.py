@@ -7,6 +7,8 @@ reserves.
 
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 
@@ -50,6 +52,17 @@ class ModelConfig(BaseModel):
     support_bins: int = Field(41, ge=3)
     support_max: float = Field(300.0, gt=0, description="largest representable |scalar|, in pips")
     h_epsilon: float = Field(0.001, gt=0, description="epsilon of h(x) = sign(x)(sqrt(|x|+1)-1) + eps*x")
+    # Where targets are two-hot projected onto the bins and predictions averaged (see
+    # support.py). "h" (MuZero's) learns h^-1(E[h(z)]), which shrinks the mean of noisy
+    # targets toward 0; "pips" learns their mean. "pips" was not better: on sine
+    # (validation, seeds 0, 1) 4,939 / 4,599 pips at 11.5 k env steps against 5,349 /
+    # 5,048, and 5,219 / 5,186 against 5,191 / 5,173 at 23 k; on the mean-reverting series
+    # it did not learn the reversion either, and its values ran optimistic (a flat
+    # state worth +10 pips on a series with nothing free): the search-improved bootstrap
+    # picks the noisiest high Q, and h-space damps that (docs/RESULTS.md §0, "support space").
+    support_space: Literal["h", "pips"] = Field(
+        "h", description="where targets are two-hot projected and predictions averaged: h-space (MuZero) or pips"
+    )
 
     @field_validator("tcn_dilations")
     @classmethod

@@ -224,11 +224,13 @@ class StochasticMuZeroNet(nn.Module):
 
     def to_scalar(self, logits: Tensor) -> Tensor:
         """logits [.., bins] -> expected scalar [..] (pips)."""
-        return support_to_scalar(logits, self.cfg.support_max, self.cfg.h_epsilon)
+        return support_to_scalar(logits, self.cfg.support_max, self.cfg.h_epsilon, self.cfg.support_space)
 
     def to_support(self, x: Tensor) -> Tensor:
         """scalar [..] (pips) -> two-hot target probs [.., bins]."""
-        return scalar_to_support(x, self.cfg.support_bins, self.cfg.support_max, self.cfg.h_epsilon)
+        return scalar_to_support(
+            x, self.cfg.support_bins, self.cfg.support_max, self.cfg.h_epsilon, self.cfg.support_space
+        )
 
     # ---- training-time raw-logit methods
 

@@ -1,21 +1,30 @@
 """Scalars <-> categorical distributions, as in MuZero (Schrittwieser et al. 2020, App. F).
 
 Values, rewards and Q are predicted as categorical distributions over a fixed support.
-Targets are first squashed with the invertible transform
+The bins are placed with the invertible transform
 
     h(x)     = sign(x) (sqrt(|x| + 1) - 1) + eps x
     h^-1(y)  = sign(y) (((sqrt(1 + 4 eps (|y| + 1 + eps)) - 1) / (2 eps))^2 - 1)
 
-and then projected "two-hot" onto the two nearest support bins.
+`bins` points spaced *evenly in h-space* over [h(-vmax), h(vmax)] (41 bins over
+[-300, 300] pips by default; h(300) ~= 16.65, a spacing of ~0.83 in h-space). With an
+odd bin count the middle bin is exactly 0. Resolution is finest near 0 (where most
+per-step rewards live) and coarsest at +-vmax; values outside are clipped to +-vmax.
 
-Choice of support: the bins are `bins` points spaced *evenly in h-space* over
-[h(-vmax), h(vmax)] (41 bins over [-300, 300] pips by default; h(300) ~= 16.65, so
-the spacing is ~0.83 in h-space). With an odd bin count the middle bin is exactly
-0. Because the projection and the expectation are both linear in h-space, a two-hot
-target decoded with :func:`support_to_scalar` gives back h(x) exactly, hence x exactly
-(up to rounding) anywhere in [-vmax, vmax]; values outside are clipped to +-vmax.
-Resolution is finest near 0 (where most per-step rewards live) and coarsest at +-vmax.
+A scalar target is projected "two-hot" onto its two neighbouring bins, and a
+prediction decoded as its expectation, both linearly in one `space`:
 
+* ``"h"`` (the default, MuZero's): linear in h-space, then mapped back with h^-1.
+  Cross-entropy against two-hot targets is minimised by their average two-hot, so the
+  head learns h^-1(E[h(z)]), not E[z]: h compresses large |z|, so the mean of noisy
+  targets is shrunk toward 0 (with 8.7 pips of target noise, a mean of 5 pips is
+  learned as 3.3), and a bootstrapped value shrinks again at every step.
+* ``"pips"``: linear in the scalar itself, between the bins' pip values h^-1(centre):
+  the head learns the targets' *mean*, as a regression head would. Not better in our
+  runs (ModelConfig.support_space, docs/RESULTS.md §0 "support space"): the shrinking
+  also damps the optimism of values bootstrapped from the best-looking noisy Q.
+
+Either way a two-hot target decodes back to its scalar exactly (up to rounding).
 Both functions compute in float64 internally (the arrays are [.., 41], so this is
 cheap even on a GPU) and return the input's float dtype: in float32 the cancellation
 in h^-1 would cost ~1e-3 pips at +-300.
@@ -24,6 +33,7 @@ in h^-1 would cost ~1e-3 pips at +-300.
 from __future__ import annotations
 
 import functools
+from typing import Literal
 
 import torch
 from torch import Tensor
@@ -31,6 +41,7 @@ from torch import Tensor
 DEFAULT_BINS = 41
 DEFAULT_VMAX = 300.0
 DEFAULT_EPS = 1e-3
+SupportSpace = Literal["pips", "h"]
 
 
 def h(x: Tensor, eps: float = DEFAULT_EPS) -> Tensor:
@@ -61,15 +72,19 @@ def support(
     return torch.linspace(-top, top, bins, device=device, dtype=dtype)
 
 
-@functools.lru_cache(maxsize=16)
-def _support_table(bins: int, vmax: float, eps: float, device: torch.device) -> Tensor:
-    """:func:`support` in float64 on device, built once per key and shared: callers must not write to it.
+@functools.lru_cache(maxsize=32)
+def _support_table(bins: int, vmax: float, eps: float, device: torch.device, space: SupportSpace) -> Tensor:
+    """The bin centres in `space` (h-space, or their pip values h^-1), float64 on device,
+    built once per key and shared: callers must not write to it.
 
     Built outside inference mode, so that autograd may save it for backward (training
     reads it too).
     """
+    if space not in ("pips", "h"):
+        raise ValueError(f"support space must be 'pips' or 'h', got {space!r}")
     with torch.inference_mode(False):
-        return support(bins, vmax, eps, device=device)
+        centres = support(bins, vmax, eps, device=device)
+        return h_inverse(centres, eps) if space == "pips" else centres
 
 
 def _out_dtype(t: Tensor) -> torch.dtype:
@@ -77,15 +92,24 @@ def _out_dtype(t: Tensor) -> torch.dtype:
 
 
 def scalar_to_support(
-    x: Tensor, bins: int = DEFAULT_BINS, vmax: float = DEFAULT_VMAX, eps: float = DEFAULT_EPS
+    x: Tensor,
+    bins: int = DEFAULT_BINS,
+    vmax: float = DEFAULT_VMAX,
+    eps: float = DEFAULT_EPS,
+    space: SupportSpace = "h",
 ) -> Tensor:
-    """Two-hot projection of scalars: x [..] -> probs [.., bins] (each row sums to 1)."""
-    centres = _support_table(bins, vmax, eps, x.device)  # [bins]
-    y = h(x.to(torch.float64).clamp(-vmax, vmax), eps)  # [..]
-    pos = (y - centres[0]) / (centres[1] - centres[0])  # [..] in [0, bins-1]
-    pos = pos.clamp(0, bins - 1)
-    lower = pos.floor().clamp(max=bins - 2)  # [..]
-    upper_weight = pos - lower  # [..] in [0, 1]
+    """Two-hot projection of scalars: x [..] -> probs [.., bins] (each row sums to 1),
+    linear between the two neighbouring bins in `space`."""
+    centres = _support_table(bins, vmax, eps, x.device, space)  # [bins], increasing
+    y = x.to(torch.float64).clamp(-vmax, vmax)  # [..]
+    if space == "h":  # evenly spaced: the bin position is arithmetic
+        pos = ((h(y, eps) - centres[0]) / (centres[1] - centres[0])).clamp(0, bins - 1)  # [..] in [0, bins-1]
+        lower = pos.floor().clamp(max=bins - 2)  # [..]
+        upper_weight = pos - lower  # [..] in [0, 1]
+    else:  # pip values of h-spaced bins are uneven: look the bin up
+        lower = (torch.searchsorted(centres, y.unsqueeze(-1), right=True).squeeze(-1) - 1).clamp(0, bins - 2)
+        low, high = centres[lower], centres[lower + 1]  # [..]
+        upper_weight = ((y - low) / (high - low)).clamp(0, 1)  # [..]
     probs = torch.zeros(*x.shape, bins, device=x.device, dtype=torch.float64)  # [.., bins]
     lower = lower.long().unsqueeze(-1)
     probs.scatter_(-1, lower, (1 - upper_weight).unsqueeze(-1))
@@ -93,13 +117,15 @@ def scalar_to_support(
     return probs.to(_out_dtype(x))
 
 
-def support_to_scalar(logits: Tensor, vmax: float = DEFAULT_VMAX, eps: float = DEFAULT_EPS) -> Tensor:
+def support_to_scalar(
+    logits: Tensor, vmax: float = DEFAULT_VMAX, eps: float = DEFAULT_EPS, space: SupportSpace = "h"
+) -> Tensor:
     """Expected scalar of a categorical: logits [.., bins] -> x [..].
 
-    The expectation is taken in h-space (softmax-weighted mean of the bin centres),
-    then mapped back with h^-1.
+    The softmax-weighted mean of the bin centres in `space` (for "h", mapped back
+    with h^-1).
     """
-    centres = _support_table(logits.shape[-1], vmax, eps, logits.device)  # [bins]
+    centres = _support_table(logits.shape[-1], vmax, eps, logits.device, space)  # [bins]
     probs = torch.softmax(logits.to(torch.float64), dim=-1)  # [.., bins]
     y = (probs * centres).sum(-1)  # [..]
-    return h_inverse(y, eps).to(_out_dtype(logits))
+    return (h_inverse(y, eps) if space == "h" else y).to(_out_dtype(logits))

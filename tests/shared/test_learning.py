@@ -406,6 +406,20 @@ def test_bad_checkpoints_are_refused(tmp_path, trained):
         load_checkpoint(junk)
 
 
+def test_checkpoints_without_a_support_space_load_in_h_space_and_resume_only_with_it(tmp_path, trained):
+    """Checkpoints saved before ``support_space`` existed were trained in h-space: they
+    load with it. A learner resumes only from a checkpoint of its own model settings."""
+    path = checkpoint_path(tmp_path, 2)
+    save_checkpoint(path, trained.model, 2)
+    ckpt = load_checkpoint(path)
+    del ckpt.config["model"]["support_space"]  # as written before the field existed
+    assert ckpt.model_config().support_space == SMALL.support_space == "h"
+    Learner(StochasticMuZeroNet(SMALL), trained.config).restore(ckpt)
+    in_pips = StochasticMuZeroNet(SMALL.model_copy(update={"support_space": "pips"}))
+    with pytest.raises(CheckpointError, match=r"support_space 'h' -> 'pips'.*new folder"):
+        Learner(in_pips, trained.config).restore(ckpt)
+
+
 def test_latest_checkpoint_skips_damaged_files(tmp_path, trained):
     assert latest_checkpoint(tmp_path / "missing") is None
     for step in (5, 10, 20):

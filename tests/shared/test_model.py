@@ -66,6 +66,58 @@ def test_support_round_trip_and_clipping(dtype):
     assert support_to_scalar(torch.zeros(BINS)).abs() < 1e-5
 
 
+def test_two_hot_projection_is_linear_in_pips_between_the_h_spaced_bins():
+    """Worked by hand: the bins sit at h^-1 of evenly spaced h values; a scalar a quarter
+    of the way from 0 to the next bin's pip value puts 3/4 on the middle bin, 1/4 on it."""
+    from shared.model.support import support
+
+    centres_h = support()  # [41] evenly spaced in h-space
+    first_above_zero = float(h_inverse(centres_h[BINS // 2 + 1]))  # ~1.81 pips
+    probs = scalar_to_support(torch.tensor([0.25 * first_above_zero], dtype=torch.float64), space="pips")[0]
+    assert probs[BINS // 2].item() == pytest.approx(0.75) and probs[BINS // 2 + 1].item() == pytest.approx(0.25)
+    # In h-space (MuZero's projection, the default) the same scalar splits by its h value.
+    probs_h = scalar_to_support(torch.tensor([0.25 * first_above_zero], dtype=torch.float64))[0]
+    expected_upper = float(h(torch.tensor(0.25 * first_above_zero, dtype=torch.float64)) / centres_h[BINS // 2 + 1])
+    assert (
+        probs_h[BINS // 2 + 1].item() == pytest.approx(expected_upper) and expected_upper > 0.3
+    )  # h is concave: more than 1/4
+
+
+def test_the_average_two_hot_of_noisy_targets_decodes_to_their_mean_in_pips_but_not_in_h_space():
+    """Cross-entropy is minimised by the targets' average two-hot, so that is what a head
+    learns. Targets 5 +- 8 pips (equally likely): decoded in pips it is their mean, 5;
+    MuZero's h-space decode gives h^-1((h(13) + h(-3)) / 2) ~= 2.5 (the bins'
+    interpolation is linear in h too, so exactly that): half the mean."""
+    targets = torch.tensor([13.0, -3.0], dtype=torch.float64)
+    mean_two_hot = scalar_to_support(targets, space="pips").mean(0)
+    assert support_to_scalar(mean_two_hot.log(), space="pips").item() == pytest.approx(5.0, abs=1e-9)
+    mean_two_hot_h = scalar_to_support(targets).mean(0)
+    shrunk = support_to_scalar(mean_two_hot_h.log()).item()
+    assert shrunk == pytest.approx(float(h_inverse((h(targets[0]) + h(targets[1])) / 2)), abs=1e-9)
+    assert 2.0 < shrunk < 3.0
+
+
+def test_a_categorical_head_trained_on_noisy_targets_learns_their_mean():
+    """Adam on cross-entropy against two-hots of z ~ 4 + 10 N(0, 1): the head's decoded
+    value ends near 4 pips; the same training in h-space ends well below."""
+
+    def learn(space: str) -> float:
+        gen = torch.Generator().manual_seed(0)
+        logits = torch.zeros(BINS, requires_grad=True)
+        optimizer = torch.optim.Adam([logits], lr=0.05)
+        for _ in range(400):
+            z = 4.0 + 10.0 * torch.randn(256, generator=gen)
+            target = scalar_to_support(z, space=space)  # [256, BINS]
+            loss = -(target * torch.log_softmax(logits, -1)).sum(-1).mean()
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+        return support_to_scalar(logits.detach(), space=space).item()
+
+    assert learn("pips") == pytest.approx(4.0, abs=0.6)
+    assert learn("h") < 3.0
+
+
 # ----------------------------------------------------------------------------- TCN
 
 
