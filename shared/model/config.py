@@ -54,12 +54,12 @@ class ModelConfig(BaseModel):
     h_epsilon: float = Field(0.001, gt=0, description="epsilon of h(x) = sign(x)(sqrt(|x|+1)-1) + eps*x")
     # Where targets are two-hot projected onto the bins and predictions averaged (see
     # support.py). "h" (MuZero's) learns h^-1(E[h(z)]), which shrinks the mean of noisy
-    # targets toward 0; "pips" learns their mean. "pips" was not better: on sine
-    # (validation, seeds 0, 1) 4,939 / 4,599 pips at 11.5 k env steps against 5,349 /
-    # 5,048, and 5,219 / 5,186 against 5,191 / 5,173 at 23 k; on the mean-reverting series
-    # it did not learn the reversion either, and its values ran optimistic (a flat
-    # state worth +10 pips on a series with nothing free): the search-improved bootstrap
-    # picks the noisiest high Q, and h-space damps that (docs/RESULTS.md §0, "support space").
+    # targets toward 0; "pips" learns their mean. "pips" was not shown to help (validation,
+    # 3 seeds on sine, 2 on the mean-reverting series, one machine): sine 4,456 against
+    # 4,931 pips at 11.5 k env steps and 5,264 against 5,006 at 23 k, intervals overlapping;
+    # on the mean-reverting series its Q did not follow the price's distance from its
+    # level (correlation 0.11 and -0.01, against 0.43 and 0.41 with "h") and its values
+    # ran optimistic (docs/RESULTS.md §0, "Support space").
     support_space: Literal["h", "pips"] = Field(
         "h", description="where targets are two-hot projected and predictions averaged: h-space (MuZero) or pips"
     )
