@@ -20,9 +20,9 @@ prediction decoded as its expectation, both linearly in one `space`:
   targets is shrunk toward 0 (with 8.7 pips of target noise, a mean of 5 pips is
   learned as 3.3), and a bootstrapped value shrinks again at every step.
 * ``"pips"``: linear in the scalar itself, between the bins' pip values h^-1(centre):
-  the head learns the targets' *mean*, as a regression head would. Not better in our
-  runs (ModelConfig.support_space, docs/RESULTS.md §0 "support space"): the shrinking
-  also damps the optimism of values bootstrapped from the best-looking noisy Q.
+  the head learns the targets' *mean*, as a regression head would. Not shown to help
+  (ModelConfig.support_space, docs/RESULTS.md §0 "Support space"): the shrinking also
+  damps the optimism of values bootstrapped from the best-looking noisy Q.
 
 Either way a two-hot target decodes back to its scalar exactly (up to rounding).
 Both functions compute in float64 internally (the arrays are [.., 41], so this is

@@ -4,9 +4,10 @@ The file was recorded from the search as it was before its speed work (commit 0d
 ``test_search.py::test_outputs_pinned_to_recorded_values`` checks that today's search
 gives the very same actions and visit counts, and the same policy targets and root
 values (to a few units in the last place in float64, to the CPU's last bits in
-float32). Cases cover the batch sizes that matter: greedy serving (B = 1, 8, default model, 15 simulations),
-self-play (B = 16, Gumbel noise), Reanalyse (B = 64, the --small preset's model sizes
-with 16 chance codes, as recorded, and 4 simulations), pUCT, and the hand-built float64 TinyModel of test_search.py.
+float32). Cases cover the batch sizes that matter: greedy serving (B = 1, 8, default
+model, 15 simulations), self-play (B = 16, Gumbel noise), Reanalyse (B = 64, the
+--small preset's model sizes with 16 chance codes, as recorded, and 4 simulations),
+pUCT, and the hand-built float64 TinyModel of test_search.py.
 
 Re-record (only when a change is *meant* to alter search results):
 ``PYTHONPATH=. python -m tests.shared.search_golden``.
