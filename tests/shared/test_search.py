@@ -442,8 +442,6 @@ def test_outputs_pinned_to_recorded_values(name):
     assert got["dtype"] == expected["dtype"]
     assert got["action"] == expected["action"]
     assert got["visit_counts"] == expected["visit_counts"]
+    rtol, atol = (1e-12, 1e-15) if got["dtype"] == ["torch.float64"] else (1e-4, 5e-5)
     for field in ("policy_target", "root_value"):
-        if got["dtype"] == ["torch.float64"]:
-            np.testing.assert_allclose(got[field], expected[field], rtol=1e-12, atol=1e-15, err_msg=field)
-        else:
-            np.testing.assert_allclose(got[field], expected[field], rtol=1e-4, atol=5e-5, err_msg=field)
+        np.testing.assert_allclose(got[field], expected[field], rtol=rtol, atol=atol, err_msg=field)
