@@ -37,6 +37,15 @@ def _milestones(text: str) -> list[int]:
     return values
 
 
+def _agents(text: str) -> tuple[str, ...]:
+    from shared.experiments.curve import AGENTS
+
+    agents = tuple(a.strip() for a in text.split(",") if a.strip())
+    if not agents or len(set(agents)) != len(agents) or not set(agents) <= set(AGENTS):
+        raise argparse.ArgumentTypeError(f"--agents takes distinct names among {','.join(AGENTS)}; got {text!r}")
+    return agents
+
+
 def _positive(text: str) -> int:
     try:
         value = int(text)
@@ -53,6 +62,7 @@ def _command(args: argparse.Namespace, symbol: str, out: Path) -> str:
     words = ["microzero"] + (["--config", args.config] if args.config else []) + ["experiment", args.name]
     if args.curve:
         words += ["--curve", ",".join(map(str, args.curve)), "--split", args.split]
+        words += ["--agents", ",".join(args.agents)] if args.agents else []
     elif args.steps is not None:
         words += ["--steps", str(args.steps)]
     else:
@@ -85,6 +95,8 @@ def _run(args: argparse.Namespace, config: Config) -> int:
     experiment = get_experiment(args.name)
     if args.curve and args.name != "ppo":
         raise ValueError("--curve draws MuZero against PPO: use it with `experiment ppo`")
+    if args.agents and not args.curve:
+        raise ValueError("--agents picks the agents of a learning curve: use it with --curve")
     if not args.curve and (args.steps is None) == (args.minutes is None):
         raise ValueError("give a budget: --steps, --minutes or --curve")
     # The preset, then the user's --set on top of it (a config file or MZ_* variable would
@@ -142,7 +154,7 @@ def _run(args: argparse.Namespace, config: Config) -> int:
 def _run_curve(args: argparse.Namespace, config: Config, symbol: str, store, out: Path, command: str) -> int:
     import json
 
-    from shared.experiments.curve import curve_table, plot_curves, run_curves
+    from shared.experiments.curve import AGENTS, curve_table, plot_curves, run_curves
     from shared.experiments.ppo import MissingDependency
     from shared.market import load_market
 
@@ -158,6 +170,7 @@ def _run_curve(args: argparse.Namespace, config: Config, symbol: str, store, out
             device=args.device,
             progress=not args.quiet,
             jobs=args.jobs,
+            agents=args.agents or AGENTS,
         )
     except MissingDependency as exc:
         print(f"microzero experiment ppo: {exc}", file=sys.stderr)
@@ -204,6 +217,14 @@ def register(subparsers) -> None:
         choices=["validation", "test"],
         help="--curve: the split the checkpoints are scored on (choose settings on validation; "
         "read test once, for the report)",
+    )
+    parser.add_argument(
+        "--agents",
+        type=_agents,
+        default=None,
+        metavar="A1,A2",
+        help="--curve: which agents to train, among muzero,ppo (default both); e.g. muzero alone to screen a "
+        "MuZero setting on validation",
     )
     parser.add_argument("--seeds", type=_seeds, default=[0, 1, 2], help="comma-separated seeds (default 0,1,2)")
     parser.add_argument(

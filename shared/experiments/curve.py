@@ -9,7 +9,8 @@ environment steps at each point; the exact counts are recorded and plotted. Ever
 checkpoint is backtested greedily over the whole split (16 contiguous chunks), beside
 the baselines on the same bars. Settings are chosen with ``--split validation``; the
 test split is read once, for the report. Runs are resumable: a finished
-``OUT/<agent>/seed<k>/curve.json`` is reused.
+``OUT/<agent>/seed<k>/curve.json`` is reused. ``agents`` picks a subset (``--agents
+muzero`` screens a MuZero setting on validation without retraining PPO each time).
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from shared.market import MarketData
 
 CHUNKS = 16
 AGENTS = ("muzero", "ppo")
+LABELS = {"muzero": "MuZero", "ppo": "PPO"}
 
 
 def _pips(policy, config: Config, market: MarketData, split: str) -> dict:
@@ -139,14 +141,19 @@ def run_curves(
     device: str = "cpu",
     progress: bool = True,
     jobs: int = 1,
+    agents: tuple[str, ...] = AGENTS,
 ) -> dict:
     """Every agent x seed (resumable; `jobs` runs at once, see jobs.py), then the
     baselines; returns the report dict."""
     from shared.experiments.ppo import require_sb3
 
-    require_sb3()
+    unknown = set(agents) - set(AGENTS)
+    if unknown or not agents:
+        raise ValueError(f"agents must be some of {AGENTS}, got {agents}")
+    if "ppo" in agents:
+        require_sb3()
     milestones = sorted(set(milestones))
-    units = [(agent, seed) for seed in seeds for agent in AGENTS]
+    units = [(agent, seed) for seed in seeds for agent in agents]
     done: dict[int, list[dict]] = {}
     calls: dict[int, tuple] = {}
     for i, (agent, seed) in enumerate(units):
@@ -162,7 +169,7 @@ def run_curves(
             agent, seed = units[i]
             line = ", ".join(f"{p['env_steps']:,} steps {p['total_pips']:,.0f} pips" for p in points)
             print(f"{agent} seed {seed}: {line}", flush=True)
-    runs = {agent: [done[i] for i, (a, _) in enumerate(units) if a == agent] for agent in AGENTS}
+    runs = {agent: [done[i] for i, (a, _) in enumerate(units) if a == agent] for agent in agents}
     oracle = _pips(PerfectForesight(market.close, market.pip, market.spread_pips), config, market, split)
     baselines = {
         "perfect foresight": oracle["total_pips"],
@@ -229,23 +236,28 @@ def plot_curves(report: dict, path: Path) -> Path:
 
 
 def curve_table(report: dict) -> str:
-    """Markdown: one row per milestone, both agents' mean [95% CI] and % of perfect foresight."""
+    """Markdown: one row per milestone, each agent's mean [95% CI] and % of perfect foresight."""
     pf = report["baselines"]["perfect foresight"]
+    labels = [LABELS[agent] for agent in report["curves"]]
     lines = [
-        "| env steps (MuZero / PPO) | MuZero pips [95% CI] | PPO pips [95% CI] | MuZero % of PF | PPO % of PF |",
-        "|---|---|---|---|---|",
+        f"| env steps ({' / '.join(labels)}) | "
+        + " | ".join(f"{label} pips [95% CI]" for label in labels)
+        + " | "
+        + " | ".join(f"{label} % of PF" for label in labels)
+        + " |",
+        "|---" * (1 + 2 * len(labels)) + "|",
     ]
-    for mz, ppo in zip(report["curves"]["muzero"], report["curves"]["ppo"]):
 
-        def cell(p: dict) -> str:
-            t = p["total_pips"]
-            band = f" [{t['low']:,.0f}, {t['high']:,.0f}]" if t["low"] is not None else ""
-            return f"{t['mean']:,.0f}{band}"
+    def cell(p: dict) -> str:
+        t = p["total_pips"]
+        band = f" [{t['low']:,.0f}, {t['high']:,.0f}]" if t["low"] is not None else ""
+        return f"{t['mean']:,.0f}{band}"
 
-        lines.append(
-            f"| {mz['env_steps']:,.0f} / {ppo['env_steps']:,.0f} | {cell(mz)} | {cell(ppo)} | "
-            f"{100 * mz['total_pips']['mean'] / pf:.0f} % | {100 * ppo['total_pips']['mean'] / pf:.0f} % |"
-        )
+    for row in zip(*report["curves"].values()):
+        steps = " / ".join(f"{p['env_steps']:,.0f}" for p in row)
+        pips = " | ".join(cell(p) for p in row)
+        shares = " | ".join(f"{100 * p['total_pips']['mean'] / pf:.0f} %" for p in row)
+        lines.append(f"| {steps} | {pips} | {shares} |")
     lines.append("")
     lines += [f"- {name}: {pips:,.0f} pips" for name, pips in report["baselines"].items()]
     return "\n".join(lines)

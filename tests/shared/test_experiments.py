@@ -359,6 +359,17 @@ def test_ppo_experiment_without_sb3_exits_2_with_the_install_hint(tmp_path, monk
     assert not (tmp_path / "ppo" / "muzero").exists()  # refused before any training
 
 
+def test_curve_agents_are_checked_before_any_training(tmp_path, capsys):
+    BarStore(tmp_path / "bars.duckdb").import_bars("SYNTH", BARS, source="test")
+    out = tmp_path / "curve"
+    with pytest.raises(SystemExit) as exit_info:
+        _cli(tmp_path, "ppo", "--curve", "2048", "--agents", "muzero,dqn", "--out", str(out))
+    assert exit_info.value.code == 2 and "--agents takes distinct names among muzero,ppo" in capsys.readouterr().err
+    assert _cli(tmp_path, "ppo", "--steps", "20", "--agents", "muzero", "--out", str(out)) == 2
+    assert "use it with --curve" in capsys.readouterr().err
+    assert not out.exists()
+
+
 @pytest.mark.slow
 @pytest.mark.timeout(300)
 def test_ppo_curve_scores_both_agents_at_each_env_step_milestone(tmp_path):
@@ -387,3 +398,11 @@ def test_ppo_curve_scores_both_agents_at_each_env_step_milestone(tmp_path):
     again = json.loads((out / "curve.json").read_text())["runs"]
     strip = lambda points: [{k: v for k, v in p.items() if k != "train_s"} for p in points]  # noqa: E731
     assert strip(again["ppo"][0]) == strip(report["runs"]["ppo"][0])
+    # MuZero alone (a setting screened on validation): no PPO in the report, the table or the command
+    assert _cli(tmp_path, "ppo", "--curve", "2048,4096", "--seeds", "0", "--out", str(out), "--agents", "muzero") == 0
+    alone = json.loads((out / "curve.json").read_text())
+    assert list(alone["curves"]) == list(alone["runs"]) == ["muzero"]
+    assert alone["runs"]["muzero"] == report["runs"]["muzero"]  # reused, not retrained
+    assert "--agents muzero" in alone["command"]
+    table = (out / "curve.md").read_text()
+    assert "MuZero % of PF" in table and "PPO" not in table
