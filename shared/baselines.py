@@ -157,3 +157,25 @@ def make_policy(name: str, market: MarketData, seed: int = 0) -> Policy:
     if name not in POLICIES:
         raise ValueError(f"unknown policy {name!r}; choose from {', '.join(POLICIES)}")
     return POLICIES[name](market, seed)
+
+
+# The rows a comparison scores beside the agents (an experiment's reference rows, a
+# learning curve's lines), by policy name, with the label its plots and tables print.
+# "flat" is left out: it earns 0 by construction.
+COMPARISON_LABELS = {
+    "oracle": "perfect foresight",
+    "momentum": "momentum (60 bars)",
+    "range": "range reversion (60 bars)",
+    "hour": "hour of day (20 days)",
+    "buy_hold": "buy & hold",
+    "random": "random legal",
+}
+
+
+def comparison_policies(market: MarketData, seeds: list[int]) -> dict[str, list[Policy]]:
+    """The comparison rows' policies by name: "random" once per seed (it draws its
+    actions), every other rule once (it is deterministic)."""
+    return {
+        name: [make_policy(name, market, seed) for seed in (seeds if name == "random" else seeds[:1])]
+        for name in COMPARISON_LABELS
+    }

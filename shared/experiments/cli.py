@@ -193,7 +193,7 @@ def register(subparsers) -> None:
         description=(
             "Train every variant of an experiment with the same train split, seeds and budget, backtest each "
             "greedily on the validation split, and write OUT/results.md and OUT/results.json (mean and 95% "
-            "t-interval across seeds, pooled-trade bootstrap, random and momentum reference rows). Re-running "
+            "t-interval across seeds, pooled-trade bootstrap, perfect foresight and the simple rules as reference rows). Re-running "
             "reuses finished runs. Experiments: "
             + "; ".join(f"{name}: {e.question}" for name, e in EXPERIMENTS.items())
         ),

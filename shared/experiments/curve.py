@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from shared.backtest import backtest
-from shared.baselines import HourOfDay, Momentum, PerfectForesight, RandomLegal, RangeReversion, buy_and_hold
+from shared.baselines import COMPARISON_LABELS, comparison_policies
 from shared.config import Config
 from shared.experiments.jobs import run_all
 from shared.experiments.stats import t_interval
@@ -170,14 +170,9 @@ def run_curves(
             line = ", ".join(f"{p['env_steps']:,} steps {p['total_pips']:,.0f} pips" for p in points)
             print(f"{agent} seed {seed}: {line}", flush=True)
     runs = {agent: [done[i] for i, (a, _) in enumerate(units) if a == agent] for agent in agents}
-    oracle = _pips(PerfectForesight(market.close, market.pip, market.spread_pips), config, market, split)
     baselines = {
-        "perfect foresight": oracle["total_pips"],
-        "momentum (60 bars)": _pips(Momentum(), config, market, split)["total_pips"],
-        "range reversion (60 bars)": _pips(RangeReversion(), config, market, split)["total_pips"],
-        "hour of day (20 days)": _pips(HourOfDay(market), config, market, split)["total_pips"],
-        "buy & hold": _pips(buy_and_hold, config, market, split)["total_pips"],
-        "random legal": float(np.mean([_pips(RandomLegal(s), config, market, split)["total_pips"] for s in seeds])),
+        COMPARISON_LABELS[name]: float(np.mean([_pips(p, config, market, split)["total_pips"] for p in policies]))
+        for name, policies in comparison_policies(market, seeds).items()
     }
     return {
         "split": split,

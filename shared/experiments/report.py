@@ -24,8 +24,10 @@ NOTES = (
     "the test split is not used. t-CI: Student-t interval of the per-seed values (n = runs; with 3 runs "
     "t = 4.30, so the interval is wide). The pooled-trade bootstrap resamples every trade of every run "
     "(10,000 resamples): it reflects trade-to-trade noise only, not seed-to-seed variation. "
-    "Random: one run per seed; momentum (60-bar sign), buy & hold (long in every chunk) and hour of day (the side "
-    "of what the coming bar's hour made over the last 20 days) are deterministic, one run each. "
+    "Reference rows (`microzero backtest --policy NAME`): random, one run per seed; oracle (perfect foresight, "
+    "the ceiling), momentum (60-bar sign), range (long in the bottom 30 % of the 60-bar range, short in the top "
+    "30 %), hour (the side of what the coming bar's hour made over the last 20 days) and buy_hold (long in every "
+    "chunk) are deterministic, one run each. "
     "Env steps: environment transitions played while training (MuZero: self-play incl. warm-up; "
     "PPO: its own rollouts)."
 )

@@ -28,7 +28,7 @@ import numpy as np
 from tqdm import tqdm
 
 from shared.backtest import BacktestResult, backtest
-from shared.baselines import HourOfDay, Momentum, RandomLegal, buy_and_hold
+from shared.baselines import comparison_policies
 from shared.config import Config
 from shared.experiments.jobs import run_all
 from shared.experiments.stats import bootstrap_mean_interval, t_interval
@@ -277,10 +277,10 @@ def _mean_or_none(values) -> float | None:
 
 
 def baseline_results(config: Config, market: MarketData, seeds: list[int]) -> dict[str, list[dict]]:
-    """Random legal actions (one run per seed), the momentum rule, buy & hold and the
-    hour-of-day rule (deterministic: one run each). Buy & hold is there because an
-    undertrained agent often collapses to "always long" in every chunk, which then
-    scores exactly it; the hour-of-day rule is what the time columns alone can earn."""
+    """The comparison rules (``baselines.COMPARISON_LABELS``: perfect foresight, the
+    simple rules, buy & hold, random legal actions once per seed). Buy & hold is there
+    because an undertrained agent often collapses to "always long" in every chunk, which
+    then scores exactly it; each simple rule is what one kind of structure alone earns."""
 
     def one(policy) -> dict:
         evaluation = greedy_backtest(policy, config, market)
@@ -290,12 +290,7 @@ def baseline_results(config: Config, market: MarketData, seeds: list[int]) -> di
             "trade_pips": [float(p) for p in evaluation.trades.net_pips],
         }
 
-    return {
-        "random": [one(RandomLegal(seed)) for seed in seeds],
-        "momentum": [one(Momentum())],
-        "buy_hold": [one(buy_and_hold)],
-        "hour_of_day": [one(HourOfDay(market))],
-    }
+    return {name: [one(policy) for policy in policies] for name, policies in comparison_policies(market, seeds).items()}
 
 
 def run_experiment(

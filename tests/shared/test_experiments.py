@@ -206,7 +206,7 @@ def test_runner_writes_a_table_with_intervals_and_reuses_finished_runs(tmp_path,
     assert _cli(tmp_path, *args) == 0
     report = json.loads((out / "results.json").read_text())
     names = [row["name"] for row in report["rows"]]
-    assert names == ["stochastic-16", "deterministic-1", "random", "momentum", "buy_hold", "hour_of_day"]
+    assert names == ["stochastic-16", "deterministic-1", "oracle", "momentum", "range", "hour", "buy_hold", "random"]
     for row in report["rows"][:2]:
         s = row["summary"]
         assert s["runs"] == 2 and {"mean", "low", "high", "n"} <= set(s["total_pips"])
@@ -214,7 +214,9 @@ def test_runner_writes_a_table_with_intervals_and_reuses_finished_runs(tmp_path,
         assert s["pooled_expectancy"]["n"] == sum(r["trades"] for r in row["runs"])
         assert [r["reused"] for r in row["runs"]] == [False, False]
     md = (out / "results.md").read_text()
-    assert "microzero" in md and "stochastic-16" in md and md.count("\n| ") == 1 + 6  # header + 6 rows
+    assert "microzero" in md and "stochastic-16" in md and md.count("\n| ") == 1 + 8  # header + 8 rows
+    pips = {row["name"]: row["summary"]["total_pips"]["mean"] for row in report["rows"]}
+    assert pips["oracle"] == max(pips.values()) and pips["oracle"] > pips["range"] > 0  # sine: the range rule earns
     assert (out / "deterministic-1" / "seed1" / "checkpoints").is_dir()
 
     result_file = out / "stochastic-16" / "seed0" / "result.json"
