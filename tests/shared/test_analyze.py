@@ -12,6 +12,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from shared.analysis.qvalues import long_observations, q_differences, summarise
 from shared.analysis.tcn import NEWEST, attention_weights, flat_observations, tcn_kernels
 from shared.cli import main
 from shared.config import load_config
@@ -20,6 +21,7 @@ from shared.data.synthetic import synthetic_bars
 from shared.learning.checkpoint import save_checkpoint, write_checkpoint_bytes
 from shared.market import load_market
 from shared.model import ModelConfig, StochasticMuZeroNet
+from shared.splits import make_splits
 from tests.helpers import random_walk_market
 
 W = 16
@@ -111,6 +113,49 @@ def test_flat_observations_are_market_windows_with_a_flat_position():
     assert not obs[:, :, 9:].any()
 
 
+def test_long_observations_hold_the_long_bought_on_the_bar_before():
+    market = random_walk_market(600, seed=1)
+    rows = np.array([W, 200, 400])
+    flat, long = flat_observations(market, rows, W), long_observations(market, rows, W)
+    assert np.array_equal(long[:, :, :9], flat[:, :, :9])  # the same market window
+    assert not long[:, :-1, 9:].any()  # flat before the newest bar
+    assert long[:, -1, 9:].any() and not np.array_equal(long[0, -1, 9:], long[1, -1, 9:])  # long, with its own P&L
+
+
+def test_q_differences_are_the_models_afterstate_q_values():
+    market = random_walk_market(600, seed=1)
+    model = tiny_model()
+    rows = np.arange(W, 300)
+    diffs = q_differences(model, market, rows, W)
+
+    def q(obs, action):
+        state = model.represent(torch.as_tensor(obs))
+        after = model.afterstate(state, torch.full((len(obs),), action))
+        return model.to_scalar(model.afterstate_predict(after)[1]).double().numpy()
+
+    with torch.no_grad():
+        flat, long = flat_observations(market, rows, W), long_observations(market, rows, W)
+        np.testing.assert_allclose(diffs["open"], q(flat, 1) - q(flat, 2), rtol=1e-6, atol=1e-9)  # Buy - Sell
+        np.testing.assert_allclose(diffs["hold"], q(long, 0) - q(long, 3), rtol=1e-6, atol=1e-9)  # Hold - Close
+    assert diffs["open"].std() > 0 and diffs["hold"].std() > 0
+
+
+def test_summary_slopes_and_correlations_by_hand():
+    distance = np.array([-20.0, -10.0, 0.0, 10.0, 20.0])  # pips above the level
+    move = np.array([12.0, 5.0, 1.0, -6.0, -12.0])
+    opened = 0.25 * -distance  # follows the gap to the level exactly, a quarter of it
+    held = np.array([1.0, -1.0, 1.0, -1.0, 1.0])  # follows nothing
+    summary = summarise({"open": opened, "hold": held}, move, distance)
+    assert summary["open"]["slope_on_level_gap"] == pytest.approx(0.25)
+    assert summary["open"]["corr_with_level_gap"] == pytest.approx(1.0)
+    assert summary["hold"]["slope_on_level_gap"] == pytest.approx(0.0)
+    # move on -distance: sum(20*12 + 10*5 + 0 + 10*6 + 20*12) / (400 + 100 + 0 + 100 + 400) = 590 / 1000
+    assert summary["move"]["slope_on_level_gap"] == pytest.approx(0.59)
+    assert summary["open"]["corr_with_move"] == pytest.approx(np.corrcoef(-distance, move)[0, 1])
+    assert summary["open"]["mean"] == pytest.approx(0.0) and summary["hold"]["std"] == pytest.approx(np.std(held))
+    assert "slope_on_level_gap" not in summarise({"open": opened}, move)["open"]  # no level given
+
+
 # ----------------------------------------------------------------------------- the command
 
 
@@ -157,6 +202,32 @@ def test_analyze_tcn_writes_figures_and_summary(workspace, capsys):
     weights, _ = attention_weights(model, torch.from_numpy(flat_observations(market, np.array(market_rows), W)))
     np.testing.assert_allclose([s["weights_oldest_first"] for s in summary["samples"]], weights.numpy(), atol=1e-6)
     assert f"{attention[f'newest_{NEWEST}_share']:.1%}" in printed and "summary.json" in printed
+
+
+def test_analyze_q_prints_and_writes_the_q_differences(workspace, capsys):
+    path = workspace / "ckpt.pt"
+    save_checkpoint(path, tiny_model(), 7)
+    out = workspace / "q"
+    args = ["analyze", "q", "--checkpoint", str(path), "--symbol", "synth", "--horizon", "10", "--level", "1.2"]
+    assert main([*args, "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["step"] == 7 and summary["horizon"] == 10 and summary["level"] == 1.2
+    market = load_market(load_config(None), "SYNTH")
+    split = make_splits(len(market), load_config(None).splits, W)["validation"]  # the checkpoint's window
+    rows = np.arange(split.first_decision(W) + 1, split.stop - 10)
+    assert summary["bars"] == len(rows)
+    expected = summarise(
+        q_differences(tiny_model(), market, rows, W),
+        (market.close[rows + 10] - market.close[rows]) / market.pip,
+        (market.close[rows] - 1.2) / market.pip,
+    )
+    for name in ("open", "hold", "move"):
+        assert summary[name] == pytest.approx(expected[name])
+    assert f"slope on the gap to 1.2 {summary['open']['slope_on_level_gap']:+.3f}" in printed
+
+    assert main([*args[:-4], "--horizon", "0"]) == 2
+    assert "--horizon must be at least 1" in capsys.readouterr().err
 
 
 def test_missing_or_corrupted_checkpoint_exits_2_without_traceback(workspace, capsys):

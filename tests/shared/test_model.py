@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from shared.config import Config
+from shared.learning.losses import soft_cross_entropy
 from shared.model import (
     TCN,
     ModelConfig,
@@ -297,3 +298,71 @@ def test_default_support_is_about_unit_spaced_and_holds_discounted_returns():
     # A position earning 3 pips every bar forever (far more than any series here) is
     # worth 3 / (1 - gamma) pips: it must be representable, not clipped.
     assert 3.0 / (1 - cfg.learning.discount) <= cfg.model.support_max
+
+
+# ----------------------------------------------------------------------------- capacity
+
+
+def test_the_small_model_learns_a_mean_reversion_when_given_its_targets():
+    """The agent does not learn the mean-reverting series (docs/RESULTS.md §0); this shows
+    the network is not why. Trained supervised, with the learner's loss (cross-entropy on
+    two-hot targets), on (window, the next 20 bars' move) pairs of the train split, the
+    small preset's representation and value head predict, on the validation windows, a
+    move that follows the price's distance from its level (known here: the generator
+    reverts to 1.2). The true slope of the move on that distance is about -0.6 pips per
+    pip; an untrained head's prediction does not follow the distance at all."""
+    from shared.data.synthetic import synthetic_bars
+    from shared.env import VecTradingEnv
+    from shared.experiments.variants import SMALL, apply_overrides
+    from shared.market import market_from_bars
+
+    horizon = 20
+    config = apply_overrides(Config(), SMALL)
+    market = market_from_bars("OU5", synthetic_bars("mean_reverting", 8000, seed=0, noise_pips=5.0), config)
+    window = config.env.window
+
+    def pairs(split_name: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        split = market.splits(config)[split_name]
+        rows = torch.arange(split.first_decision(window), split.stop - horizon).numpy()
+        env = VecTradingEnv(
+            market.features,
+            market.close,
+            num_envs=len(rows),
+            pip=market.pip,
+            spread_pips=market.spread_pips,
+            window=window,
+            episode_length=1,
+        )
+        obs = env.reset(starts=rows, lengths=torch.ones(len(rows), dtype=torch.int64).numpy())
+        move = (market.close[rows + horizon] - market.close[rows]) / market.pip
+        distance = (market.close[rows] - 1.2) / market.pip
+        return torch.as_tensor(obs), torch.as_tensor(move, dtype=torch.float32), torch.as_tensor(distance)
+
+    def slope(prediction: torch.Tensor, distance: torch.Tensor) -> float:
+        d = distance - distance.mean()
+        return float((d * (prediction.double() - prediction.double().mean())).sum() / (d * d).sum())
+
+    torch.manual_seed(0)
+    model = StochasticMuZeroNet(config.model)
+    optimizer = torch.optim.Adam(model.parameters(), lr=config.learning.lr)
+    train_obs, train_move, train_distance = pairs("train")
+    assert slope(train_move, train_distance) < -0.4  # the series does revert over 20 bars
+    val_obs, _, val_distance = pairs("validation")
+
+    def predict(obs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        logits = model.predict(model.represent(obs))[1]
+        return logits, model.to_scalar(logits)
+
+    with torch.no_grad():
+        untrained = slope(predict(val_obs)[1], val_distance)
+    for _ in range(500):
+        i = torch.randint(len(train_move), (config.learning.batch_size,))
+        loss = soft_cross_entropy(predict(train_obs[i])[0], model.to_support(train_move[i])).mean()
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    model.eval()
+    with torch.no_grad():
+        learned = slope(predict(val_obs)[1], val_distance)
+    assert abs(untrained) < 0.05
+    assert learned < -0.15, f"slope of the predicted 20-bar move on the distance from the level: {learned:.3f}"
