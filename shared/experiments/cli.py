@@ -236,7 +236,7 @@ def register(subparsers) -> None:
     parser.add_argument(
         "--small",
         action="store_true",
-        help="small preset for quick runs: ~145 k-parameter model, one chance code, 4 simulations, 16 envs, "
+        help="small preset for quick runs: ~145 k-parameter model, one chance code, 8 simulations, 16 envs, "
         "lr 1e-3, 16 samples per insert (shared/experiments/variants.py SMALL; --set and variant overrides "
         "still apply)",
     )

@@ -177,8 +177,8 @@ def test_search_variants_set_root_and_simulations():
         for v in (variant_config(Config(), x, small=True) for x in EXPERIMENTS["search"].variants)
     }
     assert got == {(root, sims) for root in ("gumbel", "puct") for sims in (4, 8, 15)}
-    # --small's 4 simulations do not override the variant's own count.
-    assert SMALL["search"]["num_simulations"] == 4
+    # --small's 8 simulations do not override the variant's own count.
+    assert SMALL["search"]["num_simulations"] == 8
 
 
 def test_t_interval_matches_tables():
