@@ -113,16 +113,21 @@ def q_command(args: argparse.Namespace, config) -> int:
     print(
         f"checkpoint {path} (step {ckpt.step}); {symbol} {args.split} split, {len(rows)} bars, horizon {args.horizon}"
     )
+
+    def signed(x: float | None, digits: int) -> str:
+        return "n/a (constant)" if x is None else f"{x:+.{digits}f}"
+
     labels = {"open": "Q(Buy) - Q(Sell), flat", "hold": "Q(Hold) - Q(Close), long"}
     for name, label in labels.items():
         stats = summary[name]
-        line = f"  {label}: mean {stats['mean']:+.2f} pips, std {stats['std']:.2f}, corr with move {stats['corr_with_move']:+.2f}"
+        line = f"  {label}: mean {stats['mean']:+.2f} pips, std {stats['std']:.2f}, "
+        line += f"corr with move {signed(stats['corr_with_move'], 2)}"
         if distance is not None:
-            line += f", slope on the gap to {args.level} {stats['slope_on_level_gap']:+.3f} pips/pip"
+            line += f", slope on the gap to {args.level} {signed(stats['slope_on_level_gap'], 3)} pips/pip"
         print(line)
     line = f"  the {args.horizon}-bar move: std {summary['move']['std']:.1f} pips"
     if distance is not None:
-        line += f", slope on the gap {summary['move']['slope_on_level_gap']:+.3f} pips/pip"
+        line += f", slope on the gap {signed(summary['move']['slope_on_level_gap'], 3)} pips/pip"
     print(line)
     if args.out:
         args.out.mkdir(parents=True, exist_ok=True)

@@ -70,10 +70,16 @@ def q_differences(
     return {name: np.concatenate(chunks) for name, chunks in parts.items()}
 
 
-def _slope(y: np.ndarray, x: np.ndarray) -> float:
-    """Least-squares slope of y on x."""
+def _slope(y: np.ndarray, x: np.ndarray) -> float | None:
+    """Least-squares slope of y on x; None where x does not vary."""
     dx = x - x.mean()
-    return float((dx * (y - y.mean())).sum() / (dx * dx).sum())
+    return float((dx * (y - y.mean())).sum() / (dx * dx).sum()) if dx.any() else None
+
+
+def _corr(a: np.ndarray, b: np.ndarray) -> float | None:
+    """Pearson correlation; None where either side is constant (a head that says the
+    same everywhere has no correlation, and JSON has no NaN)."""
+    return float(np.corrcoef(a, b)[0, 1]) if a.std() > 0 and b.std() > 0 else None
 
 
 def summarise(differences: dict[str, np.ndarray], move: np.ndarray, distance: np.ndarray | None = None) -> dict:
@@ -84,12 +90,12 @@ def summarise(differences: dict[str, np.ndarray], move: np.ndarray, distance: np
         stats = {
             "mean": float(d.mean()),
             "std": float(d.std()),
-            "corr_with_move": float(np.corrcoef(d, move)[0, 1]),
+            "corr_with_move": _corr(d, move),
         }
         if distance is not None:
             # The reversion pays when the price is below the level: slope on -distance.
             stats |= {
-                "corr_with_level_gap": float(np.corrcoef(d, -distance)[0, 1]),
+                "corr_with_level_gap": _corr(d, -distance),
                 "slope_on_level_gap": _slope(d, -distance),
             }
         out[name] = stats

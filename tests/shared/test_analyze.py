@@ -154,6 +154,8 @@ def test_summary_slopes_and_correlations_by_hand():
     assert summary["open"]["corr_with_move"] == pytest.approx(np.corrcoef(-distance, move)[0, 1])
     assert summary["open"]["mean"] == pytest.approx(0.0) and summary["hold"]["std"] == pytest.approx(np.std(held))
     assert "slope_on_level_gap" not in summarise({"open": opened}, move)["open"]  # no level given
+    constant = summarise({"open": np.zeros(5)}, move, np.zeros(5))  # a head that says the same everywhere
+    assert constant["open"]["corr_with_move"] is None and constant["open"]["slope_on_level_gap"] is None
 
 
 # ----------------------------------------------------------------------------- the command
