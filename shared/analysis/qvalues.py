@@ -73,13 +73,13 @@ def q_differences(
 def _slope(y: np.ndarray, x: np.ndarray) -> float | None:
     """Least-squares slope of y on x; None where x does not vary."""
     dx = x - x.mean()
-    return float((dx * (y - y.mean())).sum() / (dx * dx).sum()) if dx.any() else None
+    return float((dx * (y - y.mean())).sum() / (dx * dx).sum()) if np.ptp(x) > 0 else None
 
 
 def _corr(a: np.ndarray, b: np.ndarray) -> float | None:
     """Pearson correlation; None where either side is constant (a head that says the
     same everywhere has no correlation, and JSON has no NaN)."""
-    return float(np.corrcoef(a, b)[0, 1]) if a.std() > 0 and b.std() > 0 else None
+    return float(np.corrcoef(a, b)[0, 1]) if np.ptp(a) > 0 and np.ptp(b) > 0 else None
 
 
 def summarise(differences: dict[str, np.ndarray], move: np.ndarray, distance: np.ndarray | None = None) -> dict:

@@ -9,7 +9,8 @@ environment steps at each point; the exact counts are recorded and plotted. Ever
 checkpoint is backtested greedily over the whole split (16 contiguous chunks), beside
 the baselines on the same bars. Settings are chosen with ``--split validation``; the
 test split is read once, for the report. Runs are resumable: a finished
-``OUT/<agent>/seed<k>/curve.json`` is reused. ``agents`` picks a subset (``--agents
+``OUT/<agent>/seed<k>/curve.json`` is reused when it was made with the same settings and
+data (``run_settings``), else trained again. ``agents`` picks a subset (``--agents
 muzero`` screens a MuZero setting on validation without retraining PPO each time).
 """
 
@@ -26,6 +27,7 @@ from shared.backtest import backtest
 from shared.baselines import COMPARISON_LABELS, comparison_policies
 from shared.config import Config
 from shared.experiments.jobs import run_all
+from shared.experiments.runner import market_fingerprint
 from shared.experiments.stats import t_interval
 from shared.market import MarketData
 
@@ -101,11 +103,37 @@ def _ppo_points(
     ]
 
 
-def stored_points(run_dir: Path, milestones: list[int], split: str) -> list[dict] | None:
+def run_settings(agent: str, config: Config, market: MarketData) -> dict:
+    """What one agent's points depend on besides seed, milestones and split; a stored run
+    is reused only if these are equal. PPO reads only the environment, the splits and the
+    bars, so screening a MuZero setting does not retrain it."""
+    sections = {"splits", "env"} | (
+        {"features", "model", "search", "learning", "train"} if agent == "muzero" else set()
+    )
+    settings = config.model_dump(mode="json", include=sections)
+    for unrelated in ("output_dir", "checkpoint_every"):  # where and when to save change no result
+        settings.get("train", {}).pop(unrelated, None)
+    return json.loads(json.dumps({"config": settings, "market": market_fingerprint(market)}))
+
+
+def stored_points(run_dir: Path, milestones: list[int], split: str, settings: dict) -> list[dict] | None:
     """A finished run's points from ``run_dir/curve.json``, if it holds these milestones
-    scored on this split; else None."""
+    scored on this split; else None. A run made with other settings or data is refused,
+    not retrained: training in its folder would resume from its checkpoints."""
     done = run_dir / "curve.json"
-    stored = json.loads(done.read_text()) if done.exists() else {}
+    if not done.exists():
+        return None
+    stored = json.loads(done.read_text())
+    if stored.get("settings") != settings:
+        old = stored.get("settings") or {}
+        differ = sorted(
+            {k for k in settings["config"] if old.get("config", {}).get(k) != settings["config"][k]}
+            | ({"bars"} if old.get("market") != settings["market"] else set())
+        )
+        raise ValueError(
+            f"{run_dir} holds a run made with other settings ({', '.join(differ)}); "
+            "give another --out, or delete that folder to train it again"
+        )
     if stored.get("milestones") == milestones and stored.get("split") == split:
         return stored["points"]
     return None
@@ -124,9 +152,13 @@ def curve_points(
     """Train one agent for one seed, score its checkpoints and write ``run_dir/curve.json``."""
     make = _muzero_points if agent == "muzero" else _ppo_points
     points = make(config, market, run_dir, seed, milestones, split, device)
-    (run_dir / "curve.json").write_text(
-        json.dumps({"milestones": milestones, "split": split, "points": points}, indent=2)
-    )
+    stored = {
+        "milestones": milestones,
+        "split": split,
+        "settings": run_settings(agent, config, market),
+        "points": points,
+    }
+    (run_dir / "curve.json").write_text(json.dumps(stored, indent=2))
     return points
 
 
@@ -158,7 +190,7 @@ def run_curves(
     calls: dict[int, tuple] = {}
     for i, (agent, seed) in enumerate(units):
         run_dir = Path(out_dir) / agent / f"seed{seed}"
-        stored = stored_points(run_dir, milestones, split)
+        stored = stored_points(run_dir, milestones, split, run_settings(agent, config, market))
         if stored is None:
             calls[i] = (agent, config, market, run_dir, seed, milestones, split, device)
         else:

@@ -66,7 +66,8 @@ def _write_json(path: Path, data: dict) -> None:
     tmp.replace(path)  # atomic: a reader sees the old file or the whole new one
 
 
-def _fingerprint(market: MarketData) -> str:
+def market_fingerprint(market: MarketData) -> str:
+    """Hash of the bars' closes and features: equal only for the same data, features included."""
     digest = hashlib.sha256(market.close.tobytes())
     digest.update(np.ascontiguousarray(market.features).tobytes())
     return digest.hexdigest()[:16]
@@ -86,7 +87,7 @@ def run_spec(config: Config, variant: Variant, seed: int, budget: Budget, market
         "steps": budget.steps,
         "minutes": budget.minutes,
         "symbol": market.symbol,
-        "market": _fingerprint(market),
+        "market": market_fingerprint(market),
         "config": sections,
     }
     if variant.agent == "ppo":

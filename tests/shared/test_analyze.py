@@ -12,6 +12,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from shared.analysis import qvalues
 from shared.analysis.qvalues import long_observations, q_differences, summarise
 from shared.analysis.tcn import NEWEST, attention_weights, flat_observations, tcn_kernels
 from shared.cli import main
@@ -122,10 +123,11 @@ def test_long_observations_hold_the_long_bought_on_the_bar_before():
     assert long[:, -1, 9:].any() and not np.array_equal(long[0, -1, 9:], long[1, -1, 9:])  # long, with its own P&L
 
 
-def test_q_differences_are_the_models_afterstate_q_values():
+def test_q_differences_are_the_models_afterstate_q_values(monkeypatch):
     market = random_walk_market(600, seed=1)
     model = tiny_model()
     rows = np.arange(W, 300)
+    monkeypatch.setattr(qvalues, "BATCH", 50)  # several forward passes, the last one short
     diffs = q_differences(model, market, rows, W)
 
     def q(obs, action):
@@ -154,8 +156,10 @@ def test_summary_slopes_and_correlations_by_hand():
     assert summary["open"]["corr_with_move"] == pytest.approx(np.corrcoef(-distance, move)[0, 1])
     assert summary["open"]["mean"] == pytest.approx(0.0) and summary["hold"]["std"] == pytest.approx(np.std(held))
     assert "slope_on_level_gap" not in summarise({"open": opened}, move)["open"]  # no level given
-    constant = summarise({"open": np.zeros(5)}, move, np.zeros(5))  # a head that says the same everywhere
-    assert constant["open"]["corr_with_move"] is None and constant["open"]["slope_on_level_gap"] is None
+    constant = summarise({"open": np.full(5, 0.1)}, move, distance)  # a head that says the same everywhere
+    assert constant["open"]["corr_with_move"] is None and constant["open"]["corr_with_level_gap"] is None
+    assert constant["open"]["slope_on_level_gap"] == 0.0  # it does not follow the gap
+    assert summarise({"open": opened}, move, np.full(5, 3.0))["open"]["slope_on_level_gap"] is None  # no gap varies
 
 
 # ----------------------------------------------------------------------------- the command

@@ -361,6 +361,32 @@ def test_ppo_experiment_without_sb3_exits_2_with_the_install_hint(tmp_path, monk
     assert not (tmp_path / "ppo" / "muzero").exists()  # refused before any training
 
 
+def test_a_stored_curve_run_is_reused_only_with_its_own_settings(tmp_path):
+    from shared.experiments.curve import run_settings, stored_points
+
+    config = apply_overrides(Config(), SMALL)
+    market = market_from_bars("SYNTH", BARS, config)
+    more_search = apply_overrides(config, {"search": {"num_simulations": 16}})
+    assert run_settings("muzero", more_search, market) != run_settings("muzero", config, market)
+    assert run_settings("ppo", more_search, market) == run_settings("ppo", config, market)  # PPO does not search
+    other_bars = market_from_bars("SYNTH", synthetic_bars("sine", 1500, seed=1), config)
+    assert run_settings("ppo", config, other_bars) != run_settings("ppo", config, market)
+
+    settings = run_settings("muzero", config, market)
+    assert stored_points(tmp_path, [100], "validation", settings) is None  # nothing stored yet
+    points = [{"env_steps": 100, "total_pips": 5.0, "trades": 1}]
+    stored = {"milestones": [100], "split": "validation", "settings": settings, "points": points}
+    (tmp_path / "curve.json").write_text(json.dumps(stored))
+    assert stored_points(tmp_path, [100], "validation", settings) == points
+    assert stored_points(tmp_path, [100, 200], "validation", settings) is None
+    assert stored_points(tmp_path, [100], "test", settings) is None
+    with pytest.raises(ValueError, match=r"other settings \(search\).*another --out"):
+        stored_points(tmp_path, [100], "validation", run_settings("muzero", more_search, market))
+    (tmp_path / "curve.json").write_text(json.dumps({k: v for k, v in stored.items() if k != "settings"}))
+    with pytest.raises(ValueError, match="other settings"):  # made before settings were recorded
+        stored_points(tmp_path, [100], "validation", settings)
+
+
 def test_curve_agents_are_checked_before_any_training(tmp_path, capsys):
     BarStore(tmp_path / "bars.duckdb").import_bars("SYNTH", BARS, source="test")
     out = tmp_path / "curve"

@@ -353,8 +353,10 @@ def test_the_small_model_learns_a_mean_reversion_when_given_its_targets():
         logits = model.predict(model.represent(obs))[1]
         return logits, model.to_scalar(logits)
 
+    model.eval()
     with torch.no_grad():
         untrained = slope(predict(val_obs)[1], val_distance)
+    model.train()
     for _ in range(500):
         i = torch.randint(len(train_move), (config.learning.batch_size,))
         loss = soft_cross_entropy(predict(train_obs[i])[0], model.to_support(train_move[i])).mean()
