@@ -97,8 +97,8 @@ SMALL: dict[str, Any] = {
     # 8 simulations, not 4: on the validation split (Gumbel root) the mean was above 4's on
     # sine at 11.5 k env steps and 22 pips below at 23 k (seeds 0-3: 5,090 / 5,218 pips
     # against 4,872 / 5,241), and above on regime (3 seeds, 11.5 k: 3,716 against 3,019),
-    # for ~1.1x the training time (the learner's steps dominate). docs/RESULTS.md round 3;
-    # the curves made before it used 4.
+    # for 1.1-1.5x the training time (side by side on validation; the test runs).
+    # docs/RESULTS.md round 3; the curves made before it used 4.
     "search": {"num_simulations": 8, "num_chance_codes": 1},
     "learning": {"lr": 1e-3, "samples_per_insert": 16, "samples_per_insert_tolerance": 1000},
     "train": {"num_envs": 16},
