@@ -24,10 +24,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "observation window (averaged over the split's windows, and for a few samples). Observations use a flat "
         "position state (the 6 position columns 0).",
     )
-    tcn.add_argument("--checkpoint", required=True, help="checkpoint file, or 'best' (the validator's best.pt)")
+    _model_and_market_arguments(tcn, split_help="split the windows come from")
     tcn.add_argument("--out", required=True, type=Path, help="directory for the PNGs and summary.json")
-    tcn.add_argument("--symbol", help="symbol whose bars to read (default: data.default_symbol)")
-    tcn.add_argument("--split", choices=SPLIT_NAMES, default="validation", help="split the windows come from")
     tcn.add_argument("--samples", type=int, default=4, help="sample windows to plot one by one (default 4)")
     tcn.add_argument(
         "--windows",
@@ -35,7 +33,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         default=MAX_WINDOWS,
         help=f"most windows to average the attention over, evenly spread (default {MAX_WINDOWS})",
     )
-    tcn.add_argument("--db", help="bar store (default: data.db_path)")
     tcn.add_argument("--quiet", action="store_true", help="no progress bar")
     tcn.set_defaults(func=tcn_command)
 
@@ -47,9 +44,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "long bought on the bar before, their spread and correlation with the move of the next --horizon bars, "
         "and with --level (a price the series reverts to) their slope on the distance from it.",
     )
-    q.add_argument("--checkpoint", required=True, help="checkpoint file, or 'best' (the validator's best.pt)")
-    q.add_argument("--symbol", help="symbol whose bars to read (default: data.default_symbol)")
-    q.add_argument("--split", choices=SPLIT_NAMES, default="validation", help="split the decision bars come from")
+    _model_and_market_arguments(q, split_help="split the decision bars come from")
     q.add_argument("--horizon", type=int, default=20, help="bars of the coming move (default 20)")
     q.add_argument(
         "--level",
@@ -58,8 +53,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "on the distance from it, pips per pip",
     )
     q.add_argument("--out", type=Path, help="also write summary.json here")
-    q.add_argument("--db", help="bar store (default: data.db_path)")
     q.set_defaults(func=q_command)
+
+
+def _model_and_market_arguments(parser: argparse.ArgumentParser, split_help: str) -> None:
+    """The options `_model_and_market` reads."""
+    parser.add_argument("--checkpoint", required=True, help="checkpoint file, or 'best' (the validator's best.pt)")
+    parser.add_argument("--symbol", help="symbol whose bars to read (default: data.default_symbol)")
+    parser.add_argument("--split", choices=SPLIT_NAMES, default="validation", help=split_help)
+    parser.add_argument("--db", help="bar store (default: data.db_path)")
 
 
 def _model_and_market(args: argparse.Namespace, config):

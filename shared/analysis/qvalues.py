@@ -21,8 +21,7 @@ import numpy as np
 import torch
 
 from shared.actions import Action
-from shared.analysis.tcn import flat_observations
-from shared.env import VecTradingEnv
+from shared.analysis.tcn import flat_observations, observations_at
 from shared.market import MarketData
 from shared.model.networks import StochasticMuZeroNet
 
@@ -32,19 +31,7 @@ BATCH = 2048  # windows per forward pass: bounds memory on long splits
 def long_observations(market: MarketData, rows: np.ndarray, window: int) -> np.ndarray:
     """[N, W, 15] observations at decision rows `rows` (each after the split's first
     decision), holding a long bought on the bar before, as the environment plays it."""
-    starts = np.asarray(rows, dtype=np.int64) - 1
-    env = VecTradingEnv(
-        market.features,
-        market.close,
-        num_envs=len(starts),
-        pip=market.pip,
-        spread_pips=market.spread_pips,
-        window=window,
-        episode_length=2,
-    )
-    env.reset(starts=starts, lengths=np.full(len(starts), 2, np.int64))
-    env.step(np.full(len(starts), Action.BUY, dtype=np.int64))
-    return env.observe()
+    return observations_at(market, rows, window, played=[Action.BUY])
 
 
 @torch.no_grad()

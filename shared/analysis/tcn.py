@@ -21,6 +21,7 @@ alone, not at how the agent reacts to its own open trade.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -91,20 +92,30 @@ def attention_weights(model: StochasticMuZeroNet, obs: Tensor) -> tuple[Tensor, 
     return torch.softmax(seen["score"], dim=1).squeeze(-1), seen["z"]
 
 
-def flat_observations(market: MarketData, rows: np.ndarray, window: int) -> np.ndarray:
-    """[N, W, 15] observations at decision rows `rows`, position state flat: the
-    environment's first observation of an episode starting there."""
-    rows = np.asarray(rows, dtype=np.int64)
+def observations_at(market: MarketData, rows: np.ndarray, window: int, played: Sequence[int] = ()) -> np.ndarray:
+    """[N, W, 15] observations at decision rows `rows`, after the environment played the
+    actions `played` on the bars just before (none: the position state is flat, the
+    first observation of an episode starting at each row)."""
+    starts = np.asarray(rows, dtype=np.int64) - len(played)
     env = VecTradingEnv(
         market.features,
         market.close,
-        num_envs=len(rows),
+        num_envs=len(starts),
         pip=market.pip,
         spread_pips=market.spread_pips,
         window=window,
-        episode_length=1,
+        episode_length=len(played) + 1,
     )
-    return env.reset(starts=rows, lengths=np.ones(len(rows), np.int64))
+    obs = env.reset(starts=starts, lengths=np.full(len(starts), len(played) + 1, np.int64))
+    for action in played:
+        env.step(np.full(len(starts), action, dtype=np.int64))
+        obs = env.observe()
+    return obs
+
+
+def flat_observations(market: MarketData, rows: np.ndarray, window: int) -> np.ndarray:
+    """[N, W, 15] observations at decision rows `rows`, position state flat."""
+    return observations_at(market, rows, window)
 
 
 @dataclass(frozen=True)

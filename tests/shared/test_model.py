@@ -311,8 +311,8 @@ def test_the_small_model_learns_a_mean_reversion_when_given_its_targets():
     move that follows the price's distance from its level (known here: the generator
     reverts to 1.2). The true slope of the move on that distance is about -0.6 pips per
     pip; an untrained head's prediction does not follow the distance at all."""
+    from shared.analysis.tcn import flat_observations
     from shared.data.synthetic import synthetic_bars
-    from shared.env import VecTradingEnv
     from shared.experiments.variants import SMALL, apply_overrides
     from shared.market import market_from_bars
 
@@ -324,19 +324,10 @@ def test_the_small_model_learns_a_mean_reversion_when_given_its_targets():
     def pairs(split_name: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         split = market.splits(config)[split_name]
         rows = torch.arange(split.first_decision(window), split.stop - horizon).numpy()
-        env = VecTradingEnv(
-            market.features,
-            market.close,
-            num_envs=len(rows),
-            pip=market.pip,
-            spread_pips=market.spread_pips,
-            window=window,
-            episode_length=1,
-        )
-        obs = env.reset(starts=rows, lengths=torch.ones(len(rows), dtype=torch.int64).numpy())
         move = (market.close[rows + horizon] - market.close[rows]) / market.pip
         distance = (market.close[rows] - 1.2) / market.pip
-        return torch.as_tensor(obs), torch.as_tensor(move, dtype=torch.float32), torch.as_tensor(distance)
+        obs = torch.as_tensor(flat_observations(market, rows, window))
+        return obs, torch.as_tensor(move, dtype=torch.float32), torch.as_tensor(distance)
 
     def slope(prediction: torch.Tensor, distance: torch.Tensor) -> float:
         d = distance - distance.mean()
