@@ -159,6 +159,15 @@ class SearchConfig(BaseModel):
 #   on sine (validation, seeds 0 and 1, --small) at 1.0 it made 4,808 / 3,651 pips at 11.5 k
 #   env steps and 4,856 / 4,428 at 23 k against 4,309 / 3,698 and 5,071 / 4,710 without
 #   (docs/RESULTS.md §0): not shown to help.
+# * ``hindsight_steps``: the market does not answer the agent's orders, so the bars stored
+#   with a position also say what every *other* action would have earned. With n > 0 the
+#   Q of each legal action at the root is trained on "take it, then hold n - 1 bars, then
+#   the bootstrap value" (replay.hindsight_paths), besides the played action's target: a
+#   slow edge enters each target whole instead of being rebuilt bootstrap by bootstrap
+#   behind the played (exploring) exits. Off by default: n = 10 learns the mean-reverting
+#   series (validation, 2 seeds: ~950 pips against ~100; the range rule 1,327) but costs
+#   600-900 pips on sine, whose drift turns every 24 bars; n = 5 is the lead for a default
+#   (docs/RESULTS.md §0, "Hindsight targets").
 # * ``state_gradient_scale=0.5``: MuZero's ``scale_gradient(state, 0.5)`` after each
 #   recurrent step, so the gradient reaching the representation from deep unroll steps
 #   stays bounded; every prediction made by the recurrent functions is weighted 1/unroll.
@@ -193,6 +202,7 @@ class LearningConfig(BaseModel):
     episode_end: Literal["time_limit", "terminal"] = "time_limit"
     target_update_interval: int = Field(100, ge=1, description="learner steps between target-network refreshes")
     reanalyse_fraction: float = Field(0.25, ge=0, le=1, description="share of each batch given fresh policy targets")
+    hindsight_steps: int = Field(0, ge=0, description="bars held in the root's every-action Q targets; 0 = off")
 
     # Optimisation.
     batch_size: int = Field(64, ge=1)
@@ -210,6 +220,7 @@ class LearningConfig(BaseModel):
     commitment_weight: float = Field(0.25, ge=0)
     code_diversity_weight: float = Field(0.0, ge=0)
     consistency_weight: float = Field(0.0, ge=0)
+    hindsight_weight: float = Field(1.0, ge=0, description="weight of the hindsight Q targets (with hindsight_steps)")
 
 
 class TrainConfig(BaseModel):

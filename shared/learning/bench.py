@@ -4,8 +4,9 @@ forward+backward pass of the same batch, and the peak memory of each.
 The learner step adds replay sampling, priority updates, gradient clipping and the
 Adam update to the bare pass; the ratio says how much of its time is the network.
 Fresh targets (the target network's value bootstraps and Reanalyse's searches,
-``reanalyse.py``) get their own line: the learner with them as configured, against
-the same learner with stored targets.
+``reanalyse.py``, and the hindsight targets where ``hindsight_steps`` > 0) get their
+own line: the learner with them as configured, against the same learner with stored
+targets.
 """
 
 from __future__ import annotations
@@ -34,9 +35,10 @@ class TrainBench:
     ratio: float  # plain learner / bare (1.0 = the learner adds nothing)
     learner_peak_mib: float
     bare_peak_mib: float
-    fresh_targets_steps_per_s: float  # the configured learner: value bootstraps + Reanalyse
+    fresh_targets_steps_per_s: float  # the configured learner: value bootstraps + Reanalyse (+ hindsight)
     fresh_targets_ratio: float  # configured / plain learner (1.0 = fresh targets cost nothing)
     searched_roots_per_step: float  # Reanalyse's roots + the search bootstraps' roots
+    hindsight_steps: int  # learning.hindsight_steps of the configured learner (0 = no hindsight targets)
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -83,7 +85,7 @@ def bench_train(config: Config, market: MarketData, device_name: str = "cpu", st
     learner = Learner(model, plain, device, search=config.search)
     fresh = Learner(StochasticMuZeroNet(config.model).to(device), config.learning, device, search=config.search)
     batch_size = config.learning.batch_size
-    fixed = replay.sample(batch_size).to(device)
+    fixed = replay.sample(batch_size, hindsight=False).to(device)
 
     def bare() -> None:
         model.train()
@@ -94,7 +96,11 @@ def bench_train(config: Config, market: MarketData, device_name: str = "cpu", st
     bare_rate = _timed(bare, steps, device)
     bare_peak = _peak_mib(device)
     _reset_peak(device)
-    learner_rate = _timed(lambda: learner.step(replay.sample(batch_size, bootstrap_obs=False), replay), steps, device)
+
+    def stored_targets() -> None:
+        learner.step(replay.sample(batch_size, bootstrap_obs=False, hindsight=False), replay)
+
+    learner_rate = _timed(stored_targets, steps, device)
     learner_peak = _peak_mib(device)
     fresh_rate = _timed(lambda: fresh.step(replay.sample(batch_size), replay), steps, device)
     return TrainBench(
@@ -108,4 +114,5 @@ def bench_train(config: Config, market: MarketData, device_name: str = "cpu", st
         fresh_rate,
         fresh_rate / learner_rate,
         fresh.searched_roots / max(fresh.steps, 1),
+        config.learning.hindsight_steps,
     )

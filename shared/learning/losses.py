@@ -13,6 +13,9 @@ and for k < K, with as^k = afterstate(s^k, a_{t+k}) and (c, c^e) = encoder(o_{t+
                                            representation gives the real next window, the latter
                                            without gradient (EfficientZero's temporal consistency,
                                            Ye et al. 2021, with no projection heads)
+and at k = 0, with ``learning.hindsight_steps`` (the batch then holds hindsight targets):
+    hindsight   mean over legal a of CE(two-hot z^a_t, Q(afterstate(s^0, a)))   z^a_t: take a,
+                                           then hold, then bootstrap (ReplayBuffer.hindsight_paths)
 and once per batch:
     diversity   1 - H(mean c) / log C      codebook diversity of the straight-through codes: 0
                                            when the batch uses every code equally, 1 when one
@@ -41,7 +44,7 @@ from shared.config import LearningConfig
 from shared.learning.replay import Batch
 from shared.model import StochasticMuZeroNet
 
-COMPONENTS = ("policy", "value", "q", "sigma", "commitment", "reward", "consistency")  # per sample
+COMPONENTS = ("policy", "value", "q", "sigma", "commitment", "reward", "consistency", "hindsight")  # per sample
 
 
 @dataclass(frozen=True)
@@ -88,6 +91,17 @@ def code_diversity_loss(codes: Tensor, mask: Tensor) -> Tensor:
     return 1 - entropy / math.log(C)
 
 
+def hindsight_loss(model: StochasticMuZeroNet, state: Tensor, targets: Tensor, legal: Tensor) -> Tensor:
+    """state [N, H] (s^0), targets [N, A] (hindsight targets), legal [N, A] bool -> [N]:
+    mean over the legal actions a of CE(two-hot target of a, Q(afterstate(s^0, a)))."""
+    N, A = targets.shape
+    actions = torch.arange(A, device=state.device).repeat(N)  # [N*A]: 0..A-1 per position
+    q_logits = model.afterstate_predict(model.afterstate(state.repeat_interleave(A, 0), actions))[1]  # [N*A, bins]
+    ce = soft_cross_entropy(q_logits, model.to_support(targets.flatten())).view(N, A)
+    weights = legal.float()  # at least Hold is legal
+    return (ce * weights).sum(-1) / weights.sum(-1)
+
+
 def stochastic_muzero_loss(model: StochasticMuZeroNet, batch: Batch, config: LearningConfig) -> LossOutput:
     """`batch` holds tensors on the model's device (``Batch.to``)."""
     N, K = batch.actions.shape
@@ -106,6 +120,8 @@ def stochastic_muzero_loss(model: StochasticMuZeroNet, batch: Batch, config: Lea
         policy_logits, value_logits = model.predict(state)  # [N, A], [N, bins]
         if k == 0:
             value0 = model.to_scalar(value_logits.detach())  # [N]
+            if batch.hindsight_targets is not None:
+                parts["hindsight"] += hindsight_loss(model, state, batch.hindsight_targets, batch.legal_masks[:, 0])
         policy_logits = policy_logits.masked_fill(~batch.legal_masks[:, k], -1e9)
         parts["policy"] += scale * masks[:, k] * soft_cross_entropy(policy_logits, batch.target_policies[:, k])
         value_target = model.to_support(batch.target_values[:, k])  # [N, bins]

@@ -11,6 +11,8 @@ Both run the *target network*, a copy of the learner's weights refreshed every
   each (``value_bootstrap="search"``) or the target network's value head ("network").
   Warm-up episodes (no search, no values) and old episodes (values of an old policy)
   get the current network's estimate.
+* :func:`hindsight_targets` completes the root's every-action Q targets the same way
+  (``learning.hindsight_steps``; ``ReplayBuffer.hindsight_paths``).
 * :func:`reanalyse_policies` replaces the policy targets of the first ``fraction`` of
   the batch's positions (the batch is an i.i.d. draw, so its first rows are a random
   subset) by the improved policy of a new batched search from each of their unroll
@@ -111,4 +113,26 @@ def refresh_targets(
     if bootstrap == "search":
         searched += values.numel()
     policies, reanalysed = reanalyse_policies(target, batch, fraction, search, generator)
-    return replace(batch, target_values=values, target_policies=policies), searched + reanalysed
+    batch = replace(batch, target_values=values, target_policies=policies)
+    if batch.hindsight_obs is not None:
+        batch = hindsight_targets(target, batch)
+    return batch, searched + reanalysed
+
+
+@torch.no_grad()
+def hindsight_targets(target: StochasticMuZeroNet, batch: Batch) -> Batch:
+    """The batch with ``hindsight_targets`` [N, A] = sums + gamma^m v(state after the path).
+
+    v is the target network's value head, whatever ``value_bootstrap`` says: a search
+    from each path's end would add ~3 searched roots per position, ~1.5x the searches
+    of a batch. Only paths with a bootstrap (discount > 0: legal, and not cut as a
+    terminal) are evaluated; illegal actions are masked in the loss."""
+    sums, discounts, paths_obs = batch.hindsight_sums, batch.hindsight_discounts, batch.hindsight_obs
+    if sums is None or discounts is None or paths_obs is None:
+        raise ValueError("the batch holds no hindsight paths; sample it with hindsight=True")
+    bootstrapped = discounts > 0  # [N, A]
+    values = torch.zeros_like(sums)
+    obs = paths_obs[bootstrapped]  # [M, W, F]
+    if obs.shape[0]:
+        values[bootstrapped] = target.initial_inference(obs)[2].to(values.dtype)
+    return replace(batch, hindsight_targets=sums + discounts * values)

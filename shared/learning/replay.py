@@ -21,6 +21,11 @@ feature row s, window bar i (0 = oldest) is feature row ``s + j - W + 1 + i`` wi
 position state of episode step ``j - W + 1 + i`` (zeros before the episode began and
 at/after its end) -- exactly what ``VecTradingEnv.observe()`` returned at that step.
 
+With ``learning.hindsight_steps`` a batch also holds, for each sampled position and each
+legal action, the path "that action, then Hold" replayed the same way from the stored
+bars (``hindsight_paths``): the market does not answer the agent's orders, so what
+the other actions would have earned is known.
+
 Sample indices are position serials, so ``update_priorities`` can ignore positions
 evicted since they were sampled.
 """
@@ -68,6 +73,12 @@ class Batch:
     # [N, K+1, W, F] float32: observation at each target's bootstrap step t+k+m (None
     # unless sampled with bootstrap_obs=True).
     bootstrap_obs: Array | None = None
+    # Hindsight targets of the root's every legal action a (``learning.hindsight_steps`` n > 0,
+    # else None): "a, then Hold" for m = min(n, T - t) bars (``ReplayBuffer.hindsight_paths``).
+    hindsight_sums: Array | None = None  # [N, A] float32: discounted rewards of those m bars
+    hindsight_discounts: Array | None = None  # [N, A] float32: gamma^m; 0 for illegal actions
+    hindsight_obs: Array | None = None  # [N, A, W, F] float32: observation after them (zeros if illegal)
+    hindsight_targets: Array | None = None  # [N, A] float32: sums + discounts v(obs), set by the learner
 
     def to(self, device: torch.device | str) -> Batch:
         """The same batch as torch tensors on `device`."""
@@ -210,12 +221,15 @@ class ReplayBuffer:
         return indices % self.config.replay_capacity
 
     # ------------------------------------------------------------------ sample
-    def sample(self, batch_size: int, bootstrap_obs: bool | None = None) -> Batch:
+    def sample(self, batch_size: int, bootstrap_obs: bool | None = None, hindsight: bool | None = None) -> Batch:
         """Draw `batch_size` positions with P(i) ~ priority^alpha (with replacement);
         `bootstrap_obs` adds the observations the value targets bootstrap from (default:
-        unless ``value_bootstrap`` is "stored")."""
+        unless ``value_bootstrap`` is "stored"), `hindsight` the hindsight paths (default:
+        when ``hindsight_steps`` > 0)."""
         if bootstrap_obs is None:
             bootstrap_obs = self.config.value_bootstrap != "stored"
+        if hindsight is None:
+            hindsight = self.config.hindsight_steps > 0
         if len(self) == 0:
             raise ValueError("cannot sample from an empty replay buffer")
         N, K, A = batch_size, self.config.unroll_steps, NUM_ACTIONS
@@ -258,7 +272,50 @@ class ReplayBuffer:
             weights=(weights / weights.max()).astype(np.float32),
             indices=self.serial[rows],
             bootstrap_obs=self._observations(first, length, start, beta) if bootstrap_obs else None,
+            **(self.hindsight_paths(rows) if hindsight else {}),
         )
+
+    def hindsight_paths(self, rows: np.ndarray) -> dict[str, np.ndarray]:
+        """For each position (replay rows [N]) and each legal action a: the path "a at t,
+        then Hold" for m = min(n, T - t) bars, n = ``hindsight_steps``, replayed with the
+        environment's arithmetic from the opening of the trade held at t (so spread, drawdown
+        penalty and position state are the environment's own); its discounted reward sum,
+        gamma^m (0 where ``episode_end`` is "terminal" and the path reaches the cut) and
+        the observation at t + m, the played history before t + 1 and the path's position
+        states after it. Keys: the ``hindsight_*`` fields of :class:`Batch` but targets."""
+        cfg, C, W, A = self.config, self.config.replay_capacity, self.window, NUM_ACTIONS
+        if cfg.hindsight_steps < 1:
+            raise ValueError("hindsight paths need learning.hindsight_steps >= 1")
+        t, length, start = self.step[rows], self.length[rows], self.start[rows]
+        first = self.serial[rows] - t
+        m = np.minimum(cfg.hindsight_steps, length - t)  # [N]
+        beta = t + m  # [N] bootstrap step, <= T
+        obs = np.repeat(self._observations(first, length, start, beta[:, None]), A, axis=1)  # [N, A, W, F]
+        sums, discounts = np.zeros((len(rows), A)), np.zeros((len(rows), A))
+        legal = self.legal[rows]  # [N, A]
+        obs[~legal] = 0
+        for i in range(len(rows)):
+            ti, Ti, mi = int(t[i]), int(length[i]), int(m[i])
+            played = self.actions[(first[i] + np.arange(ti)) % C].astype(np.int64)
+            moves = np.flatnonzero(played != Action.HOLD)
+            holding = self.states[rows[i], 0] != 0
+            opened = int(moves[-1]) if holding else ti  # the step that opened the trade held at t
+            tail = mi - 1 + (ti + mi < Ti)  # Holds after a; one more gives the state at t + m
+            steps = np.arange(beta[i] - W + 1, beta[i] + 1)  # [W] episode step of each window bar
+            after = np.flatnonzero((steps > ti) & (steps < Ti))  # window bars the path's states fill
+            for a in np.flatnonzero(legal[i]):
+                path = np.concatenate([played[opened:ti], [a], np.full(tail, Action.HOLD)])
+                states, rewards = replay_positions(self.market, int(start[i]) + opened, path, W, self.drawdown_penalty)
+                sums[i, a] = rewards[ti - opened : ti - opened + mi] @ cfg.discount ** np.arange(mi)
+                obs[i, a, after, -NUM_POSITION_FEATURES:] = states[steps[after] - opened]
+        cut = (beta >= length) & (cfg.episode_end == "terminal")  # [N]
+        discounts[:] = np.where(cut, 0.0, cfg.discount ** m.astype(np.float64))[:, None]
+        discounts[~legal] = 0.0
+        return {
+            "hindsight_sums": sums.astype(np.float32),
+            "hindsight_discounts": discounts.astype(np.float32),
+            "hindsight_obs": obs,
+        }
 
     def update_priorities(self, indices: np.ndarray, priorities: np.ndarray) -> None:
         """Set new priorities of sampled positions; positions evicted meanwhile are skipped."""
