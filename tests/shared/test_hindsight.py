@@ -33,8 +33,8 @@ def market():
     return random_walk_market(900, seed=4)
 
 
-def as_episode(actions: np.ndarray, start: int, market) -> Episode:
-    states, rewards = position_states(market, start, actions, W, PENALTY)
+def as_episode(actions: np.ndarray, start: int, market, penalty: float = PENALTY) -> Episode:
+    states, rewards = position_states(market, start, actions, W, penalty)
     T = len(actions)
     return Episode(
         run_id="path",
@@ -90,10 +90,8 @@ def test_holding_a_long_earns_the_price_move_and_closing_earns_nothing(market):
     config = LearningConfig(replay_capacity=100, discount=1.0, hindsight_steps=n)
     replay = ReplayBuffer(market, config, W, drawdown_penalty=0.0)
     actions = np.array([Action.BUY, Action.HOLD, Action.HOLD, Action.HOLD, Action.HOLD, Action.HOLD, Action.CLOSE])
-    states, rewards = position_states(market, start, actions, W, 0.0)
-    episode = replace(as_episode(actions, start, market), rewards=rewards.astype(np.float32))
-    serials = replay.insert(episode)
-    paths = replay.hindsight_paths(np.array([serials[2]]))
+    serials = replay.insert(as_episode(actions, start, market, penalty=0.0))
+    paths = replay.hindsight_paths(serials[2:3] % config.replay_capacity)  # the replay row of step 2
     move = (market.close[start + 5] - market.close[start + 2]) / market.pip
     assert paths["hindsight_sums"][0, Action.HOLD] == pytest.approx(move, abs=1e-4)
     assert paths["hindsight_sums"][0, Action.CLOSE] == 0.0
