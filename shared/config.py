@@ -166,8 +166,9 @@ class SearchConfig(BaseModel):
 #   slow edge enters each target whole instead of being rebuilt bootstrap by bootstrap
 #   behind the played (exploring) exits. Off by default: n = 10 learns the mean-reverting
 #   series (validation, 2 seeds: ~950 pips against ~100; the range rule 1,327) but costs
-#   600-900 pips on sine, whose drift turns every 24 bars; n = 5 is the lead for a default
-#   (docs/RESULTS.md §0, "Hindsight targets").
+#   600-900 pips on sine, whose drift turns every 24 bars, and trades noise on the random
+#   walk (~300 trades paying the spread); n = 5 is the lead for a default, to be checked on
+#   every series (docs/RESULTS.md §0, "Hindsight targets").
 # * ``state_gradient_scale=0.5``: MuZero's ``scale_gradient(state, 0.5)`` after each
 #   recurrent step, so the gradient reaching the representation from deep unroll steps
 #   stays bounded; every prediction made by the recurrent functions is weighted 1/unroll.
