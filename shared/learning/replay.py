@@ -291,7 +291,7 @@ class ReplayBuffer:
         m = np.minimum(cfg.hindsight_steps, length - t)  # [N]
         beta = t + m  # [N] bootstrap step, <= T
         obs = np.repeat(self._observations(first, length, start, beta[:, None]), A, axis=1)  # [N, A, W, F]
-        sums, discounts = np.zeros((len(rows), A)), np.zeros((len(rows), A))
+        sums = np.zeros((len(rows), A))
         legal = self.legal[rows]  # [N, A]
         obs[~legal] = 0
         for i in range(len(rows)):
@@ -309,8 +309,7 @@ class ReplayBuffer:
                 sums[i, a] = rewards[ti - opened : ti - opened + mi] @ cfg.discount ** np.arange(mi)
                 obs[i, a, after, -NUM_POSITION_FEATURES:] = states[steps[after] - opened]
         cut = (beta >= length) & (cfg.episode_end == "terminal")  # [N]
-        discounts[:] = np.where(cut, 0.0, cfg.discount ** m.astype(np.float64))[:, None]
-        discounts[~legal] = 0.0
+        discounts = np.where(cut, 0.0, cfg.discount ** m.astype(np.float64))[:, None] * legal  # [N, A]
         return {
             "hindsight_sums": sums.astype(np.float32),
             "hindsight_discounts": discounts.astype(np.float32),
