@@ -294,20 +294,29 @@ class ReplayBuffer:
         sums = np.zeros((len(rows), A))
         legal = self.legal[rows]  # [N, A]
         obs[~legal] = 0
+        # Every legal (position, action) pair's path, replayed together: the trade held
+        # at t from its opening step, then a, then Holds.
+        pairs, paths, starts = [], [], []
         for i in range(len(rows)):
-            ti, Ti, mi = int(t[i]), int(length[i]), int(m[i])
+            ti, mi = int(t[i]), int(m[i])
             played = self.actions[(first[i] + np.arange(ti)) % C].astype(np.int64)
-            moves = np.flatnonzero(played != Action.HOLD)
-            holding = self.states[rows[i], 0] != 0
-            opened = int(moves[-1]) if holding else ti  # the step that opened the trade held at t
-            tail = mi - 1 + (ti + mi < Ti)  # Holds after a; one more gives the state at t + m
+            opened = int(np.flatnonzero(played != Action.HOLD)[-1]) if self.states[rows[i], 0] != 0 else ti
+            tail = mi - 1 + (ti + mi < int(length[i]))  # Holds after a; one more gives the state at t + m
+            for a in np.flatnonzero(legal[i]):
+                pairs.append((i, a, opened))
+                paths.append(np.concatenate([played[opened:ti], [a], np.full(tail, Action.HOLD)]))
+                starts.append(int(start[i]) + opened)
+        lengths = np.array([len(p) for p in paths])
+        states, rewards = replay_paths(
+            self.market, np.array(starts), np.concatenate(paths), lengths, W, self.drawdown_penalty
+        )
+        for (i, a, opened), offset in zip(pairs, np.cumsum(lengths) - lengths, strict=True):
+            ti, Ti, mi = int(t[i]), int(length[i]), int(m[i])
+            decision = offset + ti - opened  # a's row in the replay
+            sums[i, a] = rewards[decision : decision + mi] @ cfg.discount ** np.arange(mi)
             steps = np.arange(beta[i] - W + 1, beta[i] + 1)  # [W] episode step of each window bar
             after = np.flatnonzero((steps > ti) & (steps < Ti))  # window bars the path's states fill
-            for a in np.flatnonzero(legal[i]):
-                path = np.concatenate([played[opened:ti], [a], np.full(tail, Action.HOLD)])
-                states, rewards = replay_positions(self.market, int(start[i]) + opened, path, W, self.drawdown_penalty)
-                sums[i, a] = rewards[ti - opened : ti - opened + mi] @ cfg.discount ** np.arange(mi)
-                obs[i, a, after, -NUM_POSITION_FEATURES:] = states[steps[after] - opened]
+            obs[i, a, after, -NUM_POSITION_FEATURES:] = states[offset + steps[after] - opened]
         cut = (beta >= length) & (cfg.episode_end == "terminal")  # [N]
         discounts = np.where(cut, 0.0, cfg.discount ** m.astype(np.float64))[:, None] * legal  # [N, A]
         return {
@@ -330,47 +339,71 @@ class ReplayBuffer:
 
 
 # ---------------------------------------------------------------------- vectorised replay
-_SIDE_SET_BY = np.array([0, 1, -1, 0], np.int8)  # side after a legal Buy / Sell / Close (Hold: unused)
+_SIDE_SET_BY = np.array([0, 1, -1, 0], np.int8)  # side after a legal Buy / Sell / Close, or a path's first Hold
 
 
 def replay_positions(
     market: MarketData, start_bar: int, actions: np.ndarray, window: int, drawdown_penalty: float
 ) -> tuple[np.ndarray, np.ndarray]:
     """Replay `actions` from feature row `start_bar`: the position state before each
-    decision ([T, 6] float32) and the rewards ([T] float64).
+    decision ([T, 6] float32) and the rewards ([T] float64). One path of :func:`replay_paths`."""
+    return replay_paths(market, np.array([start_bar]), actions, np.array([len(actions)]), window, drawdown_penalty)
 
-    The same numbers, bit for bit, as stepping a one-env ``VecTradingEnv`` (see
-    ``shared.episode.position_states``), computed over all steps at once: the side is
-    set by the last non-Hold action; within a trade the running peak, maximum drawdown
-    and accumulated drawdown are running max / sum, taken per trade on a padded grid so
-    the float operations happen in the environment's order. Raises ValueError where
-    the environment would (bad rows, an action outside 0..3 or an illegal one).
+
+def replay_paths(
+    market: MarketData,
+    start_bars: np.ndarray,
+    actions: np.ndarray,
+    lengths: np.ndarray,
+    window: int,
+    drawdown_penalty: float,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Replay P independent paths, each from flat at its own feature row: start_bars [P],
+    actions [L] (the paths one after another), lengths [P] (summing to L). Returns the
+    position state before each decision ([L, 6] float32) and the rewards ([L] float64).
+
+    The same numbers, bit for bit, as stepping a one-env ``VecTradingEnv`` through each
+    path (see ``shared.episode.position_states``), computed over all steps at once: the
+    side is set by the path's last non-Hold action; within a trade the running peak,
+    maximum drawdown and accumulated drawdown are running max / sum, taken per trade on a
+    padded grid so the float operations happen in the environment's order. Raises
+    ValueError where the environment would (bad rows, an action outside 0..3 or an
+    illegal one).
     """
     close = np.asarray(market.close, dtype=np.float64)
-    a = np.asarray(actions)
-    T, spread, pip = len(a), float(market.spread_pips), float(market.pip)
-    if start_bar < window - 1 or start_bar + T > len(close) - 1:
+    a, starts, lengths = np.asarray(actions), np.asarray(start_bars, np.int64), np.asarray(lengths, np.int64)
+    L, spread, pip = len(a), float(market.spread_pips), float(market.pip)
+    if starts.shape != lengths.shape or lengths.sum() != L or (lengths < 0).any():
+        raise ValueError(f"{len(starts)} start bars and lengths summing to {lengths.sum()} for {L} actions")
+    outside = np.flatnonzero((starts < window - 1) | (starts + lengths > len(close) - 1))
+    if outside.size:
+        p = int(outside[0])
         raise ValueError(
             f"episodes must start at row >= {window - 1} and end by row {len(close) - 1}; "
-            f"got start {start_bar} with length {T}"
+            f"got start {starts[p]} with length {lengths[p]}"
         )
     if not np.issubdtype(a.dtype, np.integer) or (a < 0).any() or (a > 3).any():
         raise ValueError(f"actions must be integers in 0..3, got {a}")
     a = a.astype(np.int64)
-    steps = np.arange(T)
-    last_move = np.maximum.accumulate(np.where(a != Action.HOLD, steps, -1))  # [T], -1 = none yet
-    side = np.where(last_move >= 0, _SIDE_SET_BY[a[np.maximum(last_move, 0)]], 0).astype(np.int8)  # after
-    before = np.concatenate([np.zeros(1, np.int8), side[:-1]])
+    steps = np.arange(L)
+    path = np.repeat(np.arange(len(starts)), lengths)  # [L] path of each step
+    within = steps - (np.cumsum(lengths) - lengths)[path]  # [L] step within its path
+    first = within == 0  # each path starts flat
+    last_move = np.maximum.accumulate(np.where((a != Action.HOLD) | first, steps, -1))  # [L], >= its path's start
+    side = _SIDE_SET_BY[a[last_move]]  # after each step; a path's opening Hold sets flat
+    before = np.zeros(L, np.int8)
+    before[1:] = side[:-1]
+    before[first] = 0
     illegal = ~LEGAL_BY_SIDE[before + 1, a]
     if illegal.any():
         k = int(np.flatnonzero(illegal)[0])
-        raise ValueError(f"illegal action {Action(int(a[k])).name} at step {k} holding side {int(before[k])}")
+        raise ValueError(f"illegal action {Action(int(a[k])).name} at step {within[k]} holding side {int(before[k])}")
 
-    row = start_bar + steps
+    row = starts[path] + within
     price, next_price = close[row], close[row + 1]
     opening = (side != 0) & (side != before)
-    fresh = opening | ((before != 0) & (side != before))  # a new trade or none: statistics restart
-    opened_at = np.maximum.accumulate(np.where(opening, steps, 0))  # meaningful only while holding
+    fresh = opening | ((before != 0) & (side != before)) | first  # a new trade, none, or a new path
+    opened_at = np.maximum.accumulate(np.where(opening | first, steps, 0))  # meaningful only while holding
     entry_price, entry_row = price[opened_at], row[opened_at]
     holding = side != 0
     # Same expressions, in the same order, as VecTradingEnv.step.
@@ -386,15 +419,16 @@ def replay_positions(
     max_drawdown = seg.accumulate(np.maximum, np.zeros(seg.count), drawdown)
     rewards = pnl - drawdown_penalty * increase
 
-    # State before decision k+1 = after step k; before decision 0 the agent is flat.
-    states = np.zeros((T, NUM_POSITION_FEATURES), np.float32)
-    after = slice(0, T - 1)  # the state after the last step (force-closed, flat) has no row
+    # State before decision k+1 = after step k; before a path's first decision it is flat.
+    states = np.zeros((L, NUM_POSITION_FEATURES), np.float32)
+    after = slice(0, L - 1)  # the state after a path's last step (force-closed, flat) has no row
     states[1:, 0] = side[after]
     states[1:, 1] = np.tanh(unrealised[after] / POSITION_SCALE)
-    states[1:, 2] = np.tanh((start_bar + steps[after] + 1 - entry_row[after]) / POSITION_SCALE) * holding[after]
+    states[1:, 2] = np.tanh((row[after] + 1 - entry_row[after]) / POSITION_SCALE) * holding[after]
     states[1:, 3] = np.tanh(-drawdown[after] / POSITION_SCALE)
     states[1:, 4] = np.tanh(-max_drawdown[after] / POSITION_SCALE)
     states[1:, 5] = np.tanh(accumulated[after] / POSITION_SCALE)
+    states[first] = 0
     return states, rewards
 
 

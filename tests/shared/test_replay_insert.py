@@ -15,7 +15,7 @@ import pytest
 from shared.actions import legal_mask, side_after
 from shared.config import LearningConfig
 from shared.episode import Episode, position_states
-from shared.learning.replay import REWARD_ATOL, ReplayBuffer, replay_positions
+from shared.learning.replay import REWARD_ATOL, ReplayBuffer, replay_paths, replay_positions
 from shared.learning.targets import n_step_returns, n_step_targets
 from tests.helpers import random_walk_market
 
@@ -153,6 +153,29 @@ def test_replay_positions_equal_the_environment_bit_for_bit(market):
         assert np.array_equal(fast_rewards.view(np.uint64), rewards.view(np.uint64)), e.run_id
         assert np.array_equal(fast_states.view(np.uint32), states[:T].view(np.uint32)), e.run_id  # -0.0 too
         assert not states[T].any()  # why the vectorised replay stores no row after the end
+
+
+def test_paths_replayed_together_equal_each_path_alone(market):
+    # Hindsight replays many paths in one call; each starts flat, so none may carry a
+    # trade, a drawdown or a side into the next (episodes of 1 step and held trades too).
+    episodes = random_episodes(market, 40, seed=3)
+    lengths = np.array([len(e) for e in episodes])
+    states, rewards = replay_paths(
+        market,
+        np.array([e.start_bar for e in episodes]),
+        np.concatenate([e.actions for e in episodes]),
+        lengths,
+        W,
+        PENALTY,
+    )
+    for e, offset in zip(episodes, np.cumsum(lengths) - lengths, strict=True):
+        alone_states, alone_rewards = replay_positions(market, e.start_bar, e.actions, W, PENALTY)
+        here = slice(offset, offset + len(e))
+        assert np.array_equal(rewards[here].view(np.uint64), alone_rewards.view(np.uint64)), e.run_id
+        assert np.array_equal(states[here].view(np.uint32), alone_states.view(np.uint32)), e.run_id
+    # An action illegal only because of the path before it is named with its path's step.
+    with pytest.raises(ValueError, match="illegal action CLOSE at step 0 holding side 0"):
+        replay_paths(market, np.array([100, 200]), np.array([1, 0, 3]), np.array([2, 1]), W, PENALTY)
 
 
 @pytest.mark.parametrize("initial_priority", ["td", "max"])
