@@ -139,7 +139,7 @@ def test_the_hindsight_loss_is_the_mean_over_legal_actions_of_the_q_cross_entrop
 
 
 def test_without_hindsight_steps_the_batch_holds_no_hindsight_fields(market):
-    replay = ReplayBuffer(market, LearningConfig(replay_capacity=400), W, PENALTY, seed=3)
+    replay = ReplayBuffer(market, LearningConfig(replay_capacity=400, hindsight_steps=0), W, PENALTY, seed=3)
     for episode in random_episodes(market, 4, seed=5):
         replay.insert(episode)
     batch = replay.sample(8)
