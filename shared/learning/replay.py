@@ -110,6 +110,7 @@ class ReplayBuffer:
         self.step = np.zeros(C, np.int64)  # t within the episode
         self.length = np.zeros(C, np.int64)  # T of the episode
         self.start = np.zeros(C, np.int64)  # feature row of the episode's first decision
+        self.opened = np.zeros(C, np.int64)  # step that opened the trade held before decision t; t when flat
         self.priorities = np.zeros(C, np.float64)  # 0 = empty row
         self._p_alpha = np.zeros(C, np.float64)  # priorities ** alpha
         self._episodes: deque[tuple[int, int]] = deque()  # (first serial, length), oldest first
@@ -156,6 +157,8 @@ class ReplayBuffer:
         legal = legal_mask(states[:, 0].astype(np.int64))  # [T, A]
         if not np.array_equal(legal, episode.legal_masks):
             raise ValueError(f"{name}: legal masks disagree with the replayed positions")
+        moved = np.maximum.accumulate(np.where(episode.actions != Action.HOLD, np.arange(T), -1))  # [T]
+        opened = np.where(states[:, 0] != 0, np.concatenate([[0], moved[:-1]]), np.arange(T))  # [T]
 
         policy = np.where(legal, episode.policy_targets, 0.0)  # no target mass on illegal actions
         total = policy.sum(-1, keepdims=True)
@@ -187,6 +190,7 @@ class ReplayBuffer:
         self.step[rows] = np.arange(T)
         self.length[rows] = T
         self.start[rows] = episode.start_bar
+        self.opened[rows] = opened
         self.priorities[rows] = priority
         self._p_alpha[rows] = priority**cfg.priority_alpha
         self.max_priority = max(self.max_priority, float(priority.max()))
@@ -291,32 +295,29 @@ class ReplayBuffer:
         m = np.minimum(cfg.hindsight_steps, length - t)  # [N]
         beta = t + m  # [N] bootstrap step, <= T
         obs = np.repeat(self._observations(first, length, start, beta[:, None]), A, axis=1)  # [N, A, W, F]
-        sums = np.zeros((len(rows), A))
         legal = self.legal[rows]  # [N, A]
         obs[~legal] = 0
-        # Every legal (position, action) pair's path, replayed together: the trade held
-        # at t from its opening step, then a, then Holds.
-        pairs, paths, starts = [], [], []
-        for i in range(len(rows)):
-            ti, mi = int(t[i]), int(m[i])
-            played = self.actions[(first[i] + np.arange(ti)) % C].astype(np.int64)
-            opened = int(np.flatnonzero(played != Action.HOLD)[-1]) if self.states[rows[i], 0] != 0 else ti
-            tail = mi - 1 + (ti + mi < int(length[i]))  # Holds after a; one more gives the state at t + m
-            for a in np.flatnonzero(legal[i]):
-                pairs.append((i, a, opened))
-                paths.append(np.concatenate([played[opened:ti], [a], np.full(tail, Action.HOLD)]))
-                starts.append(int(start[i]) + opened)
-        lengths = np.array([len(p) for p in paths])
-        states, rewards = replay_paths(
-            self.market, np.array(starts), np.concatenate(paths), lengths, W, self.drawdown_penalty
-        )
-        for (i, a, opened), offset in zip(pairs, np.cumsum(lengths) - lengths, strict=True):
-            ti, Ti, mi = int(t[i]), int(length[i]), int(m[i])
-            decision = offset + ti - opened  # a's row in the replay
-            sums[i, a] = rewards[decision : decision + mi] @ cfg.discount ** np.arange(mi)
-            steps = np.arange(beta[i] - W + 1, beta[i] + 1)  # [W] episode step of each window bar
-            after = np.flatnonzero((steps > ti) & (steps < Ti))  # window bars the path's states fill
-            obs[i, a, after, -NUM_POSITION_FEATURES:] = states[offset + steps[after] - opened]
+        # One path per legal (position, action) pair, all replayed in one call: the trade
+        # held at t from the step that opened it, then a, then Holds.
+        i, a = np.nonzero(legal)  # [P] each
+        opened = self.opened[rows[i]]  # [P] episode step
+        held = t[i] - opened  # [P] played steps before a
+        lengths = held + m[i] + (beta[i] < length[i])  # a, m - 1 Holds, one more gives the state at t + m
+        offsets = np.cumsum(lengths) - lengths  # [P] first row of each path
+        path = np.repeat(np.arange(len(i)), lengths)  # [L]
+        j = np.arange(len(path)) - offsets[path]  # [L] step within its path
+        actions = np.full(len(path), Action.HOLD, np.int64)
+        played = j < held[path]
+        actions[played] = self.actions[((first[i] + opened)[path] + j)[played] % C]
+        actions[offsets + held] = a
+        states, rewards = replay_paths(self.market, start[i] + opened, actions, lengths, W, self.drawdown_penalty)
+        sums = np.zeros((len(rows), A))
+        gamma_k = cfg.discount ** np.arange(cfg.hindsight_steps)
+        for k, decision in enumerate(offsets + held):  # a dot per path: the float sums of one path alone
+            sums[i[k], a[k]] = rewards[decision : decision + m[i[k]]] @ gamma_k[: m[i[k]]]
+        steps = beta[i, None] + np.arange(1 - W, 1)  # [P, W] episode step of each window bar
+        p, w = np.nonzero((steps > t[i, None]) & (steps < length[i, None]))  # window bars the path's states fill
+        obs[i[p], a[p], w, -NUM_POSITION_FEATURES:] = states[offsets[p] + steps[p, w] - opened[p]]
         cut = (beta >= length) & (cfg.episode_end == "terminal")  # [N]
         discounts = np.where(cut, 0.0, cfg.discount ** m.astype(np.float64))[:, None] * legal  # [N, A]
         return {

@@ -12,7 +12,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from shared.actions import legal_mask, side_after
+from shared.actions import Action, legal_mask, side_after
 from shared.config import LearningConfig
 from shared.episode import Episode, position_states
 from shared.learning.replay import REWARD_ATOL, ReplayBuffer, replay_paths, replay_positions
@@ -33,6 +33,7 @@ BUFFER_ARRAYS = (
     "step",
     "length",
     "start",
+    "opened",
     "priorities",
     "_p_alpha",
 )
@@ -91,6 +92,9 @@ def reference_insert(self: ReplayBuffer, episode: Episode) -> np.ndarray:
     self.step[rows] = np.arange(T)
     self.length[rows] = T
     self.start[rows] = episode.start_bar
+    for t, row in enumerate(rows):  # the step whose action opened the trade held before t
+        holding = states[t, 0] != 0
+        self.opened[row] = max(k for k in range(t) if episode.actions[k] != Action.HOLD) if holding else t
     self.priorities[rows] = priority
     self._p_alpha[rows] = priority**cfg.priority_alpha
     self.max_priority = max(self.max_priority, float(priority.max()))
