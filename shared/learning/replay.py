@@ -23,8 +23,9 @@ at/after its end) -- exactly what ``VecTradingEnv.observe()`` returned at that s
 
 With ``learning.hindsight_steps`` a batch also holds, for each sampled position and each
 legal action, the path "that action, then Hold" replayed the same way from the stored
-bars (``hindsight_paths``): the market does not answer the agent's orders, so what
-the other actions would have earned is known.
+bars (``hindsight_paths``, all of a batch's paths in one :func:`replay_paths` call): the
+market does not answer the agent's orders, so what the other actions would have earned
+is known.
 
 Sample indices are position serials, so ``update_priorities`` can ignore positions
 evicted since they were sampled.
