@@ -171,7 +171,7 @@ class SearchConfig(BaseModel):
 #   0.25, like Q's own target, not 1: at 1 the Q memorises the train split's noise (on the
 #   random walk Q(Buy) - Q(Sell) correlated +0.21 with the coming move on train, +0.02 on
 #   validation) and trades it (146-211 trades paying the spread against ~20 off); at 0.25
-#   ~75 trades, -75 pips at 23 k against -123 off (docs/RESULTS.md §0, "Round 4").
+#   80 trades, -75 pips at 23 k against -123 off (docs/RESULTS.md §0, "Round 4").
 # * ``state_gradient_scale=0.5``: MuZero's ``scale_gradient(state, 0.5)`` after each
 #   recurrent step, so the gradient reaching the representation from deep unroll steps
 #   stays bounded; every prediction made by the recurrent functions is weighted 1/unroll.

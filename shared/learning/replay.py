@@ -303,7 +303,7 @@ class ReplayBuffer:
         i, a = np.nonzero(legal)  # [P] each
         opened = self.opened[rows[i]]  # [P] episode step
         held = t[i] - opened  # [P] played steps before a
-        lengths = held + m[i] + (beta[i] < length[i])  # a, m - 1 Holds, one more gives the state at t + m
+        lengths = held + m[i] + (beta[i] < length[i])  # held steps, a, m - 1 Holds, one more for the state at t + m
         offsets = np.cumsum(lengths) - lengths  # [P] first row of each path
         path = np.repeat(np.arange(len(i)), lengths)  # [L]
         j = np.arange(len(path)) - offsets[path]  # [L] step within its path
@@ -314,7 +314,9 @@ class ReplayBuffer:
         states, rewards = replay_paths(self.market, start[i] + opened, actions, lengths, W, self.drawdown_penalty)
         sums = np.zeros((len(rows), A))
         gamma_k = cfg.discount ** np.arange(cfg.hindsight_steps)
-        for k, decision in enumerate(offsets + held):  # a dot per path: the float sums of one path alone
+        # A dot per path (~3 per position, a few microseconds each) rather than one masked
+        # sum: the float sums stay bit for bit those of the path replayed alone.
+        for k, decision in enumerate(offsets + held):
             sums[i[k], a[k]] = rewards[decision : decision + m[i[k]]] @ gamma_k[: m[i[k]]]
         steps = beta[i, None] + np.arange(1 - W, 1)  # [P, W] episode step of each window bar
         p, w = np.nonzero((steps > t[i, None]) & (steps < length[i, None]))  # window bars the path's states fill
@@ -375,8 +377,8 @@ def replay_paths(
     close = np.asarray(market.close, dtype=np.float64)
     a, starts, lengths = np.asarray(actions), np.asarray(start_bars, np.int64), np.asarray(lengths, np.int64)
     L, spread, pip = len(a), float(market.spread_pips), float(market.pip)
-    if starts.shape != lengths.shape or lengths.sum() != L or (lengths < 0).any():
-        raise ValueError(f"{len(starts)} start bars and lengths summing to {lengths.sum()} for {L} actions")
+    if starts.shape != lengths.shape or lengths.sum() != L or (lengths < 0).any() or L == 0:
+        raise ValueError(f"{len(starts)} start bars and lengths summing to {lengths.sum()} for {L} actions (need > 0)")
     outside = np.flatnonzero((starts < window - 1) | (starts + lengths > len(close) - 1))
     if outside.size:
         p = int(outside[0])
@@ -447,7 +449,8 @@ class _Segments:
         self.count = len(self.starts)
         self.id = np.cumsum(begins) - 1  # [T] run of each step
         self.pos = np.arange(T) - self.starts[self.id]  # [T] step within its run
-        # S x (longest run + 1) cells: at most ~T^2/4, i.e. ~32 k for 360-step episodes.
+        # S x (longest run + 1) cells: for one 360-step episode at most ~T^2/4 = ~32 k; for
+        # a batch's hindsight paths, ~3 N paths of at most one trade's length each.
         self.width = int(self.pos.max()) + 2
 
     def accumulate(self, ufunc: np.ufunc, initial: np.ndarray, values: np.ndarray) -> np.ndarray:
