@@ -54,12 +54,9 @@ def backtest(
     (True, or a label for the bar); off by default so library callers stay silent.
     """
     starts, lengths = chunk_episodes(split, window, chunks)
-    env = VecTradingEnv(
-        market.features,
-        market.close,
+    env = VecTradingEnv.for_market(
+        market,
         num_envs=len(starts),
-        pip=market.pip,
-        spread_pips=market.spread_pips,
         window=window,
         episode_length=int(lengths.max()),
         drawdown_penalty=drawdown_penalty,

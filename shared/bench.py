@@ -25,12 +25,9 @@ def _market(config: Config, symbol: str | None) -> MarketData:
 
 
 def _env(market: MarketData, config: Config, num_envs: int) -> VecTradingEnv:
-    return VecTradingEnv(
-        market.features,
-        market.close,
+    return VecTradingEnv.for_market(
+        market,
         num_envs=num_envs,
-        pip=market.pip,
-        spread_pips=market.spread_pips,
         window=config.env.window,
         episode_length=config.env.episode_length,
         drawdown_penalty=config.env.drawdown_penalty,

@@ -55,12 +55,9 @@ def position_states(
 
     Raises ValueError if an action is illegal where it was taken.
     """
-    env = VecTradingEnv(
-        market.features,
-        market.close,
+    env = VecTradingEnv.for_market(
+        market,
         num_envs=1,
-        pip=market.pip,
-        spread_pips=market.spread_pips,
         window=window,
         episode_length=len(actions),
         drawdown_penalty=drawdown_penalty,

@@ -109,12 +109,9 @@ class SelfPlay:
     ) -> None:
         self.market, self.split, self.discount = market, split, discount
         self.run_id = run_id or uuid.uuid4().hex[:12]
-        self.env = VecTradingEnv(
-            market.features,
-            market.close,
+        self.env = VecTradingEnv.for_market(
+            market,
             num_envs=num_envs,
-            pip=market.pip,
-            spread_pips=market.spread_pips,
             window=window,
             episode_length=episode_length,
             drawdown_penalty=drawdown_penalty,

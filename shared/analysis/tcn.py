@@ -97,12 +97,9 @@ def observations_at(market: MarketData, rows: np.ndarray, window: int, played: S
     actions `played` on the bars just before (none: the position state is flat, the
     first observation of an episode starting at each row)."""
     starts = np.asarray(rows, dtype=np.int64) - len(played)
-    env = VecTradingEnv(
-        market.features,
-        market.close,
+    env = VecTradingEnv.for_market(
+        market,
         num_envs=len(starts),
-        pip=market.pip,
-        spread_pips=market.spread_pips,
         window=window,
         episode_length=len(played) + 1,
     )

@@ -31,12 +31,9 @@ class TradingEnv(gym.Env):
         drawdown_penalty: float = 0.01,
     ) -> None:
         self.market, self.split = market, split
-        self._env = VecTradingEnv(
-            market.features,
-            market.close,
+        self._env = VecTradingEnv.for_market(
+            market,
             num_envs=1,
-            pip=market.pip,
-            spread_pips=market.spread_pips,
             window=window,
             episode_length=episode_length,
             drawdown_penalty=drawdown_penalty,

@@ -28,10 +28,14 @@ actions and earns 0 until every episode is done.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from shared.actions import LEGAL_BY_SIDE, SIDE_AFTER, Action
+
+if TYPE_CHECKING:  # a type only: the market module does not need the env at import
+    from shared.market import MarketData
 
 NUM_POSITION_FEATURES = 6
 POSITION_SCALE = 100.0  # pips (or bars) at which the position features saturate via tanh
@@ -94,7 +98,32 @@ class VecTradingEnv:
         self.start = np.zeros(num_envs, dtype=np.int64)
         self.length = np.zeros(num_envs, dtype=np.int64)
 
+    @classmethod
+    def for_market(
+        cls,
+        market: MarketData,
+        *,
+        num_envs: int,
+        window: int = 64,
+        episode_length: int = 360,
+        drawdown_penalty: float = 0.01,
+        strict: bool = True,
+    ) -> VecTradingEnv:
+        """Episodes over `market`'s features and closes, at its pip size and spread."""
+        return cls(
+            market.features,
+            market.close,
+            num_envs=num_envs,
+            pip=market.pip,
+            spread_pips=market.spread_pips,
+            window=window,
+            episode_length=episode_length,
+            drawdown_penalty=drawdown_penalty,
+            strict=strict,
+        )
+
     # ------------------------------------------------------------------ reset
+
     def reset(
         self,
         *,
