@@ -119,12 +119,9 @@ def test_time_features_off_zeroes_columns_5_to_8_only():
     # The observations the agent sees: same shape, time columns constant 0, the rest unchanged.
     obs = {}
     for name, market in (("on", market_on), ("off", market_off)):
-        env = VecTradingEnv(
-            market.features,
-            market.close,
+        env = VecTradingEnv.for_market(
+            market,
             num_envs=3,
-            pip=market.pip,
-            spread_pips=market.spread_pips,
             window=64,
             episode_length=10,
         )
@@ -155,12 +152,9 @@ def test_deterministic_variant_has_one_chance_code_and_searches():
     assert det.model.chance_codes == det.search.num_chance_codes == 1
     assert sto.model.chance_codes == sto.search.num_chance_codes == 16
     market = market_from_bars("SYNTH", BARS, det)
-    env = VecTradingEnv(
-        market.features,
-        market.close,
+    env = VecTradingEnv.for_market(
+        market,
         num_envs=4,
-        pip=market.pip,
-        spread_pips=market.spread_pips,
         window=64,
         episode_length=5,
     )

@@ -67,12 +67,9 @@ def play(market: MarketData, starts, length: int, seed: int = 0):
     [B, length + 1, W, 15] (index k = before decision k; k = length after the end)."""
     rng = np.random.default_rng(seed)
     B = len(starts)
-    env = VecTradingEnv(
-        market.features,
-        market.close,
+    env = VecTradingEnv.for_market(
+        market,
         num_envs=B,
-        pip=market.pip,
-        spread_pips=market.spread_pips,
         window=W,
         episode_length=length,
         drawdown_penalty=PENALTY,

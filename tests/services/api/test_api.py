@@ -234,12 +234,9 @@ def test_position_columns_match_the_environment():
     market = market_from_bars("EURUSD", bars, config)  # row i = bar 119 + i
     newest = len(market) - 2  # bar 399, the newest of bars[:400]
     for side, held in ((1, 10), (-1, 100), (0, 0)):
-        env = VecTradingEnv(
-            market.features,
-            market.close,
+        env = VecTradingEnv.for_market(
+            market,
             num_envs=1,
-            pip=market.pip,
-            spread_pips=market.spread_pips,
             episode_length=held + 1,
         )
         env.reset(starts=np.array([newest - held]), lengths=np.array([held + 1]))
