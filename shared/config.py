@@ -144,6 +144,16 @@ class SearchConfig(BaseModel):
 #   before it is evicted, i.e. 8 x 360 / 64 = 45 learner steps per 360-bar episode.
 #   The replay ratio is the main knob of sample efficiency: PPO makes ~10 passes
 #   over its data (the small preset uses 16).
+# * ``lr_decay_steps=0``: a constant learning rate by default, because the trainer service
+#   has no end to decay towards. A run with a known budget may let it fall along half a
+#   cosine to lr x ``lr_final_fraction`` at its last learner step (about env steps x
+#   samples_per_insert / batch_size: 8,640 for 34,560 env steps of the small preset). On
+#   validation (--small, seeds 0 and 1, 11.5 k / 23 k / 34.5 k env steps), sine made
+#   5,173 / 5,218 / 5,259 and 5,179 / 5,095 / 5,113 pips against 4,903 / 5,091 / 4,859
+#   and 5,219 / 5,257 / 5,254 constant (the late dip gone), and intraday, whose plateau
+#   it was meant to lift, 695 / 794 / 903 and 881 / 1,062 / 1,111 against 740 / 908 / 977
+#   and 776 / 928 / 1,064: no change beyond the seed spread. On sine's test split (5 seeds)
+#   it moved the means by +46 / -19 / +49, inside the intervals (docs/RESULTS.md §0, "Round 5").
 # * Loss weights: value and Q at 0.25 (MuZero Reanalyse's value weight, which curbs
 #   overfitting of the n-step targets), Q counted like the value at every unroll step
 #   (it drives the search at first visits), commitment 0.25 (VQ-VAE's beta), others 1.
@@ -211,6 +221,10 @@ class LearningConfig(BaseModel):
     # Optimisation.
     batch_size: int = Field(64, ge=1)
     lr: float = Field(2e-4, gt=0)
+    lr_decay_steps: int = Field(
+        0, ge=0, description="learner steps over which lr falls (half cosine) to lr x lr_final_fraction; 0 = constant"
+    )
+    lr_final_fraction: float = Field(0.1, ge=0, le=1, description="lr after lr_decay_steps, as a fraction of lr")
     weight_decay: float = Field(1e-5, ge=0, description="Adam's L2 penalty")
     grad_clip: float = Field(10.0, gt=0, description="max global gradient norm")
     state_gradient_scale: float = Field(0.5, ge=0, le=1)

@@ -36,6 +36,7 @@ EPISODES_CONSUMED = Counter("microzero_episodes_consumed_total", "Episodes inser
 EPISODES_REJECTED = Counter("microzero_episodes_rejected_total", "Stream entries refused (undecodable or inconsistent)")
 LEARNER_STEPS = Counter("microzero_learner_steps_total", "Learner updates")
 LOSS = Gauge("microzero_loss", "Latest value of each loss component", ["component"])
+LEARNING_RATE = Gauge("microzero_learning_rate", "Adam's step size at the latest learner step")
 REPLAY_POSITIONS = Gauge("microzero_replay_buffer_positions", "Positions in the replay buffer")
 STREAM_LAG = Gauge("microzero_stream_lag_entries", "Stream entries not yet delivered to the trainer group")
 CHECKPOINTS_SAVED = Counter("microzero_checkpoints_saved_total", "Checkpoints written")

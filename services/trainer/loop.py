@@ -60,6 +60,7 @@ from shared.model.networks import StochasticMuZeroNet
 from shared.observability import (
     CHECKPOINTS_SAVED,
     LEARNER_STEPS,
+    LEARNING_RATE,
     LOSS,
     REPLAY_POSITIONS,
     STREAM_LAG,
@@ -329,6 +330,7 @@ class Trainer:
             self.stats.last_metrics = metrics
             LEARNER_STEPS.inc()
             LOSS.labels("total").set(metrics["loss"])
+            LEARNING_RATE.set(metrics["lr"])
             for name, value in metrics.items():
                 if name.endswith("_loss"):
                     LOSS.labels(name[: -len("_loss")]).set(value)

@@ -9,7 +9,7 @@ from shared.learning.checkpoint import (
     load_checkpoint,
     save_checkpoint,
 )
-from shared.learning.learner import Learner, SamplesPerInsert
+from shared.learning.learner import Learner, SamplesPerInsert, learning_rate
 from shared.learning.losses import LossOutput, stochastic_muzero_loss
 from shared.learning.replay import Batch, ReplayBuffer
 from shared.learning.targets import n_step_returns, n_step_targets
@@ -25,6 +25,7 @@ __all__ = [
     "SamplesPerInsert",
     "checkpoint_path",
     "latest_checkpoint",
+    "learning_rate",
     "load_checkpoint",
     "n_step_returns",
     "n_step_targets",

@@ -51,6 +51,18 @@ class SamplesPerInsert:
         return inserted < self.min_size or self.ratio * inserted - sampled <= self.tolerance
 
 
+def learning_rate(config: LearningConfig, step: int) -> float:
+    """Adam's step size at learner step `step`: `lr`, falling along half a cosine to
+    ``lr * lr_final_fraction`` at ``lr_decay_steps`` and staying there (SGDR's shape,
+    without restarts). Computed from the step count alone, so a resumed run follows the
+    same schedule as an uninterrupted one."""
+    if config.lr_decay_steps == 0:
+        return config.lr
+    progress = min(step, config.lr_decay_steps) / config.lr_decay_steps
+    final = config.lr * config.lr_final_fraction
+    return final + (config.lr - final) * 0.5 * (1 + math.cos(math.pi * progress))
+
+
 class Learner:
     """Adam on the Stochastic MuZero loss, with a target network for fresh targets
     (``reanalyse.py``); optional TensorBoard logging to `log_dir`.
@@ -104,6 +116,8 @@ class Learner:
         self.model.train()
         out = stochastic_muzero_loss(self.model, batch, cfg)
         self.optimizer.zero_grad(set_to_none=True)
+        for group in self.optimizer.param_groups:
+            group["lr"] = learning_rate(cfg, self.steps)
         out.loss.backward()
         grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.config.grad_clip)
         self.optimizer.step()

@@ -25,6 +25,7 @@ from shared.learning.checkpoint import (
     load_checkpoint,
     save_checkpoint,
 )
+from shared.learning.learner import learning_rate
 from shared.market import open_market
 from shared.model import ModelConfig
 from shared.model.networks import StochasticMuZeroNet
@@ -74,6 +75,7 @@ def tiny_config(data_dir: Path, run_dir: Path, redis_url: str, prefix: str, **pi
             # ~1 learner step per 32-step episode, so the learner keeps up with the collectors
             "samples_per_insert": 0.25,
             "samples_per_insert_tolerance": 64,
+            "lr_decay_steps": 8,  # the trainer service follows the schedule too
         },
         train={"num_envs": 4, "checkpoint_every": 5},
         pipeline={
@@ -240,6 +242,7 @@ def test_collectors_feed_the_trainer_which_publishes_weights_they_reload(config,
     status = json.loads(client.get(f"{prefix}:trainer:status"))
     assert status["step"] == stats.steps and status["episodes_inserted"] == stats.inserted
     assert set(status["losses"]) >= {"total", "policy", "value", "reward", "q", "sigma", "commitment"}
+    assert sample("microzero_learning_rate") == pytest.approx(learning_rate(config.learning, stats.steps - 1))
     assert {
         "replay_positions",
         "episodes_received",

@@ -25,6 +25,7 @@ from shared.learning import (
     SamplesPerInsert,
     checkpoint_path,
     latest_checkpoint,
+    learning_rate,
     load_checkpoint,
     n_step_returns,
     n_step_targets,
@@ -319,6 +320,14 @@ def test_loss_falls_on_a_fixed_replay(market):
     assert np.mean([m["loss"] for m in history[-10:]]) < 0.5 * history[0]["loss"]
     assert {"grad_norm", "lr"} <= history[0].keys() and history[0]["lr"] == 2e-3
     assert learner.steps == 200 and replay.priorities[replay.priorities > 0].size == len(replay)
+
+
+def test_learning_rate_falls_along_half_a_cosine_then_stays():
+    config = small_config(lr=1e-3, lr_decay_steps=100, lr_final_fraction=0.1)
+    expected = {0: 1e-3, 50: 1e-4 + 9e-4 * 0.5, 100: 1e-4, 250: 1e-4}
+    assert {step: learning_rate(config, step) for step in expected} == pytest.approx(expected, rel=1e-12)
+    assert learning_rate(config, 25) == pytest.approx(1e-4 + 9e-4 * (1 + math.cos(math.pi / 4)) / 2)
+    assert learning_rate(small_config(lr=1e-3), 10_000) == 1e-3  # lr_decay_steps 0: constant
 
 
 def test_samples_per_insert_controller():
@@ -746,8 +755,9 @@ def test_save_restore_then_n_steps_equals_n_uninterrupted_steps(tmp_path, market
     """Model, optimizer and step count round-trip; the target network is re-synced at
     restore, so a checkpoint taken at a target refresh resumes bit for bit. What a
     checkpoint does not hold (documented in checkpoint.py): the replay's contents and RNG,
-    and the Reanalyse search's generator (reseeded), so this test shares one replay state."""
-    config = small_config(target_update_interval=2, reanalyse_fraction=0.0)
+    and the Reanalyse search's generator (reseeded), so this test shares one replay state.
+    The learning rate is still falling at the restore (steps 4 and 5), so its schedule resumes too."""
+    config = small_config(target_update_interval=2, reanalyse_fraction=0.0, lr=1e-3, lr_decay_steps=6)
 
     def fresh_replay():
         r = ReplayBuffer(market, config, W, PENALTY, seed=5)
@@ -773,8 +783,9 @@ def test_save_restore_then_n_steps_equals_n_uninterrupted_steps(tmp_path, market
     b.restore(load_checkpoint(tmp_path / "ckpt.pt"))
     replay_b = fresh_replay()
     replay_b.rng.bit_generator.state, replay_b.priorities[:], replay_b._p_alpha[:], replay_b.max_priority = state
-    b.train(replay_b, 3)
+    resumed = b.train(replay_b, 3)
     assert b.steps == a.steps == 7
+    assert [m["lr"] for m in resumed] == [learning_rate(config, step) for step in (4, 5, 6)]
     for (name, x), y in zip(a.model.state_dict().items(), b.model.state_dict().values()):
         assert torch.equal(x, y), name
 
