@@ -55,7 +55,8 @@ def learning_rate(config: LearningConfig, step: int) -> float:
     """Adam's step size at learner step `step`: `lr`, falling along half a cosine to
     ``lr * lr_final_fraction`` at ``lr_decay_steps`` and staying there (SGDR's shape,
     without restarts). Computed from the step count alone, so a resumed run follows the
-    same schedule as an uninterrupted one."""
+    same schedule as an uninterrupted one. Not torch's CosineAnnealingLR: past its
+    T_max that one rises again, and its state would have to travel in the checkpoint."""
     if config.lr_decay_steps == 0:
         return config.lr
     progress = min(step, config.lr_decay_steps) / config.lr_decay_steps
@@ -116,10 +117,10 @@ class Learner:
         self.model.train()
         out = stochastic_muzero_loss(self.model, batch, cfg)
         self.optimizer.zero_grad(set_to_none=True)
-        for group in self.optimizer.param_groups:
-            group["lr"] = learning_rate(cfg, self.steps)
         out.loss.backward()
         grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.config.grad_clip)
+        for group in self.optimizer.param_groups:
+            group["lr"] = learning_rate(cfg, self.steps)
         self.optimizer.step()
         self.steps += 1
         self.last_priorities = out.priorities
