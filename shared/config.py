@@ -169,19 +169,25 @@ class SearchConfig(BaseModel):
 #   on sine (validation, seeds 0 and 1, --small) at 1.0 it made 4,808 / 3,651 pips at 11.5 k
 #   env steps and 4,856 / 4,428 at 23 k against 4,309 / 3,698 and 5,071 / 4,710 without
 #   (docs/RESULTS.md §0): not shown to help.
-# * ``hindsight_steps=5, hindsight_weight=0.25``: the market does not answer the agent's
+# * ``hindsight_steps=1, hindsight_weight=0.25``: the market does not answer the agent's
 #   orders, so the bars stored with a position also say what every *other* action would
 #   have earned. The Q of each legal action at the root is also trained on "take it, then
-#   hold 4 bars, then the bootstrap value" (replay.hindsight_paths), besides the played
-#   action's target: a slow edge enters each target whole instead of being rebuilt
-#   bootstrap by bootstrap behind the played (exploring) exits. It is what learns the
-#   mean-reverting series (validation, --small, 4 simulations, seed 0: 691 / 785 pips at
-#   11.5 k / 23 k env steps against -145 / -112 off; the range rule 1,327). 5 bars, not
-#   10: sine's drift turns every 24 bars and 10-bar holds cost it 600-900 pips. Weight
-#   0.25, like Q's own target, not 1: at 1 the Q memorises the train split's noise (on the
-#   random walk Q(Buy) - Q(Sell) correlated +0.21 with the coming move on train, +0.02 on
-#   validation) and trades it (146-211 trades paying the spread against ~20 off); at 0.25
-#   80 trades, -75 pips at 23 k against -123 off (docs/RESULTS.md §0, "Round 4").
+#   the target network's value of the next state" (replay.hindsight_paths), besides the
+#   played action's target: every action's Q learns from every stored bar, not only the
+#   explored ones. It is what learns the mean-reverting series (validation, --small, 4
+#   simulations, seed 0, 5 bars: 691 / 785 pips at 11.5 k / 23 k env steps against
+#   -145 / -112 off; the range rule 1,327). 1 bar, not round 4's 5: "take it and hold m
+#   bars" scores an action by a hold the agent is not bound to, so where the drift turns
+#   within m bars it prices the turn wrongly; even with exact values a greedy agent on such
+#   targets loses a third or more of intraday's hour profile (tests/shared/test_synthetic.py)
+#   and ~4 % of sine's. m = 1 is the Bellman equation. On validation (--small, seeds 0 and
+#   1, 11.5 k / 23 k / 34.5 k env steps) 1 bar against 5: sine 4,522 / 5,277 / 5,269 against
+#   5,061 / 5,174 / 5,057, intraday 745 / 985 / 1,146 against 758 / 918 / 1,020, OU5
+#   192 / 607 / 682 against 501 / 673 / 752 (docs/RESULTS.md §0, "Round 6"). Weight 0.25,
+#   like Q's own target, not 1: at 1 (5 bars) the Q memorised the train split's noise (on
+#   the random walk Q(Buy) - Q(Sell) correlated +0.21 with the coming move on train, +0.02
+#   on validation) and traded it (146-211 trades paying the spread against ~20 off); at
+#   0.25 80 trades, -75 pips at 23 k against -123 off (docs/RESULTS.md §0, "Round 4").
 # * ``state_gradient_scale=0.5``: MuZero's ``scale_gradient(state, 0.5)`` after each
 #   recurrent step, so the gradient reaching the representation from deep unroll steps
 #   stays bounded; every prediction made by the recurrent functions is weighted 1/unroll.
@@ -216,7 +222,7 @@ class LearningConfig(BaseModel):
     episode_end: Literal["time_limit", "terminal"] = "time_limit"
     target_update_interval: int = Field(100, ge=1, description="learner steps between target-network refreshes")
     reanalyse_fraction: float = Field(0.25, ge=0, le=1, description="share of each batch given fresh policy targets")
-    hindsight_steps: int = Field(5, ge=0, description="bars held in the root's every-action Q targets; 0 = off")
+    hindsight_steps: int = Field(1, ge=0, description="bars held in the root's every-action Q targets; 0 = off")
 
     # Optimisation.
     batch_size: int = Field(64, ge=1)

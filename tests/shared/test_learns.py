@@ -16,8 +16,9 @@ after 3 rounds of self-play seeds 0, 1, 2 made 1,526, 1,434, 1,275 pips (86-89 s
 training each, two at once); after 4 rounds 1,516, 1,486, 1,396 (117 s); after 6 rounds
 1,525, 1,496, 1,414; after 8 rounds 1,460, 1,474, 1,470. With the earlier targets (the
 value head after 10 bars) 8 rounds made 1,039, 1,284, 641 and seed 2 never beat momentum.
-With round 4's hindsight targets (on by default since) seeds 0 and 1 make 1,475 and 1,465
-test pips (1,537 and 1,481 without), in 122 s (120 s without)."""
+With round 4's hindsight targets (5 bars) seeds 0 and 1 made 1,475 and 1,465 test pips
+(1,537 and 1,481 without), in 122 s (120 s without); with round 6's 1-bar hindsight
+(the default since) 1,437 and 1,512."""
 
 import multiprocessing
 from concurrent.futures import ProcessPoolExecutor

@@ -55,6 +55,71 @@ def test_knowing_the_phase_of_the_sine_earns_about_85_percent_of_perfect_foresig
     assert _pips(config, market, Momentum(60)) < 0.6 * oracle
 
 
+def _expected_moves(market) -> np.ndarray:
+    """`intraday`'s expected move of each bar [T-1] in pips: the generator's hour profile,
+    its 24 signs read off the series itself (~500 moves an hour, noise 1 pip)."""
+    moves = np.diff(market.close) / market.pip  # [T-1]
+    hour = market.ts[1:].astype("datetime64[h]").astype(np.int64) % 24  # the hour each move ends in
+    profile = np.sign([moves[hour == h].mean() for h in range(24)])
+    return profile[hour]
+
+
+def _known_profile(market) -> PerfectForesight:
+    """`intraday`'s causal ceiling: a trader told the hour profile, trading its expected
+    moves (no noise) with perfect foresight's cost-aware dynamic programme."""
+    expected = market.close[0] + np.concatenate([[0.0], np.cumsum(_expected_moves(market))]) * market.pip
+    return PerfectForesight(expected, market.pip, market.spread_pips)
+
+
+class GreedyOnHoldTargets:
+    """Acts greedily on exact hindsight-style Q values: Q_m(to) = - spread of the move
+    to `to` + the expected moves of holding `to` for m bars + V*(t + m, to), V* the known
+    profile's optimal value. m = 1 is the Bellman equation, so it acts optimally; m > 1
+    scores each action by an m-bar hold the agent is not bound to."""
+
+    def __init__(self, market, m: int) -> None:
+        moves = _expected_moves(market)  # [T-1]
+        sides = np.array([-1, 0, 1])
+        cost = market.spread_pips * ((sides[None, :] != 0) & (sides[None, :] != sides[:, None]))  # [from, to]
+        value = np.zeros((len(moves) + 1, 3))  # V*[t, side held into t]
+        for t in range(len(moves) - 1, -1, -1):
+            value[t] = (sides * moves[t] + value[t + 1] - cost).max(1)
+        total = np.concatenate([[0.0], np.cumsum(moves)])
+        self.side = np.zeros((len(moves) + 1, 3), dtype=np.int8)  # [t, side held before t]
+        for t in range(len(moves)):
+            end = min(t + m, len(moves))
+            q = sides * (total[end] - total[t]) + value[end] - cost  # [from, to]
+            self.side[t] = sides[q.argmax(1)]
+
+    def __call__(self, env, obs):
+        return _move_to(env.side, self.side[env.row, env.side + 1])
+
+
+def test_knowing_the_hour_profile_earns_about_60_percent_of_perfect_foresight(markets):
+    """What "> 50 % of perfect foresight" asks on `intraday`: a trader told the profile
+    earns ~60 % of it (the rest is the 1-pip noise of every bar), and the causal hour-of-day
+    rule, which estimates the profile from the last 20 days, earns about as much."""
+    config, m = markets
+    market = m["intraday"]
+    oracle = _pips(config, market, PerfectForesight(market.close, market.pip, market.spread_pips))
+    known = _pips(config, market, _known_profile(market))
+    assert 0.5 * oracle < known < 0.7 * oracle
+    assert 0.9 * known < _pips(config, market, HourOfDay(market)) < 1.1 * known
+
+
+def test_on_intraday_targets_that_hold_for_several_bars_lose_a_third_or_more_of_the_profile(markets):
+    """Why `learning.hindsight_steps` is 1 (docs/LEARNING.md): even with exact values, a
+    greedy agent whose every-action Q is "take it, hold m bars, then V*" misprices the
+    hours whose drift turns within the hold, trades a fraction of the profile's turns and
+    loses a third or more of what the profile makes; with m = 1 it trades the profile."""
+    config, m = markets
+    market = m["intraday"]
+    known = _pips(config, market, _known_profile(market))
+    assert _pips(config, market, GreedyOnHoldTargets(market, 1)) > 0.97 * known
+    for hold in (2, 3, 5):
+        assert _pips(config, market, GreedyOnHoldTargets(market, hold)) < 0.7 * known
+
+
 class KnownLevel:
     """A rule no agent can run: it is told the level the price reverts to, goes long more
     than `k` pips below it, short more than `k` above, and exits at the level."""
