@@ -137,7 +137,8 @@ def _print_train(r: dict) -> None:
     print(f"  learner steps/s       {r['learner_steps_per_s']:8.2f}   peak memory {r['learner_peak_mib']:8.0f} MiB")
     print(f"  bare forward+backward {r['bare_steps_per_s']:8.2f}   peak memory {r['bare_peak_mib']:8.0f} MiB")
     print(f"  ratio learner / bare  {r['ratio']:8.2f}   (target >= 0.8; stored targets)")
-    hindsight = f" + hindsight paths of {r['hindsight_steps']} bars" if r["hindsight_steps"] else ""
+    bars = f"{r['hindsight_steps']} bar" + ("s" if r["hindsight_steps"] > 1 else "")
+    hindsight = f" + hindsight paths of {bars}" if r["hindsight_steps"] else ""
     print(
         f"  with fresh targets    {r['fresh_targets_steps_per_s']:8.2f}   ratio to the plain learner "
         f"{r['fresh_targets_ratio']:.2f} (value bootstraps + Reanalyse{hindsight}, "
