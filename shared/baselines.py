@@ -125,14 +125,14 @@ class PerfectForesight:
         moves = np.diff(close) / pip  # [T-1] pips earned by a long held from t to t+1
         sides = np.array([-1, 0, 1])
         entry_cost = spread_pips * ((sides[None, :] != 0) & (sides[None, :] != sides[:, None]))  # [from, to]
-        value = np.zeros(3)  # best pips from t+1 on, by side held into t+1
+        self.value = np.zeros((len(close), 3))  # [t, side held before t]: best pips from t on
         self.best_side = np.zeros((len(close), 3), dtype=np.int8)  # [t, side held before t]
         for t in range(len(moves) - 1, -1, -1):
-            gain = sides * moves[t] + value  # [to]: hold `to` from t to t+1, then act optimally
+            gain = sides * moves[t] + self.value[t + 1]  # [to]: hold `to` from t to t+1, then act optimally
             total = gain[None, :] - entry_cost  # [from, to]
             choice = np.argmax(total, axis=1)
             self.best_side[t] = sides[choice]
-            value = total[np.arange(3), choice]
+            self.value[t] = total[np.arange(3), choice]
 
     def __call__(self, env: VecTradingEnv, obs: np.ndarray) -> np.ndarray:
         return _move_to(env.side, self.best_side[env.row, env.side + 1])

@@ -79,11 +79,9 @@ class GreedyOnHoldTargets:
 
     def __init__(self, market, m: int) -> None:
         moves = _expected_moves(market)  # [T-1]
+        value = _known_profile(market).value  # V*[t, side held before t]
         sides = np.array([-1, 0, 1])
         cost = market.spread_pips * ((sides[None, :] != 0) & (sides[None, :] != sides[:, None]))  # [from, to]
-        value = np.zeros((len(moves) + 1, 3))  # V*[t, side held into t]
-        for t in range(len(moves) - 1, -1, -1):
-            value[t] = (sides * moves[t] + value[t + 1] - cost).max(1)
         total = np.concatenate([[0.0], np.cumsum(moves)])
         self.side = np.zeros((len(moves) + 1, 3), dtype=np.int8)  # [t, side held before t]
         for t in range(len(moves)):
