@@ -169,7 +169,7 @@ class SearchConfig(BaseModel):
 #   on sine (validation, seeds 0 and 1, --small) at 1.0 it made 4,808 / 3,651 pips at 11.5 k
 #   env steps and 4,856 / 4,428 at 23 k against 4,309 / 3,698 and 5,071 / 4,710 without
 #   (docs/RESULTS.md §0): not shown to help.
-# * ``hindsight_steps=1, hindsight_weight=0.25``: the market does not answer the agent's
+# * ``hindsight_steps=1, hindsight_weight=1``: the market does not answer the agent's
 #   orders, so the bars stored with a position also say what every *other* action would
 #   have earned. The Q of each legal action at the root is also trained on "take it, then
 #   the target network's value of the next state" (replay.hindsight_paths), besides the
@@ -180,14 +180,14 @@ class SearchConfig(BaseModel):
 #   bars" scores an action by a hold the agent is not bound to, so where the drift turns
 #   within m bars it prices the turn wrongly; even with exact values a greedy agent on such
 #   targets loses a third or more of intraday's hour profile (tests/shared/test_synthetic.py)
-#   and ~4 % of sine's. m = 1 is the Bellman equation. On validation (--small, seeds 0 and
-#   1, 11.5 k / 23 k / 34.5 k env steps) 1 bar against 5: sine 4,522 / 5,277 / 5,269 against
-#   5,061 / 5,174 / 5,057, intraday 745 / 985 / 1,146 against 758 / 918 / 1,020, OU5
-#   192 / 607 / 682 against 501 / 673 / 752 (docs/RESULTS.md §0, "Round 6"). Weight 0.25,
-#   like Q's own target, not 1: at 1 (5 bars) the Q memorised the train split's noise (on
-#   the random walk Q(Buy) - Q(Sell) correlated +0.21 with the coming move on train, +0.02
-#   on validation) and traded it (146-211 trades paying the spread against ~20 off); at
-#   0.25 80 trades, -75 pips at 23 k against -123 off (docs/RESULTS.md §0, "Round 4").
+#   and ~4 % of sine's. m = 1 is the Bellman equation (docs/RESULTS.md §0, "Round 6").
+#   Weight 1 since round 7 (validation, --small, means of seeds 0 and 1 at 11.5 k / 23 k /
+#   34.5 k env steps, weight 1 against 0.25): sine 5,006 / 5,324 / 5,352 against 4,522 /
+#   5,277 / 5,269, intraday 1,190 / 1,332 / 1,404 against 745 / 985 / 1,146, OU5 574 /
+#   721 / 947 against 192 / 607 / 682; the random walk (3 seeds) -106, -38, -5 pips at
+#   34.5 k in 12-44 trades (docs/RESULTS.md §0, "Round 7"). Round 4 had chosen 0.25 because
+#   at 1 the *5-bar* targets memorised the train split's noise and traded it on the random
+#   walk (146-211 trades); a 1-bar target carries one bar of noise, not five.
 # * ``state_gradient_scale=0.5``: MuZero's ``scale_gradient(state, 0.5)`` after each
 #   recurrent step, so the gradient reaching the representation from deep unroll steps
 #   stays bounded; every prediction made by the recurrent functions is weighted 1/unroll.
@@ -244,7 +244,7 @@ class LearningConfig(BaseModel):
     commitment_weight: float = Field(0.25, ge=0)
     code_diversity_weight: float = Field(0.0, ge=0)
     consistency_weight: float = Field(0.0, ge=0)
-    hindsight_weight: float = Field(0.25, ge=0, description="weight of the hindsight Q targets (with hindsight_steps)")
+    hindsight_weight: float = Field(1.0, ge=0, description="weight of the hindsight Q targets (with hindsight_steps)")
 
 
 class TrainConfig(BaseModel):
