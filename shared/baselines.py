@@ -124,12 +124,12 @@ class PerfectForesight:
     def __init__(self, close: np.ndarray, pip: float, spread_pips: float) -> None:
         moves = np.diff(close) / pip  # [T-1] pips earned by a long held from t to t+1
         sides = np.array([-1, 0, 1])
-        entry_cost = spread_pips * ((sides[None, :] != 0) & (sides[None, :] != sides[:, None]))  # [from, to]
+        self.entry_cost = spread_pips * ((sides[None, :] != 0) & (sides[None, :] != sides[:, None]))  # [from, to]
         self.value = np.zeros((len(close), 3))  # [t, side held before t]: best pips from t on
         self.best_side = np.zeros((len(close), 3), dtype=np.int8)  # [t, side held before t]
         for t in range(len(moves) - 1, -1, -1):
             gain = sides * moves[t] + self.value[t + 1]  # [to]: hold `to` from t to t+1, then act optimally
-            total = gain[None, :] - entry_cost  # [from, to]
+            total = gain[None, :] - self.entry_cost  # [from, to]
             choice = np.argmax(total, axis=1)
             self.best_side[t] = sides[choice]
             self.value[t] = total[np.arange(3), choice]

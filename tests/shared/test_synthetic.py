@@ -79,14 +79,14 @@ class GreedyOnHoldTargets:
 
     def __init__(self, market, m: int) -> None:
         moves = _expected_moves(market)  # [T-1]
-        value = _known_profile(market).value  # V*[t, side held before t]
+        profile = _known_profile(market)
+        value = profile.value  # V*[t, side held before t]
         sides = np.array([-1, 0, 1])
-        cost = market.spread_pips * ((sides[None, :] != 0) & (sides[None, :] != sides[:, None]))  # [from, to]
         total = np.concatenate([[0.0], np.cumsum(moves)])
         self.side = np.zeros((len(moves) + 1, 3), dtype=np.int8)  # [t, side held before t]
         for t in range(len(moves)):
             end = min(t + m, len(moves))
-            q = sides * (total[end] - total[t]) + value[end] - cost  # [from, to]
+            q = sides * (total[end] - total[t]) + value[end] - profile.entry_cost  # [from, to]
             self.side[t] = sides[q.argmax(1)]
 
     def __call__(self, env, obs):
